@@ -1,0 +1,486 @@
+"""NUMA topology of the machine: nodes, their CPUs, memory, hugepages and distances.
+
+Two sources produce the same :class:`Topology` value: discovery from sysfs
+(``devices/system/node/node*/``, root configurable) and the fake-topology YAML
+file (the ``topology:`` block of a simulate scenario).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nri_plugin.errors import InputError, QuantityError, TopologyError
+from nri_plugin.quantity import format_quantity, parse_bytes
+from nri_plugin.state import HUGEPAGES_PREFIX
+
+# libyaml's loader is several times faster where PyYAML was built with it.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    """One NUMA node as kubelet reads it from cadvisor."""
+
+    id: int
+    cpus: frozenset[int]
+    # The node's MemTotal in bytes: it INCLUDES the memory of its hugepage pools.
+    memory: int
+    # page size in bytes -> total bytes of pages of that size on this node
+    hugepages: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The machine: NUMA nodes sorted by id, and an optional SLIT distance matrix."""
+
+    nodes: tuple[NumaNode, ...]
+    # distances[(a, b)] = SLIT distance from node a to node b; None when unknown
+    distances: Mapping[tuple[int, int], int] | None = None
+
+    @property
+    def node_ids(self) -> tuple[int, ...]:
+        return tuple(n.id for n in self.nodes)
+
+    def node(self, node_id: int) -> NumaNode:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def hugepage_sizes(self) -> tuple[int, ...]:
+        """Every hugepage size (bytes) named on any node, ascending."""
+        sizes: set[int] = set()
+        for n in self.nodes:
+            sizes.update(n.hugepages)
+        return tuple(sorted(sizes))
+
+    def nodes_of_cpus(self, cpus: frozenset[int]) -> frozenset[int]:
+        """NUMA node ids holding any of ``cpus`` (unknown CPUs are ignored)."""
+        return frozenset(n.id for n in self.nodes if n.cpus & cpus)
+
+    def distance(self, a: int, b: int) -> int:
+        if self.distances is None:
+            raise KeyError("no NUMA distance matrix")
+        return self.distances[(a, b)]
+
+
+def hugepage_resource_name(page_size: int) -> str:
+    """``hugepages-<size>`` with the size as a canonical binary quantity (``2Mi``, ``1Gi``)."""
+    for suffix, power in (("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        unit = 1 << power
+        if page_size >= unit and page_size % unit == 0:
+            return f"{HUGEPAGES_PREFIX}{page_size // unit}{suffix}"
+    return f"{HUGEPAGES_PREFIX}{page_size}"
+
+
+# -- loaders ---------------------------------------------------------------
+
+# A CPU id bound far above any real machine (Linux NR_CPUS tops out at 8192),
+# so that a typo such as "0-4000000000" cannot allocate gigabytes.
+MAX_CPU_ID = (1 << 16) - 1
+# Linux's MAX_NUMNODES is 1 << 10.
+MAX_NUMA_NODE_ID = (1 << 10) - 1
+
+_CPULIST_ITEM_RE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_NODE_DIR_RE = re.compile(r"node([0-9]+)")
+_HUGEPAGES_DIR_RE = re.compile(r"hugepages-([0-9]+)kB")
+_MEMTOTAL_RE = re.compile(r"Node\s+([0-9]+)\s+MemTotal:\s+([0-9]+)\s+kB")
+
+_TOPOLOGY_KEYS = ("nodes", "distances")
+_NODE_KEYS = ("id", "cpus", "memory", "hugepages")
+
+
+def _q(text: str) -> str:
+    """``text`` quoted on one line (control characters escaped)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {_q(value)}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def parse_cpulist(text: str, *, what: str = "cpulist") -> frozenset[int]:
+    """CPU ids of a Linux cpulist such as ``0-3,8,10-11``; ``""`` is the empty set."""
+    stripped = text.strip()
+    if not stripped:
+        return frozenset()
+    cpus: set[int] = set()
+    for item in stripped.split(","):
+        match = _CPULIST_ITEM_RE.fullmatch(item)
+        if match is None:
+            raise TopologyError(
+                f'{what}: {_q(text)} is not a valid cpulist (expected e.g. "0-3,8,10-11")'
+            )
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
+        if last < first:
+            raise TopologyError(f"{what}: {_q(text)} has the descending range {_q(item)}")
+        if last > MAX_CPU_ID:
+            raise TopologyError(f"{what}: {_q(text)} names CPU {last}, above {MAX_CPU_ID}")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    """The Linux cpulist of ``cpus``: ascending, consecutive ids as ranges (``0-3,8``)."""
+    ordered = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _check_keys(data: Mapping[object, object], known: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            did_you_mean = f"; did you mean {_q(hint[0])}?" if hint else ""
+            raise TopologyError(
+                f"{where}: unknown key {_q(str(key))} (known: {', '.join(known)}){did_you_mean}"
+            )
+
+
+def _bytes(value: object, what: str) -> int:
+    try:
+        return parse_bytes(value, what=what)
+    except QuantityError as e:
+        raise TopologyError(str(e)) from None
+
+
+def _node_id(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TopologyError(f"{where}: a NUMA node id must be an integer, got {_type_name(value)}")
+    if value < 0:
+        raise TopologyError(f"{where}: NUMA node id {value} is negative")
+    if value > MAX_NUMA_NODE_ID:
+        raise TopologyError(
+            f"{where}: NUMA node id {value} is above Linux's maximum {MAX_NUMA_NODE_ID}"
+        )
+    return value
+
+
+def _checked_hugepages(
+    pools: dict[int, int], memory: int, where: str, *, names: Mapping[int, str] | None = None
+) -> dict[int, int]:
+    """``pools`` after the per-node rules: whole pages, power-of-two sizes, within memory."""
+    for size, total in pools.items():
+        label = (names or {}).get(size, format_quantity(size))
+        if size < 1024 or size & (size - 1):
+            raise TopologyError(
+                f"{where}: hugepage size {_q(label)} ({size} bytes) is not a power of two"
+                " of at least 1Ki"
+            )
+        if total % size:
+            raise TopologyError(
+                f"{where}: {_q(format_quantity(total))} of {format_quantity(size)} hugepages"
+                f" is not a whole number of {format_quantity(size)} pages"
+            )
+    in_pools = sum(pools.values())
+    if in_pools > memory:
+        raise TopologyError(
+            f"{where}: hugepage pools total {_q(format_quantity(in_pools))}, more than the"
+            f" node's memory {_q(format_quantity(memory))} (memory is MemTotal, which includes"
+            " the hugepage pools)"
+        )
+    return pools
+
+
+def _node_from_mapping(data: object, where: str) -> NumaNode:
+    if not isinstance(data, dict):
+        raise TopologyError(
+            f"{where}: expected a mapping with id, cpus, memory, got {_type_name(data)}"
+        )
+    _check_keys(data, _NODE_KEYS, where)
+    if "id" not in data:
+        raise TopologyError(f'{where}: missing key "id"')
+    node_id = _node_id(data["id"], f"{where}.id")
+
+    raw_cpus = data.get("cpus")
+    if raw_cpus is None:
+        cpus: frozenset[int] = frozenset()
+    elif isinstance(raw_cpus, str):
+        cpus = parse_cpulist(raw_cpus, what=f"{where}.cpus")
+    elif isinstance(raw_cpus, int) and not isinstance(raw_cpus, bool):
+        # An unquoted single CPU (`cpus: 5`) reaches us as a YAML int.
+        cpus = parse_cpulist(str(raw_cpus), what=f"{where}.cpus")
+    else:
+        raise TopologyError(
+            f'{where}.cpus: expected a cpulist string such as "0-3", got {_type_name(raw_cpus)}'
+        )
+
+    if "memory" not in data:
+        raise TopologyError(f'{where}: missing key "memory" (the node\'s MemTotal)')
+    memory = _bytes(data["memory"], f"{where}.memory")
+
+    raw_pages = data.get("hugepages")
+    pools: dict[int, int] = {}
+    names: dict[int, str] = {}
+    if raw_pages is not None:
+        if not isinstance(raw_pages, dict):
+            raise TopologyError(
+                f"{where}.hugepages: expected a mapping page size -> total, got"
+                f" {_type_name(raw_pages)}"
+            )
+        for raw_size, raw_total in raw_pages.items():
+            size = _bytes(raw_size, f"{where}.hugepages")
+            label = str(raw_size)
+            if size in pools:
+                raise TopologyError(
+                    f"{where}.hugepages: page size {_q(label)} is the same size as"
+                    f" {_q(names[size])}"
+                )
+            pools[size] = _bytes(raw_total, f"{where}.hugepages.{label}")
+            names[size] = label
+    _checked_hugepages(pools, memory, f"{where}.hugepages", names=names)
+    return NumaNode(id=node_id, cpus=cpus, memory=memory, hugepages=pools)
+
+
+def _assemble(
+    nodes: list[NumaNode],
+    wheres: list[str],
+    distance_rows: list[list[int]] | None,
+) -> Topology:
+    """The :class:`Topology` of checked nodes, after the rules that span nodes.
+
+    ``wheres[i]`` names node ``i`` in messages; ``distance_rows`` is in the
+    order of ``nodes``.
+    """
+    seen_ids: dict[int, str] = {}
+    cpu_owner: dict[int, int] = {}
+    for node, where in zip(nodes, wheres, strict=True):
+        if node.id in seen_ids:
+            raise TopologyError(
+                f"{where}: NUMA node {node.id} is listed twice (also at {seen_ids[node.id]})"
+            )
+        seen_ids[node.id] = where
+        for cpu in sorted(node.cpus):
+            owner = cpu_owner.setdefault(cpu, node.id)
+            if owner != node.id:
+                raise TopologyError(
+                    f"{where}: CPU {cpu} is on NUMA node {node.id} and also on NUMA node {owner}"
+                )
+
+    # cadvisor lists every page size the kernel supports on every node, with 0
+    # where a node has no pages; every source is normalised to that view.
+    sizes = sorted({size for node in nodes for size in node.hugepages})
+    by_id: dict[int, NumaNode] = {}
+    for node in nodes:
+        pools = {size: node.hugepages.get(size, 0) for size in sizes}
+        by_id[node.id] = NumaNode(id=node.id, cpus=node.cpus, memory=node.memory, hugepages=pools)
+
+    distances: dict[tuple[int, int], int] | None = None
+    if distance_rows is not None:
+        distances = {}
+        for a, row in zip(nodes, distance_rows, strict=True):
+            for b, d in zip(nodes, row, strict=True):
+                distances[(a.id, b.id)] = d
+    return Topology(nodes=tuple(by_id[i] for i in sorted(by_id)), distances=distances)
+
+
+def _distance_rows(data: object, count: int, where: str) -> list[list[int]]:
+    shape = f"a {count}x{count} matrix (one row per node, in the order of nodes)"
+    if not isinstance(data, list):
+        raise TopologyError(f"{where}: expected {shape}, got {_type_name(data)}")
+    if len(data) != count:
+        raise TopologyError(f"{where}: expected {shape}, got {len(data)} rows")
+    rows: list[list[int]] = []
+    for i, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != count:
+            got = f"{len(row)} entries" if isinstance(row, list) else _type_name(row)
+            raise TopologyError(f"{where}[{i}]: expected a row of {count} distances, got {got}")
+        for j, d in enumerate(row):
+            if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+                raise TopologyError(
+                    f"{where}[{i}][{j}]: a distance must be a positive integer, got {_type_name(d)}"
+                )
+        rows.append(list(row))
+    return rows
+
+
+def topology_from_mapping(data: object, *, source: str = "topology") -> Topology:
+    """The machine described by the fake-topology schema (the ``topology:`` block)."""
+    if not isinstance(data, dict):
+        raise TopologyError(f"{source}: expected a mapping with nodes, got {_type_name(data)}")
+    _check_keys(data, _TOPOLOGY_KEYS, source)
+    raw_nodes = data.get("nodes")
+    if not isinstance(raw_nodes, list):
+        raise TopologyError(
+            f"{source}.nodes: expected a list of NUMA nodes, got {_type_name(raw_nodes)}"
+        )
+    if not raw_nodes:
+        raise TopologyError(
+            f"{source}.nodes: the list is empty; a machine has at least one NUMA node"
+        )
+    wheres = [f"{source}.nodes[{i}]" for i in range(len(raw_nodes))]
+    nodes = [_node_from_mapping(item, where) for item, where in zip(raw_nodes, wheres, strict=True)]
+    raw_distances = data.get("distances")
+    rows = None
+    if raw_distances is not None:
+        rows = _distance_rows(raw_distances, len(nodes), f"{source}.distances")
+    return _assemble(nodes, wheres, rows)
+
+
+def topology_to_mapping(topology: Topology) -> dict[str, object]:
+    """The fake-topology schema of ``topology`` (JSON-serialisable; loads back equal)."""
+    nodes: list[dict[str, object]] = []
+    for node in topology.nodes:
+        entry: dict[str, object] = {
+            "id": node.id,
+            "cpus": format_cpulist(node.cpus),
+            "memory": format_quantity(node.memory),
+        }
+        if node.hugepages:
+            entry["hugepages"] = {
+                format_quantity(size): format_quantity(total)
+                for size, total in sorted(node.hugepages.items())
+            }
+        nodes.append(entry)
+    result: dict[str, object] = {"nodes": nodes}
+    if topology.distances is not None:
+        ids = topology.node_ids
+        result["distances"] = [[topology.distances[(a, b)] for b in ids] for a in ids]
+    return result
+
+
+def read_document(path: str | Path, error: type[InputError]) -> object:
+    """The parsed content of a YAML or JSON file; ``error`` names the path when it cannot."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise error(f"{p}: cannot read: {reason}") from None
+    if text.lstrip().startswith(("{", "[")):
+        # JSON is valid YAML, but the json module reads large files far faster.
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise error(f"{p}: not valid YAML or JSON: {problem}{at}") from None
+
+
+def load_topology_file(path: str | Path) -> Topology:
+    """The machine described by a fake-topology file (YAML or JSON)."""
+    data = read_document(path, TopologyError)
+    try:
+        return topology_from_mapping(data)
+    except TopologyError as e:
+        raise TopologyError(f"{path}: {e}") from None
+
+
+def _read_sysfs(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise TopologyError(f"{path}: cannot read: {reason}") from None
+
+
+def _sysfs_int(path: Path) -> int:
+    text = _read_sysfs(path).strip()
+    if not text.isascii() or not text.isdigit():
+        raise TopologyError(f"{path}: expected a non-negative integer, got {_q(text)}")
+    return int(text)
+
+
+def _sysfs_node(node_dir: Path, node_id: int) -> NumaNode:
+    meminfo = node_dir / "meminfo"
+    memory: int | None = None
+    for line in _read_sysfs(meminfo).splitlines():
+        match = _MEMTOTAL_RE.match(line.strip())
+        if match is not None:
+            if int(match[1]) != node_id:
+                raise TopologyError(f"{meminfo}: describes node {match[1]}, not node {node_id}")
+            memory = int(match[2]) * 1024
+            break
+    if memory is None:
+        raise TopologyError(f'{meminfo}: no "Node {node_id} MemTotal: <n> kB" line')
+
+    cpulist = node_dir / "cpulist"
+    cpus = parse_cpulist(_read_sysfs(cpulist), what=str(cpulist))
+
+    pools: dict[int, int] = {}
+    pages_dir = node_dir / "hugepages"
+    if pages_dir.is_dir():
+        for entry in pages_dir.iterdir():
+            match = _HUGEPAGES_DIR_RE.fullmatch(entry.name)
+            if match is None:
+                continue
+            size = int(match[1]) * 1024
+            pools[size] = _sysfs_int(entry / "nr_hugepages") * size
+    pools = dict(sorted(pools.items()))
+    _checked_hugepages(pools, memory, str(node_dir))
+    return NumaNode(id=node_id, cpus=cpus, memory=memory, hugepages=pools)
+
+
+def discover_sysfs(root: str | Path = "/sys") -> Topology:
+    """The machine as Linux describes it under ``<root>/devices/system/node``."""
+    base = Path(root) / "devices" / "system" / "node"
+    if not base.is_dir():
+        raise TopologyError(f"{base}: missing; cannot discover the NUMA topology")
+    found: list[tuple[int, Path]] = []
+    for entry in base.iterdir():
+        match = _NODE_DIR_RE.fullmatch(entry.name)
+        if match is not None and entry.is_dir():
+            found.append((int(match[1]), entry))
+    if not found:
+        raise TopologyError(f"{base}: no node<N> directories; cannot discover the NUMA topology")
+    found.sort()
+    for node_id, node_dir in found:
+        _node_id(node_id, str(node_dir))
+    nodes = [_sysfs_node(node_dir, node_id) for node_id, node_dir in found]
+    wheres = [str(node_dir) for _, node_dir in found]
+
+    # Each node's `distance` file is one row of the SLIT, in node order.
+    distance_files = [node_dir / "distance" for _, node_dir in found]
+    present = [f.exists() for f in distance_files]
+    rows: list[list[int]] | None = None
+    if any(present):
+        rows = []
+        for f in distance_files:
+            fields = _read_sysfs(f).split()
+            if len(fields) != len(found) or not all(x.isascii() and x.isdigit() for x in fields):
+                raise TopologyError(
+                    f"{f}: expected {len(found)} distances (one per node), got"
+                    f" {_q(' '.join(fields))}"
+                )
+            row = [int(x) for x in fields]
+            if any(d <= 0 for d in row):
+                raise TopologyError(f"{f}: distances must be positive, got {_q(' '.join(fields))}")
+            rows.append(row)
+    return _assemble(nodes, wheres, rows)
