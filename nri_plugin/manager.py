@@ -1,0 +1,294 @@
+"""Pod admission as kubelet runs it: topology manager + memory manager over one state.
+
+This is the piece both front ends call: the simulator feeds it whole pods
+from a scenario, the live plugin feeds it containers as NRI reports them.
+Pure: no I/O; the caller persists ``manager.state`` after each change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nri_plugin.config import Config
+from nri_plugin.hint import ProviderHints, TopologyHint, format_mems, mask_of
+from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
+from nri_plugin.policy.base import AllocationError, Policy
+from nri_plugin.policy.machine import build_machine_state
+from nri_plugin.policy.none import NonePolicy
+from nri_plugin.policy.static import StaticPolicy
+from nri_plugin.state import POLICY_STATIC, Block, MemoryState
+from nri_plugin.topology import Topology
+from nri_plugin.topologymanager import (
+    EMPTY_AFFINITY,
+    POLICY_NONE,
+    SCOPE_POD,
+    TOPOLOGY_AFFINITY_ERROR,
+    TOPOLOGY_AFFINITY_MESSAGE,
+    UNEXPECTED_ADMISSION_ERROR,
+    NUMAInfo,
+    merge,
+)
+
+# Hint providers in kubelet's registration order.
+PROVIDER_CPU = "cpu"
+PROVIDER_MEMORY = "memory"
+PROVIDER_DEVICES = "devices"
+
+
+@dataclass(frozen=True)
+class ContainerDecision:
+    """What admission decided for one container."""
+
+    name: str
+    init: bool
+    # the memory manager's hints (what the static policy generated)
+    hints: ProviderHints
+    # every provider's answer, for decision logs
+    provider_hints: dict[str, ProviderHints]
+    affinity: TopologyHint
+    allocations: tuple[Block, ...]
+
+    @property
+    def cpuset_mems(self) -> str:
+        """``cpuset.mems`` as kubelet sets it: the union of the blocks' masks ("" = untouched)."""
+        mask = 0
+        for b in self.allocations:
+            mask |= mask_of(b.numa_affinity)
+        return format_mems(mask)
+
+
+@dataclass(frozen=True)
+class AdmissionResult:
+    pod_uid: str
+    qos_class: str
+    admitted: bool
+    containers: tuple[ContainerDecision, ...] = ()
+    reason: str | None = None
+    message: str | None = None
+    # the container whose hints or allocation failed
+    failed_container: str | None = None
+    failed_hints: dict[str, ProviderHints] = field(default_factory=dict)
+    failed_affinity: TopologyHint | None = None
+
+
+class MemoryManager:
+    """kubelet's memory manager with its topology manager, over one machine."""
+
+    def __init__(
+        self, topology: Topology, config: Config, restored: MemoryState | None = None
+    ) -> None:
+        self.topology = topology
+        self.config = config
+        self.numa = NUMAInfo(topology.node_ids, topology.distances)
+        self.policy: Policy
+        if config.policy == POLICY_STATIC:
+            self.policy = StaticPolicy(build_machine_state(topology, config.reserved))
+        else:
+            self.policy = NonePolicy()
+        self.state = self.policy.default_state()
+        if restored is not None:
+            self._restore(restored)
+        # specs of admitted pods (the simulator knows them; the plugin fills what NRI shows)
+        self.pods: dict[str, PodSpec] = {}
+        # containers of admitted pods that were removed one by one
+        self._removed: dict[str, set[str]] = {}
+
+    def _restore(self, restored: MemoryState) -> None:
+        from nri_plugin.checkpoint import validate_restored
+
+        validate_restored(restored, self.policy.default_state(), self.policy.name)
+        self.state = restored
+        self.policy.start(self.state)
+
+    # -- admission -----------------------------------------------------------
+
+    def admit(self, pod: PodSpec) -> AdmissionResult:
+        """Admit a whole pod: init containers then app containers (section 6.5)."""
+        qos = pod.qos()
+        tm_policy = self.config.topology_manager_policy
+        decisions: list[ContainerDecision] = []
+        if tm_policy != POLICY_NONE and self.config.topology_manager_scope == SCOPE_POD:
+            providers = self._pod_providers(pod)
+            affinity, admit = merge(
+                tm_policy,
+                list(providers.values()),
+                self.numa,
+                self.config.prefer_closest_numa_nodes,
+            )
+            if not admit:
+                return self._reject(
+                    pod,
+                    qos,
+                    TOPOLOGY_AFFINITY_ERROR,
+                    f"pod {pod.uid}: {TOPOLOGY_AFFINITY_MESSAGE}",
+                    None,
+                    providers,
+                    affinity,
+                )
+            for c in pod.all_containers():
+                failure = self._allocate(pod, c, affinity)
+                if failure is not None:
+                    return self._reject(
+                        pod, qos, UNEXPECTED_ADMISSION_ERROR, failure, c.name, providers, affinity
+                    )
+                decisions.append(self._decision(pod, c, providers, affinity))
+        else:
+            for c in pod.all_containers():
+                decision_or_error = self.admit_container(pod, c)
+                if isinstance(decision_or_error, AdmissionResult):
+                    return decision_or_error
+                decisions.append(decision_or_error)
+        self.pods[pod.uid] = pod
+        self._removed.pop(pod.uid, None)
+        return AdmissionResult(pod.uid, qos, True, tuple(decisions))
+
+    def admit_container(
+        self, pod: PodSpec, container: ContainerSpec
+    ) -> ContainerDecision | AdmissionResult:
+        """Container scope: hints, merge, allocate one container (the pod may be partial).
+
+        On refusal the pod's containers allocated so far are released, and an
+        AdmissionResult with the reason is returned.
+        """
+        qos = pod.qos()
+        tm_policy = self.config.topology_manager_policy
+        if tm_policy == POLICY_NONE:
+            providers: dict[str, ProviderHints] = {}
+            affinity = EMPTY_AFFINITY
+        else:
+            providers = self._container_providers(pod, container)
+            affinity, admit = merge(
+                tm_policy,
+                list(providers.values()),
+                self.numa,
+                self.config.prefer_closest_numa_nodes,
+            )
+            if not admit:
+                return self._reject(
+                    pod,
+                    qos,
+                    TOPOLOGY_AFFINITY_ERROR,
+                    f"container {container.name}: {TOPOLOGY_AFFINITY_MESSAGE}",
+                    container.name,
+                    providers,
+                    affinity,
+                )
+        failure = self._allocate(pod, container, affinity)
+        if failure is not None:
+            return self._reject(
+                pod, qos, UNEXPECTED_ADMISSION_ERROR, failure, container.name, providers, affinity
+            )
+        return self._decision(pod, container, providers, affinity)
+
+    def _allocate(self, pod: PodSpec, c: ContainerSpec, affinity: TopologyHint) -> str | None:
+        try:
+            self.policy.allocate(self.state, pod, c, affinity)
+        except AllocationError as exc:
+            return f"container {c.name}: Allocate failed due to {exc}, which is unexpected"
+        return None
+
+    def _decision(
+        self,
+        pod: PodSpec,
+        c: ContainerSpec,
+        providers: dict[str, ProviderHints],
+        affinity: TopologyHint,
+    ) -> ContainerDecision:
+        blocks = self.state.blocks(pod.uid, c.name) or []
+        return ContainerDecision(
+            c.name, c.init, providers.get(PROVIDER_MEMORY), providers, affinity, tuple(blocks)
+        )
+
+    def _reject(
+        self,
+        pod: PodSpec,
+        qos: str,
+        reason: str,
+        message: str,
+        container: str | None,
+        providers: dict[str, ProviderHints],
+        affinity: TopologyHint,
+    ) -> AdmissionResult:
+        # kubelet's stale-state cleanup: a rejected pod keeps nothing
+        for c in pod.all_containers():
+            self.policy.remove_container(self.state, pod.uid, c.name)
+        self.policy.forget_pod(pod.uid)
+        self.pods.pop(pod.uid, None)
+        return AdmissionResult(
+            pod.uid, qos, False, (), reason, message, container, providers, affinity
+        )
+
+    # -- hint providers ------------------------------------------------------
+
+    def _cpu_hint(self, cpusets: Sequence[frozenset[int]]) -> ProviderHints:
+        if not cpusets:
+            return None
+        cpus: frozenset[int] = frozenset().union(*cpusets)
+        return {"cpu": [TopologyHint(mask_of(self.topology.nodes_of_cpus(cpus)), True)]}
+
+    def _container_providers(self, pod: PodSpec, c: ContainerSpec) -> dict[str, ProviderHints]:
+        guaranteed = pod.qos() == GUARANTEED
+        cpusets = [c.cpuset] if guaranteed and c.cpuset is not None else []
+        devices: ProviderHints = None
+        if c.device_hints is not None:
+            devices = {"devices": list(c.device_hints)}
+        return {
+            PROVIDER_CPU: self._cpu_hint(cpusets),
+            PROVIDER_MEMORY: self.policy.container_hints(self.state, pod, c),
+            PROVIDER_DEVICES: devices,
+        }
+
+    def _pod_providers(self, pod: PodSpec) -> dict[str, ProviderHints]:
+        guaranteed = pod.qos() == GUARANTEED
+        cpusets = [c.cpuset for c in pod.all_containers() if guaranteed and c.cpuset is not None]
+        devices = {
+            f"devices/{c.name}": list(c.device_hints)
+            for c in pod.all_containers()
+            if c.device_hints is not None
+        }
+        return {
+            PROVIDER_CPU: self._cpu_hint(cpusets),
+            PROVIDER_MEMORY: self.policy.pod_hints(self.state, pod),
+            PROVIDER_DEVICES: dict(devices) if devices else None,
+        }
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, pod_uid: str) -> list[str] | None:
+        """The pod's containers start: release its finished regular init containers.
+
+        Returns the released init containers' names, or None when the pod is
+        not an admitted pod.
+        """
+        pod = self.pods.get(pod_uid)
+        if pod is None:
+            return None
+        released = []
+        for c in pod.init_containers:
+            if c.restartable:
+                continue
+            if self.policy.remove_container(self.state, pod_uid, c.name):
+                released.append(c.name)
+        return released
+
+    def remove_pod(self, pod_uid: str) -> bool:
+        pod = self.pods.pop(pod_uid, None)
+        self._removed.pop(pod_uid, None)
+        known = pod is not None or pod_uid in self.state.entries
+        names = [c.name for c in pod.all_containers()] if pod is not None else []
+        names += [n for n in self.state.entries.get(pod_uid, {}) if n not in names]
+        for name in names:
+            self.policy.remove_container(self.state, pod_uid, name)
+        self.policy.forget_pod(pod_uid)
+        return known
+
+    def remove_container(self, pod_uid: str, name: str) -> bool:
+        pod = self.pods.get(pod_uid)
+        removed = self._removed.setdefault(pod_uid, set()) if pod is not None else set()
+        known = self.state.blocks(pod_uid, name) is not None or (
+            pod is not None and pod.container(name) is not None and name not in removed
+        )
+        self.policy.remove_container(self.state, pod_uid, name)
+        removed.add(name)
+        return known
