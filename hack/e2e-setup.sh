@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Installs everything tests/e2e needs into one private directory, without touching the system:
+# containerd 2.x (sid) and 1.7 (trixie), runc and busybox (bookworm), the CRI api.proto,
+# a local OCI image tar and the Python CRI stubs. Idempotent: finished steps are skipped.
+#
+# usage: hack/e2e-setup.sh [DIR]   (DIR defaults to $NMM_E2E_DIR or /tmp/nmm-e2e)
+# env:   PYTHON            interpreter with grpcio-tools (default: the repo's .venv)
+#        NMM_E2E_MIRROR    Debian mirror (default: the system's first one)
+set -Eeuo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+dir=$(realpath -m "${1:-${NMM_E2E_DIR:-/tmp/nmm-e2e}}")
+python=${PYTHON:-$repo/.venv/bin/python}
+started=$SECONDS
+
+say() { printf 'e2e-setup: %s\n' "$*"; }
+die() { printf 'e2e-setup: error: %s\n' "$*" >&2; exit 1; }
+trap 'die "command failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+
+# The longest socket is $dir/run-17/containerd.sock.ttrpc; unix socket paths must stay < 108 bytes.
+((${#dir} <= 60)) || die "directory $dir is ${#dir} bytes long; keep it at most 60 (socket paths)"
+for tool in apt-get dpkg-deb; do
+    command -v "$tool" >/dev/null || die "$tool not found: this script needs a Debian system"
+done
+[ -x "$python" ] || die "python $python not found; set PYTHON to an interpreter with grpcio-tools"
+"$python" -c 'import grpc_tools.protoc' 2>/dev/null ||
+    die "$python cannot import grpc_tools; install grpcio-tools into it"
+
+mkdir -p "$dir"/apt/lists/partial "$dir"/apt/cache "$dir"/debs
+rm -f "$dir/setup.done" # rewritten at the very end, so an interrupted run is never "ready"
+
+# --- private apt: own sources, lists and cache; /etc/apt is only read for proxy settings --------
+mirror=${NMM_E2E_MIRROR:-}
+[ -n "$mirror" ] ||
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+[ -n "$mirror" ] ||
+    mirror=$(awk '$1 == "deb" && $2 !~ /^\[/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg # bookworm's keyring also signs trixie/sid
+[ -r "$keyring" ] || die "$keyring missing (package debian-archive-keyring)"
+for suite in bookworm trixie sid; do
+    printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite"
+done >"$dir/apt/sources.list.new"
+cmp -s "$dir/apt/sources.list.new" "$dir/apt/sources.list" 2>/dev/null ||
+    { mv "$dir/apt/sources.list.new" "$dir/apt/sources.list" && rm -f "$dir/apt/updated"; }
+rm -f "$dir/apt/sources.list.new"
+apt_opts=(
+    -o "Dir::Etc::SourceList=$dir/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$dir/apt/lists" -o "Dir::Cache=$dir/apt/cache"
+    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
+    -o APT::Sandbox::User=root -qq
+)
+
+apt_update() {
+    say "apt: updating private package lists from $mirror"
+    apt-get "${apt_opts[@]}" update || die "apt-get update failed (is $mirror reachable?)"
+    touch "$dir/apt/updated"
+}
+
+# fetch DEST PKG/SUITE: downloads the .deb into DEST unless one is there already.
+fetch() {
+    local dest=$1 spec=$2 name=${2%/*}
+    compgen -G "$dest/${name}_*.deb" >/dev/null && return 0
+    mkdir -p "$dest"
+    [ -e "$dir/apt/updated" ] || apt_update
+    say "apt: downloading $spec"
+    # A failure with old lists usually means the suite moved on: refresh once and retry.
+    if ! (cd "$dest" && apt-get "${apt_opts[@]}" download "$spec"); then
+        apt_update
+        (cd "$dest" && apt-get "${apt_opts[@]}" download "$spec") || return 1
+    fi
+}
+
+# unpack ROOT DEBDIR: extracts every .deb of DEBDIR into ROOT, atomically (a partial root is
+# never mistaken for a finished one).
+unpack() {
+    local root=$1 debs=$2 deb
+    [ -e "$root/.unpacked" ] && return 0
+    rm -rf "$root.tmp"
+    mkdir -p "$root.tmp"
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$root.tmp"; done
+    touch "$root.tmp/.unpacked"
+    rm -rf "$root"
+    mv "$root.tmp" "$root"
+    say "unpacked $(basename "$(dirname "$root")")"
+}
+
+fetch "$dir/debs/ctrd2" containerd/sid
+fetch "$dir/debs/ctrd17" containerd/trixie
+# sid's and trixie's runc need glibc 2.38; bookworm's runs everywhere here.
+fetch "$dir/debs/base" runc/bookworm
+fetch "$dir/debs/base" busybox-static/bookworm
+cri_proto=usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto
+if ! compgen -G "$dir/debs/base/golang-*cri-api-dev_*.deb" >/dev/null; then
+    fetch "$dir/debs/base" golang-k8s-cri-api-dev/sid ||
+        fetch "$dir/debs/base" golang-github-kubernetes-cri-api-dev/trixie ||
+        die "no CRI api.proto package found in sid or trixie"
+fi
+unpack "$dir/ctrd2/root" "$dir/debs/ctrd2"
+unpack "$dir/ctrd17/root" "$dir/debs/ctrd17"
+unpack "$dir/base/root" "$dir/debs/base"
+for bin in ctrd2/root/usr/bin/containerd ctrd17/root/usr/bin/containerd \
+    ctrd2/root/usr/bin/containerd-shim-runc-v2 ctrd17/root/usr/bin/containerd-shim-runc-v2 \
+    ctrd2/root/usr/bin/ctr ctrd17/root/usr/bin/ctr base/root/usr/sbin/runc base/root/bin/busybox; do
+    [ -x "$dir/$bin" ] || die "$dir/$bin missing after unpacking"
+done
+"$dir/base/root/usr/sbin/runc" --version >/dev/null 2>&1 ||
+    die "$dir/base/root/usr/sbin/runc does not run on this system"
+
+# --- local OCI image (no registry is reachable) -------------------------------------------------
+image=$dir/e2e-image.tar
+if [ ! -s "$image" ] || [ "$here/oci_image.py" -nt "$image" ]; then
+    "$python" "$here/oci_image.py" --busybox "$dir/base/root/bin/busybox" --output "$image.tmp"
+    mv "$image.tmp" "$image"
+    say "built $image"
+fi
+
+# --- Python CRI stubs: generated code is tied to the protobuf runtime, so regenerate on change --
+stubs=$dir/stubs/k8s_cri
+stamp="$python $("$python" -c 'import importlib.metadata as m; print(m.version("protobuf"))')"
+if [ ! -s "$stubs/api_pb2_grpc.py" ] || [ "$(cat "$stubs/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "$stubs"
+    mkdir -p "$stubs"
+    # Trixie's copy imports gogo.proto; its gogoproto lines are file options only and can go.
+    grep -v gogoproto "$dir/base/root/$cri_proto" >"$stubs/api.proto"
+    : >"$stubs/__init__.py"
+    (cd "$dir/stubs" && "$python" -m grpc_tools.protoc -I. --python_out=. \
+        --grpc_python_out=. k8s_cri/api.proto)
+    printf '%s\n' "$stamp" >"$stubs/.stamp"
+    say "generated CRI stubs in $stubs"
+fi
+
+# The harness treats this file as "setup finished"; it lists what was installed.
+for deb in "$dir"/debs/*/*.deb; do basename "$deb"; done >"$dir/setup.done"
+say "ready in $dir ($((SECONDS - started)) s)"
