@@ -109,13 +109,7 @@ class MemoryManager:
         tm_policy = self.config.topology_manager_policy
         decisions: list[ContainerDecision] = []
         if tm_policy != POLICY_NONE and self.config.topology_manager_scope == SCOPE_POD:
-            providers = self._pod_providers(pod)
-            affinity, admit = merge(
-                tm_policy,
-                list(providers.values()),
-                self.numa,
-                self.config.prefer_closest_numa_nodes,
-            )
+            affinity, admit, providers = self.pod_affinity(pod)
             if not admit:
                 return self._reject(
                     pod,
@@ -144,12 +138,14 @@ class MemoryManager:
         return AdmissionResult(pod.uid, qos, True, tuple(decisions))
 
     def admit_container(
-        self, pod: PodSpec, container: ContainerSpec
+        self, pod: PodSpec, container: ContainerSpec, *, release_pod_on_reject: bool = True
     ) -> ContainerDecision | AdmissionResult:
         """Container scope: hints, merge, allocate one container (the pod may be partial).
 
-        On refusal the pod's containers allocated so far are released, and an
-        AdmissionResult with the reason is returned.
+        On refusal an AdmissionResult with the reason is returned; the pod's
+        containers allocated so far are released (kubelet rejects the whole
+        pod) unless ``release_pod_on_reject`` is false: the live plugin sees
+        containers one by one, and earlier ones may already be running.
         """
         qos = pod.qos()
         tm_policy = self.config.topology_manager_policy
@@ -173,13 +169,66 @@ class MemoryManager:
                     container.name,
                     providers,
                     affinity,
+                    release=release_pod_on_reject,
                 )
+        return self.allocate_container(
+            pod, container, affinity, providers, release_pod_on_reject=release_pod_on_reject
+        )
+
+    def allocate_container(
+        self,
+        pod: PodSpec,
+        container: ContainerSpec,
+        affinity: TopologyHint,
+        providers: dict[str, ProviderHints] | None = None,
+        *,
+        release_pod_on_reject: bool = True,
+    ) -> ContainerDecision | AdmissionResult:
+        """Allocate one container on an affinity already chosen (pod scope, or after merge)."""
+        providers = providers if providers is not None else {}
         failure = self._allocate(pod, container, affinity)
         if failure is not None:
             return self._reject(
-                pod, qos, UNEXPECTED_ADMISSION_ERROR, failure, container.name, providers, affinity
+                pod,
+                pod.qos(),
+                UNEXPECTED_ADMISSION_ERROR,
+                failure,
+                container.name,
+                providers,
+                affinity,
+                release=release_pod_on_reject,
             )
         return self._decision(pod, container, providers, affinity)
+
+    def pod_affinity(self, pod: PodSpec) -> tuple[TopologyHint, bool, dict[str, ProviderHints]]:
+        """Pod scope: the pod-level hints merged once; (affinity, admit, providers)."""
+        if self.config.topology_manager_policy == POLICY_NONE:
+            return EMPTY_AFFINITY, True, {}
+        providers = self._pod_providers(pod)
+        affinity, admit = merge(
+            self.config.topology_manager_policy,
+            list(providers.values()),
+            self.numa,
+            self.config.prefer_closest_numa_nodes,
+        )
+        return affinity, admit, providers
+
+    def refresh(self, pod: PodSpec, container: ContainerSpec) -> ContainerDecision | None:
+        """A container that already holds blocks (restarted, or an earlier init container).
+
+        Nothing is allocated; only the reuse bookkeeping is refreshed, as
+        kubelet's Allocate does for a container it already knows.
+        """
+        blocks = self.state.blocks(pod.uid, container.name)
+        if blocks is None:
+            return None
+        self.policy.allocate(self.state, pod, container, EMPTY_AFFINITY)
+        mask = 0
+        for b in blocks:
+            mask |= mask_of(b.numa_affinity)
+        return ContainerDecision(
+            container.name, container.init, None, {}, TopologyHint(mask, True), tuple(blocks)
+        )
 
     def _allocate(self, pod: PodSpec, c: ContainerSpec, affinity: TopologyHint) -> str | None:
         try:
@@ -209,12 +258,15 @@ class MemoryManager:
         container: str | None,
         providers: dict[str, ProviderHints],
         affinity: TopologyHint,
+        *,
+        release: bool = True,
     ) -> AdmissionResult:
-        # kubelet's stale-state cleanup: a rejected pod keeps nothing
-        for c in pod.all_containers():
-            self.policy.remove_container(self.state, pod.uid, c.name)
-        self.policy.forget_pod(pod.uid)
-        self.pods.pop(pod.uid, None)
+        if release:
+            # kubelet's stale-state cleanup: a rejected pod keeps nothing
+            for c in pod.all_containers():
+                self.policy.remove_container(self.state, pod.uid, c.name)
+            self.policy.forget_pod(pod.uid)
+            self.pods.pop(pod.uid, None)
         return AdmissionResult(
             pod.uid, qos, False, (), reason, message, container, providers, affinity
         )
@@ -282,6 +334,16 @@ class MemoryManager:
             self.policy.remove_container(self.state, pod_uid, name)
         self.policy.forget_pod(pod_uid)
         return known
+
+    def adopt(self, pod: PodSpec, container: ContainerSpec, mask: int) -> tuple[Block, ...]:
+        """Record a running container that already carries ``cpuset.mems`` = ``mask``.
+
+        Used when the checkpoint is lost: the blocks are rebuilt from what the
+        runtime shows, applied as an allocation on exactly that mask.
+        """
+        if isinstance(self.policy, StaticPolicy):
+            self.policy.adopt(self.state, pod, container, mask)
+        return tuple(self.state.blocks(pod.uid, container.name) or [])
 
     def remove_container(self, pod_uid: str, name: str) -> bool:
         pod = self.pods.get(pod_uid)

@@ -42,7 +42,7 @@ class ContainerSpec:
         return self.init and not self.restartable
 
     def effective_requests(self) -> dict[str, Fraction]:
-        """Requests after API defaulting: a resource with a limit and no request requests the limit."""
+        """Requests after API defaulting: a limit without a request is also the request."""
         merged = dict(self.requests)
         for name, value in self.limits.items():
             merged.setdefault(name, value)

@@ -12,7 +12,9 @@ GI = 1 << 30
 MI = 1 << 20
 
 
-def node(id_: int, memory: str, cpus: str = "", hugepages: dict[str, str] | None = None) -> dict[str, Any]:
+def node(
+    id_: int, memory: str, cpus: str = "", hugepages: dict[str, str] | None = None
+) -> dict[str, Any]:
     n: dict[str, Any] = {"id": id_, "cpus": cpus, "memory": memory}
     if hugepages:
         n["hugepages"] = hugepages
@@ -30,7 +32,9 @@ def container(
     return {"name": name, "resources": {"requests": dict(res), "limits": dict(res)}, **extra}
 
 
-def admit(uid: str, *containers: dict[str, Any], init: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def admit(
+    uid: str, *containers: dict[str, Any], init: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"pod": {"uid": uid}, "containers": list(containers)}
     if init:
         body["initContainers"] = init

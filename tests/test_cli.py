@@ -31,9 +31,7 @@ def test_seed_150gi_pod_spans_both_nodes_and_matches_the_docs_state_file() -> No
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     c = report["steps"][0]["containers"][0]
-    assert c["allocations"] == [
-        {"type": "memory", "size": 150 << 30, "numaAffinity": [0, 1]}
-    ]
+    assert c["allocations"] == [{"type": "memory", "size": 150 << 30, "numaAffinity": [0, 1]}]
     assert c["cpusetMems"] == "0,1"
     node0 = report["state"]["machineState"]["0"]["memoryMap"]["memory"]
     assert node0["free"] == 0 and node0["reserved"] == node0["allocatable"]

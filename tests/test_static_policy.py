@@ -48,7 +48,11 @@ def test_default_state_excludes_hugepages_and_reservation() -> None:
         "free": 1536 * MI,
     }
     assert table(report, 0, "hugepages-1Gi") == {
-        "total": GI, "systemReserved": 0, "allocatable": GI, "reserved": 0, "free": GI,
+        "total": GI,
+        "systemReserved": 0,
+        "allocatable": GI,
+        "reserved": 0,
+        "free": GI,
     }
     assert report["state"]["machineState"]["0"]["cells"] == [0]
     assert "entries" not in report["state"]
@@ -128,7 +132,7 @@ def test_best_effort_admits_into_the_group_non_preferred() -> None:
     assert c["hints"]["memory"] == [{"nodes": [0, 1], "preferred": False}]
     assert c["affinity"] == {"nodes": [0, 1], "preferred": False}
     # the 5Gi come from node 1: node 0 is full
-    assert table(report, 0) ["free"] == 0
+    assert table(report, 0)["free"] == 0
     assert table(report, 1)["reserved"] == 10 * GI
     assert table(report, 1)["free"] == 0
 
@@ -209,12 +213,16 @@ def test_sidecar_memory_is_never_reused() -> None:
                     init=[
                         container("init1", "1Gi", hugepages={"hugepages-1Gi": "1Gi"}),
                         container(
-                            "side2", "2Gi", hugepages={"hugepages-1Gi": "2Gi"},
+                            "side2",
+                            "2Gi",
+                            hugepages={"hugepages-1Gi": "2Gi"},
                             restartPolicy="Always",
                         ),
                         container("init3", "3Gi", hugepages={"hugepages-1Gi": "3Gi"}),
                         container(
-                            "side4", "4Gi", hugepages={"hugepages-1Gi": "4Gi"},
+                            "side4",
+                            "4Gi",
+                            hugepages={"hugepages-1Gi": "4Gi"},
                             restartPolicy="Always",
                         ),
                     ],
@@ -252,7 +260,10 @@ def test_start_releases_finished_init_containers() -> None:
     scenario["steps"].append({"start": {"pod": "pod"}})
     after = simulate(scenario)
     assert after["steps"][1] == {
-        "action": "start", "pod": "pod", "started": True, "released": ["init"],
+        "action": "start",
+        "pod": "pod",
+        "started": True,
+        "released": ["init"],
     }
     assert table(after, 0)["reserved"] == 4 * GI
     assert table(after, 0, "hugepages-1Gi")["reserved"] == 4 * GI
@@ -267,7 +278,12 @@ def test_start_of_unknown_pod_reports_not_started() -> None:
             "steps": [{"start": {"pod": "nope"}}],
         }
     )
-    assert report["steps"][0] == {"action": "start", "pod": "nope", "started": False, "released": []}
+    assert report["steps"][0] == {
+        "action": "start",
+        "pod": "nope",
+        "started": False,
+        "released": [],
+    }
 
 
 def test_removing_from_a_group_walks_nodes_in_order() -> None:

@@ -150,6 +150,21 @@ class StaticPolicy:
         state.set_blocks(pod.uid, container.name, blocks)
         _shrink_init_blocks(state, pod, container, blocks)
 
+    def adopt(self, state: MemoryState, pod: PodSpec, container: ContainerSpec, mask: int) -> None:
+        """Record blocks on exactly ``mask`` for a container that already runs pinned there.
+
+        Rebuilding state from the runtime: no hint, no extension, no reuse;
+        the bytes are taken node by node as an allocation would take them.
+        """
+        nodes = [n for n in nodes_of(mask) if n in state.machine]
+        if not nodes or state.blocks(pod.uid, container.name) is not None:
+            return
+        blocks = []
+        for type_, size in container.memory_requests().items():
+            blocks.append(Block(tuple(nodes), type_, size))
+            _take(state.machine, nodes, type_, size)
+        state.set_blocks(pod.uid, container.name, sort_blocks(blocks))
+
     def _find_best(self, hints: Mapping[str, list[TopologyHint]]) -> TopologyHint | None:
         """kubelet's findBestHint over the ``memory`` list: preferred first, then narrowest."""
         candidates = hints.get("memory")
@@ -390,10 +405,7 @@ def _group_allows(
     """Section 5.3 step 3 (the group rules)."""
     if len(combo) == 1:
         return cells[combo[0]].bit_count() <= 1
-    for i in combo:
-        if assigned[i] and (not multi_ok[i] or cells[i] != mask):
-            return False
-    return True
+    return not any(assigned[i] and (not multi_ok[i] or cells[i] != mask) for i in combo)
 
 
 def _bounded_masks(

@@ -1,0 +1,602 @@
+"""The glue: NRI events -> pod admission -> container adjustments.
+
+``MemoryPlugin`` is a handler object for :class:`nri_plugin.nri.stub.Stub`
+(the transport): its methods are named after the NRI events it handles and
+it contains no transport code. It keeps the bookkeeping rules of
+``spec/lifecycle.md``: blocks belong to (pod UID, container name); a
+container of the pod that exited before a container with another name is
+created was an init container, reusable by that container and released when
+it starts; Synchronize's view wins after any restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from nri_plugin.errors import InputError
+from nri_plugin.hint import ProviderHints, TopologyHint, format_mems, mask_of, nodes_of
+from nri_plugin.manager import AdmissionResult, ContainerDecision, MemoryManager
+from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
+from nri_plugin.quantity import format_bytes_human
+from nri_plugin.state import MEMORY
+from nri_plugin.topology import parse_cpulist
+from nri_plugin.topologymanager import SCOPE_POD, TOPOLOGY_AFFINITY_ERROR
+from nri_plugin.workload import (
+    ContainerResources,
+    container_identity,
+    container_resources,
+    pinned_cpus,
+    pod_memory_limit,
+    pod_qos,
+)
+
+REFUSAL_PREFIX = TOPOLOGY_AFFINITY_ERROR + ":"
+
+
+class AdmissionRefused(Exception):
+    """CreateContainer refused; the text starts with ``TopologyAffinityError:``."""
+
+
+@dataclass
+class ContainerRecord:
+    id: str
+    pod_uid: str
+    name: str
+    seq: int
+    exited: bool = False
+
+
+@dataclass
+class PodRecord:
+    uid: str
+    sandbox_id: str
+    name: str
+    namespace: str
+    qos: str | None
+    # container id -> record, in creation order
+    containers: dict[str, ContainerRecord] = field(default_factory=dict)
+    # container name -> resources last seen at its creation
+    resources: dict[str, ContainerResources] = field(default_factory=dict)
+    # pod scope: the affinity chosen once for the pod
+    affinity: TopologyHint | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.name else self.uid
+
+
+class Observer:
+    """Hooks for metrics; the plugin calls them, a metrics module implements them."""
+
+    def admission(
+        self, *, admitted: bool, pinned: bool, topology_error: bool, seconds: float
+    ) -> None: ...
+
+    def state_changed(self, manager: MemoryManager) -> None: ...
+
+    def connection(self, connected: bool) -> None: ...
+
+
+class MemoryPlugin:
+    """NRI handler: pins Guaranteed containers' memory with ``cpuset.mems``."""
+
+    def __init__(
+        self,
+        manager: MemoryManager,
+        *,
+        persist: Callable[[], None] | None = None,
+        observer: Observer | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.manager = manager
+        self._persist = persist or (lambda: None)
+        self._observer = observer or Observer()
+        self._log = logger if logger is not None else structlog.get_logger("plugin")
+        self.pods: dict[str, PodRecord] = {}
+        # (pod uid, container name) -> id of the container that holds the blocks
+        self.owners: dict[tuple[str, str], str] = {}
+        self._seq = 0
+        self.synchronized = False
+
+    # -- NRI events ----------------------------------------------------------
+
+    def configure(self, config: str, runtime_name: str, runtime_version: str) -> None:
+        self._log.info(
+            "configured",
+            runtime=runtime_name,
+            runtime_version=runtime_version,
+            memory_manager_policy=self.manager.config.policy,
+            topology_manager_policy=self.manager.config.topology_manager_policy,
+            topology_manager_scope=self.manager.config.topology_manager_scope,
+        )
+
+    def on_disconnect(self) -> None:
+        self.synchronized = False
+        self._observer.connection(False)
+        self._log.warning("runtime connection lost")
+
+    def run_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self._pod_record(pod)
+
+    def stop_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self._release_pod(pod.uid, "pod sandbox stopped")
+
+    def remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self._release_pod(pod.uid, "pod sandbox removed")
+        self.pods.pop(pod.uid, None)
+
+    def create_container(
+        self, pod: api.PodSandbox, container: api.Container
+    ) -> api.ContainerAdjustment | None:
+        started = time.perf_counter()
+        record = self._pod_record(pod)
+        uid, name = container_identity(pod, container)
+        qos = pod_qos(pod, container)
+        try:
+            resources = container_resources(container)
+        except InputError as exc:
+            # a malformed value in the runtime's data: leave the container alone, say why
+            self._log.error(
+                "container resources unreadable", pod=record.ref, container=name, error=str(exc)
+            )
+            return None
+        record.resources[name] = resources
+        self._seq += 1
+        record.containers[container.id] = ContainerRecord(container.id, uid, name, self._seq)
+        if qos != GUARANTEED or MEMORY not in resources.memory or not self._handles():
+            self._log.info(
+                "admission",
+                pod=record.ref,
+                pod_uid=uid,
+                container=name,
+                qos=qos,
+                result="untouched",
+                reason="not Guaranteed"
+                if qos != GUARANTEED
+                else "no memory limit"
+                if MEMORY not in resources.memory
+                else "policy None",
+            )
+            self._observer.admission(
+                admitted=True,
+                pinned=False,
+                topology_error=False,
+                seconds=time.perf_counter() - started,
+            )
+            return None
+
+        outcome = self._admit(record, name, resources)
+        seconds = time.perf_counter() - started
+        if isinstance(outcome, AdmissionResult):
+            self._observer.admission(
+                admitted=False,
+                pinned=False,
+                topology_error=outcome.reason == TOPOLOGY_AFFINITY_ERROR,
+                seconds=seconds,
+            )
+            message = self._refusal_message(record, name, resources, outcome)
+            self._log.warning(
+                "admission",
+                pod=record.ref,
+                pod_uid=uid,
+                container=name,
+                qos=qos,
+                result="refused",
+                reason=outcome.reason,
+                hints=_providers_json(outcome.failed_hints),
+                merged_hint=_hint_json(outcome.failed_affinity),
+                message=message,
+            )
+            self._persist()
+            raise AdmissionRefused(message)
+        self.owners[(uid, name)] = container.id
+        mems = outcome.cpuset_mems
+        self._log.info(
+            "admission",
+            pod=record.ref,
+            pod_uid=uid,
+            container=name,
+            qos=qos,
+            result="pinned",
+            cpuset_mems=mems,
+            hints=_providers_json(outcome.provider_hints),
+            merged_hint=_hint_json(outcome.affinity),
+            blocks=[_block_json(b) for b in outcome.allocations],
+            duration_ms=round(seconds * 1000, 3),
+        )
+        self._observer.admission(
+            admitted=True, pinned=bool(mems), topology_error=False, seconds=seconds
+        )
+        self._changed()
+        if not mems:
+            return None
+        return _adjust_mems(mems)
+
+    def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+        """A container starts: the pod's exited (init) containers of other names are done."""
+        uid, name = container_identity(pod, container)
+        record = self.pods.get(uid)
+        if record is None:
+            return
+        released = []
+        for c in list(record.containers.values()):
+            if c.exited and c.name != name and c.seq < self._seq_of(record, container.id):
+                if self.manager.policy.remove_container(self.manager.state, uid, c.name):
+                    released.append(c.name)
+                self.owners.pop((uid, c.name), None)
+        if released:
+            self._log.info(
+                "init containers released",
+                pod=record.ref,
+                pod_uid=uid,
+                started=name,
+                released=released,
+            )
+            self._changed()
+
+    def update_container(
+        self, pod: api.PodSandbox, container: api.Container, linux_resources: api.LinuxResources
+    ) -> list[api.ContainerUpdate]:
+        """Keep our cpuset.mems whatever the update (kubelet's CPU manager sends them)."""
+        uid, name = container_identity(pod, container)
+        if self.owners.get((uid, name)) != container.id:
+            return []
+        mems = self._mems_of(uid, name)
+        if not mems:
+            return []
+        return [_update_mems(container.id, mems)]
+
+    def stop_container(
+        self, pod: api.PodSandbox, container: api.Container
+    ) -> list[api.ContainerUpdate]:
+        record = self.pods.get(pod.uid)
+        if record is not None and container.id in record.containers:
+            record.containers[container.id].exited = True
+        return []
+
+    def remove_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+        uid, name = container_identity(pod, container)
+        record = self.pods.get(uid)
+        if record is not None:
+            record.containers.pop(container.id, None)
+        # a newer container of the same name (a restart) keeps the blocks
+        if self.owners.get((uid, name)) != container.id:
+            return
+        del self.owners[(uid, name)]
+        if self.manager.remove_container(uid, name):
+            self._log.info("released", pod_uid=uid, container=name, reason="container removed")
+            self._changed()
+
+    # -- Synchronize: the runtime's view wins ----------------------------------
+
+    def synchronize(
+        self, pods: Sequence[api.PodSandbox], containers: Sequence[api.Container]
+    ) -> list[api.ContainerUpdate]:
+        state = self.manager.state
+        by_sandbox = {p.id: p for p in pods}
+        self.pods = {}
+        self.owners = {}
+        ordered = sorted(
+            enumerate(containers),
+            key=lambda ic: (ic[1].created_at if ic[1].created_at else 0, ic[0]),
+        )
+        live: dict[tuple[str, str], api.Container] = {}
+        for sandbox in pods:
+            self._pod_record(sandbox)
+        for _, c in ordered:
+            p = by_sandbox.get(c.pod_sandbox_id)
+            if p is None:
+                continue
+            record = self._pod_record(p)
+            uid, name = container_identity(p, c)
+            self._seq += 1
+            rec = ContainerRecord(
+                c.id, uid, name, self._seq, exited=c.state == api.CONTAINER_STOPPED
+            )
+            record.containers[c.id] = rec
+            try:
+                record.resources[name] = container_resources(c)
+            except InputError as exc:
+                self._log.error(
+                    "container resources unreadable", pod=record.ref, container=name, error=str(exc)
+                )
+            # the latest container of a name owns the name's blocks
+            live[(uid, name)] = c
+
+        released = self._release_gone(live)
+        released += self._release_finished_inits()
+        adopted, admitted, failed, updates = self._adopt_and_admit(ordered, by_sandbox, live)
+        for key, c in live.items():
+            if state.blocks(*key) is not None:
+                self.owners[key] = c.id
+        self.synchronized = True
+        self._observer.connection(True)
+        self._log.info(
+            "synchronized",
+            pods=len(pods),
+            containers=len(containers),
+            released=released,
+            adopted=adopted,
+            admitted=admitted,
+            unplaced=failed,
+        )
+        self._changed()
+        return updates
+
+    def _release_gone(self, live: dict[tuple[str, str], api.Container]) -> list[str]:
+        released = []
+        for uid, names in list(self.manager.state.entries.items()):
+            for name in list(names):
+                if (uid, name) not in live:
+                    self.manager.remove_container(uid, name)
+                    released.append(f"{uid}/{name}")
+        return released
+
+    def _release_finished_inits(self) -> list[str]:
+        """Exited containers whose successor (another name, created later) already runs."""
+        released = []
+        for record in self.pods.values():
+            running_after = [c for c in record.containers.values() if not c.exited]
+            for c in record.containers.values():
+                if not c.exited or self.manager.state.blocks(record.uid, c.name) is None:
+                    continue
+                if any(r.name != c.name and r.seq > c.seq for r in running_after):
+                    self.manager.remove_container(record.uid, c.name)
+                    released.append(f"{record.uid}/{c.name}")
+        return released
+
+    def _adopt_and_admit(
+        self,
+        ordered: Sequence[tuple[int, api.Container]],
+        by_sandbox: dict[str, api.PodSandbox],
+        live: dict[tuple[str, str], api.Container],
+    ) -> tuple[int, int, int, list[api.ContainerUpdate]]:
+        adopted = admitted = failed = 0
+        updates: list[api.ContainerUpdate] = []
+        if not self._handles():
+            return adopted, admitted, failed, updates
+        known_nodes = set(self.manager.topology.node_ids)
+        for _, c in ordered:
+            p = by_sandbox.get(c.pod_sandbox_id)
+            if p is None or c.state not in (api.CONTAINER_CREATED, api.CONTAINER_RUNNING):
+                continue
+            uid, name = container_identity(p, c)
+            if live.get((uid, name)) is not c or self.manager.state.blocks(uid, name) is not None:
+                continue
+            if pod_qos(p, c) != GUARANTEED:
+                continue
+            record = self.pods[uid]
+            resources = record.resources.get(name)
+            if resources is None or MEMORY not in resources.memory:
+                continue
+            mems = c.linux.resources.cpu.mems if c.HasField("linux") else ""
+            nodes: set[int] = set()
+            if mems:
+                try:
+                    nodes = set(parse_cpulist(mems, what="cpuset.mems"))
+                except InputError:
+                    nodes = set()
+            if nodes and nodes <= known_nodes:
+                # pinned by us before the state was lost: adopt as it is
+                spec = resources.to_spec(name)
+                pod_spec = PodSpec(uid, record.name, record.namespace, (), (spec,), GUARANTEED)
+                self.manager.adopt(pod_spec, spec, mask_of(nodes))
+                adopted += 1
+                self._log.info(
+                    "adopted", pod=record.ref, pod_uid=uid, container=name, cpuset_mems=mems
+                )
+                continue
+            # created while we were away: admit now, pin through the sync reply
+            outcome = self._admit(record, name, resources)
+            if isinstance(outcome, AdmissionResult):
+                failed += 1
+                self._log.warning(
+                    "admission",
+                    pod=record.ref,
+                    pod_uid=uid,
+                    container=name,
+                    result="unplaced",
+                    reason=outcome.reason,
+                    message=self._refusal_message(record, name, resources, outcome),
+                )
+                continue
+            admitted += 1
+            if outcome.cpuset_mems:
+                updates.append(_update_mems(c.id, outcome.cpuset_mems))
+            self._log.info(
+                "admission",
+                pod=record.ref,
+                pod_uid=uid,
+                container=name,
+                result="pinned late",
+                cpuset_mems=outcome.cpuset_mems,
+            )
+        return adopted, admitted, failed, updates
+
+    # -- admission -----------------------------------------------------------
+
+    def _handles(self) -> bool:
+        return self.manager.config.policy == "Static"
+
+    def _admit(
+        self, record: PodRecord, name: str, resources: ContainerResources
+    ) -> ContainerDecision | AdmissionResult:
+        """Admit one container of a pod, with the pod's exited containers as its init containers."""
+        state = self.manager.state
+        inits = tuple(
+            record.resources[c.name].to_spec(c.name, init=True)
+            for c in record.containers.values()
+            if c.exited
+            and c.name != name
+            and c.name in record.resources
+            and state.blocks(record.uid, c.name) is not None
+        )
+        spec = resources.to_spec(name)
+        cpus = pinned_cpus(resources, self.manager.topology)
+        spec = ContainerSpec(spec.name, spec.requests, spec.limits, cpuset=cpus)
+        pod = PodSpec(record.uid, record.name, record.namespace, inits, (spec,), GUARANTEED)
+        for init in inits:
+            self.manager.refresh(pod, init)  # their memory is reusable by this container
+        existing = self.manager.refresh(pod, spec)
+        if existing is not None:
+            return existing  # a restarted container keeps its blocks
+        if self.manager.config.topology_manager_scope == SCOPE_POD:
+            affinity = self._pod_affinity(record, pod, spec, resources)
+            if isinstance(affinity, AdmissionResult):
+                return affinity
+            if affinity is not None:
+                return self.manager.allocate_container(
+                    pod, spec, affinity, release_pod_on_reject=False
+                )
+        return self.manager.admit_container(pod, spec, release_pod_on_reject=False)
+
+    def _pod_affinity(
+        self, record: PodRecord, pod: PodSpec, spec: ContainerSpec, resources: ContainerResources
+    ) -> TopologyHint | AdmissionResult | None:
+        """Pod scope: merge the pod-level hints once, from kubelet's pod-level limits."""
+        if record.affinity is not None:
+            return record.affinity
+        limit = pod_memory_limit_of(record)
+        if limit is None:
+            self._log.warning(
+                "pod scope without pod-level resources; using container scope", pod=record.ref
+            )
+            return None
+        from fractions import Fraction
+
+        amounts = {k: Fraction(v) for k, v in resources.memory.items()}
+        amounts[MEMORY] = Fraction(limit)
+        whole = ContainerSpec("pod", dict(amounts), dict(amounts), cpuset=spec.cpuset)
+        affinity, admit, providers = self.manager.pod_affinity(
+            PodSpec(pod.uid, pod.name, pod.namespace, (), (whole,), GUARANTEED)
+        )
+        if not admit:
+            return AdmissionResult(
+                pod.uid,
+                GUARANTEED,
+                False,
+                (),
+                TOPOLOGY_AFFINITY_ERROR,
+                f"pod {pod.uid}: Resources cannot be allocated with Topology locality",
+                spec.name,
+                providers,
+                affinity,
+            )
+        record.affinity = affinity
+        return affinity
+
+    def _refusal_message(
+        self, record: PodRecord, name: str, resources: ContainerResources, result: AdmissionResult
+    ) -> str:
+        """Why, in the words a node administrator needs: request, free per node, policy."""
+        config = self.manager.config
+        request = ", ".join(
+            f"{t}={format_bytes_human(v)}" for t, v in sorted(resources.memory.items())
+        )
+        free = []
+        for node_id, node in sorted(self.manager.state.machine.items()):
+            parts = [
+                f"{t}={format_bytes_human(node.memory_map[t].free)}"
+                for t in sorted(resources.memory)
+                if t in node.memory_map
+            ]
+            group = "" if len(node.cells) <= 1 else f" (group {','.join(map(str, node.cells))})"
+            free.append(f"node {node_id}: {' '.join(parts)}{group}")
+        hint = result.failed_affinity
+        merged = "" if hint is None else f"; best hint {hint}"
+        detail = result.message or ""
+        return (
+            f"{REFUSAL_PREFIX} container {name} of pod {record.ref}: {result.reason}: {detail}"
+            f"; request {request}; free {'; '.join(free)}{merged}; topology manager policy "
+            f"{config.topology_manager_policy}, scope {config.topology_manager_scope}"
+        )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _pod_record(self, pod: api.PodSandbox) -> PodRecord:
+        record = self.pods.get(pod.uid)
+        if record is None:
+            record = PodRecord(pod.uid, pod.id, pod.name, pod.namespace, pod_qos(pod))
+            self.pods[pod.uid] = record
+        record.sandbox_id = pod.id or record.sandbox_id
+        limit = pod_memory_limit(pod)
+        if limit is not None:
+            _POD_LIMITS[pod.uid] = limit
+        return record
+
+    def _seq_of(self, record: PodRecord, container_id: str) -> int:
+        c = record.containers.get(container_id)
+        return c.seq if c is not None else self._seq + 1
+
+    def _release_pod(self, uid: str, reason: str) -> None:
+        names = list(self.manager.state.entries.get(uid, {}))
+        for key in [k for k in self.owners if k[0] == uid]:
+            del self.owners[key]
+        record = self.pods.get(uid)
+        if record is not None:
+            record.affinity = None
+        if names:
+            self.manager.remove_pod(uid)
+            self._log.info("released", pod_uid=uid, containers=names, reason=reason)
+            self._changed()
+        _POD_LIMITS.pop(uid, None)
+
+    def _mems_of(self, uid: str, name: str) -> str:
+        mask = 0
+        for b in self.manager.state.blocks(uid, name) or []:
+            mask |= mask_of(b.numa_affinity)
+        return format_mems(mask)
+
+    def _changed(self) -> None:
+        self._observer.state_changed(self.manager)
+        self._persist()
+
+
+# Pod-level memory limits from the sandbox (pod scope needs them).
+_POD_LIMITS: dict[str, int] = {}
+
+
+def pod_memory_limit_of(record: PodRecord) -> int | None:
+    return _POD_LIMITS.get(record.uid)
+
+
+def _adjust_mems(mems: str) -> api.ContainerAdjustment:
+    adjust = api.ContainerAdjustment()
+    adjust.linux.resources.cpu.mems = mems
+    return adjust
+
+
+def _update_mems(container_id: str, mems: str) -> api.ContainerUpdate:
+    update = api.ContainerUpdate(container_id=container_id)
+    update.linux.resources.cpu.mems = mems
+    return update
+
+
+def _hint_json(hint: TopologyHint | None) -> dict[str, object] | None:
+    return None if hint is None else hint.to_json()
+
+
+def _providers_json(providers: dict[str, ProviderHints]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for provider, hints in providers.items():
+        if hints is None:
+            out[provider] = None
+            continue
+        out[provider] = {
+            resource: None if lst is None else [h.to_json() for h in lst]
+            for resource, lst in hints.items()
+        }
+    return out
+
+
+def _block_json(b: Any) -> dict[str, object]:
+    return {"type": b.type, "size": b.size, "numaAffinity": list(b.numa_affinity)}
+
+
+__all__ = ["REFUSAL_PREFIX", "AdmissionRefused", "MemoryPlugin", "Observer", "nodes_of"]

@@ -1,0 +1,137 @@
+"""``nri-memory-manager run``: the plugin on a live node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from nri_plugin import checkpoint
+from nri_plugin.config import Config, load_config_file, validate_for_machine
+from nri_plugin.errors import InputError, StateError
+from nri_plugin.logs import configure_logging
+from nri_plugin.manager import MemoryManager
+from nri_plugin.metrics import Metrics, serve_http
+from nri_plugin.nri.stub import Stub
+from nri_plugin.persistence import CheckpointWriter
+from nri_plugin.plugin import MemoryPlugin
+from nri_plugin.state import MemoryState
+from nri_plugin.topology import Topology, discover_sysfs, load_topology_file
+
+STATE_FILE_NAME = "memory_manager_state"
+
+
+def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
+    topology = (
+        load_topology_file(args.topology_file)
+        if args.topology_file
+        else discover_sysfs(args.sysfs_root or "/sys")
+    )
+    config = load_config_file(args.config) if args.config else Config()
+    validate_for_machine(config, topology, source=args.config or "config")
+    return topology, config
+
+
+def restore(topology: Topology, config: Config, path: Path, log: Any) -> MemoryManager:
+    """The manager over the checkpoint if it can be trusted, else empty (rebuilt at sync).
+
+    An untrusted file is kept aside (never deleted): what it recorded is not
+    lost, and Synchronize rebuilds the state from the runtime's view.
+    """
+    restored: MemoryState | None = None
+    try:
+        restored = checkpoint.load_file(path)
+    except StateError as exc:
+        _set_aside(path, log, str(exc))
+    if restored is not None:
+        try:
+            manager = MemoryManager(topology, config, restored)
+            log.info(
+                "checkpoint restored",
+                path=str(path),
+                containers=sum(len(c) for c in restored.entries.values()),
+            )
+            return manager
+        except StateError as exc:
+            _set_aside(path, log, str(exc))
+    return MemoryManager(topology, config)
+
+
+def _set_aside(path: Path, log: Any, reason: str) -> None:
+    aside = path.with_name(f"{path.name}.untrusted-{int(time.time())}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        aside = path
+    log.error(
+        "checkpoint not trusted; rebuilding the state from the runtime",
+        path=str(path),
+        kept_as=str(aside),
+        reason=reason,
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    log = structlog.get_logger("nri-memory-manager")
+    topology, config = load_machine(args)
+    state_path = Path(args.state_dir) / STATE_FILE_NAME
+    manager = restore(topology, config, state_path, log)
+    writer = CheckpointWriter(state_path, log)
+    writer.write_now(manager.state)
+    metrics = Metrics()
+    plugin = MemoryPlugin(
+        manager, persist=lambda: writer.request(manager.state), observer=metrics, logger=log
+    )
+    metrics.state_changed(manager)
+    stub = Stub(
+        plugin,
+        plugin_name=args.plugin_name,
+        plugin_idx=args.plugin_index,
+        socket_path=args.socket,
+        logger=structlog.get_logger("nri"),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stub.stop)
+    server = None
+    if args.metrics_address:
+        host, _, port = args.metrics_address.rpartition(":")
+
+        def health() -> tuple[bool, str]:
+            if not stub.connected:
+                return False, "not connected to the runtime"
+            return writer.writable()
+
+        server = await serve_http(host or "0.0.0.0", int(port), metrics, health)
+        log.info("metrics listening", address=args.metrics_address)
+    log.info(
+        "starting",
+        socket=args.socket,
+        plugin=f"{args.plugin_index}-{args.plugin_name}",
+        numa_nodes=len(topology.nodes),
+        state=str(state_path),
+        policy=config.policy,
+        topology_manager_policy=config.topology_manager_policy,
+    )
+    try:
+        await stub.run()
+    finally:
+        if server is not None:
+            server.close()
+        await writer.flush()
+        writer.write_now(manager.state)
+        log.info("stopped")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    if args.metrics_address and ":" not in args.metrics_address:
+        raise InputError(f"--metrics-address {args.metrics_address!r}: expected HOST:PORT")
+    return asyncio.run(serve(args))

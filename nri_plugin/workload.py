@@ -1,0 +1,143 @@
+"""From NRI's view of a pod and a container to the policy's PodSpec/ContainerSpec.
+
+kubelet does not tell the runtime a pod's QoS class or a container's requests
+directly; they are read back the way the reference (nri-protocol.md §6)
+describes: the QoS class from the pod's cgroup parent (cgroupfs and systemd
+drivers), the memory and hugepage requests from the container's limits
+(request == limit for Guaranteed pods), the pinned CPUs from its cpuset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from nri_plugin.errors import InputError
+from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.pod import BEST_EFFORT, BURSTABLE, CPU, GUARANTEED, MEMORY, ContainerSpec
+from nri_plugin.topology import Topology, hugepage_resource_name, parse_cpulist
+
+LABEL_POD_UID = "io.kubernetes.pod.uid"
+LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
+
+_BURSTABLE = re.compile(r"(?:^|[/:._-])burstable(?:[/:._-]|$)")
+_BEST_EFFORT = re.compile(r"(?:^|[/:._-])besteffort(?:[/:._-]|$)")
+_KUBEPODS = re.compile(r"(?:^|[/:._-])kubepods(?:[/:._-]|$)")
+_PAGE_SIZE = re.compile(r"([0-9]+)(KB|MB|GB|TB|PB)")
+_UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
+
+# int64 bounds: OCI values are int64; anything outside is refused as malformed
+_INT64_MAX = (1 << 63) - 1
+
+
+def qos_from_cgroup(path: str) -> str | None:
+    """kubelet's QoS class from a cgroup parent or cgroups path; None outside kubepods."""
+    if not path or not _KUBEPODS.search(path):
+        return None
+    if _BEST_EFFORT.search(path):
+        return BEST_EFFORT
+    if _BURSTABLE.search(path):
+        return BURSTABLE
+    return GUARANTEED
+
+
+def pod_qos(pod: api.PodSandbox, container: api.Container | None = None) -> str | None:
+    qos = qos_from_cgroup(pod.linux.cgroup_parent) if pod.HasField("linux") else None
+    if qos is None and container is not None and container.HasField("linux"):
+        qos = qos_from_cgroup(container.linux.cgroups_path)
+    return qos
+
+
+def page_size_bytes(text: str) -> int:
+    """OCI hugepage sizes (``2MB``, ``1GB``, ``64KB``) are binary units."""
+    match = _PAGE_SIZE.fullmatch(text)
+    if match is None:
+        raise InputError(f"hugepage limit: page size {text!r} is not like 2MB or 1GB")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+@dataclass(frozen=True)
+class ContainerResources:
+    """What the plugin reads of one container's resources."""
+
+    memory: dict[str, int]  # memory type -> bytes (memory limit, non-zero hugepage limits)
+    cpu_limit: Fraction | None  # cores, from quota/period
+    cpu_request: Fraction | None  # cores, from shares
+    cpus: frozenset[int] | None  # the cpuset, when one is set
+
+    def to_spec(self, name: str, *, init: bool = False) -> ContainerSpec:
+        amounts: dict[str, Fraction] = {k: Fraction(v) for k, v in self.memory.items()}
+        if self.cpu_limit is not None:
+            amounts[CPU] = self.cpu_limit
+        # Guaranteed: request == limit for every resource
+        return ContainerSpec(name=name, requests=dict(amounts), limits=dict(amounts), init=init)
+
+
+def container_resources(container: api.Container) -> ContainerResources:
+    """Read memory, hugepages and CPU settings from the container's OCI resources."""
+    res = container.linux.resources if container.HasField("linux") else api.LinuxResources()
+    memory: dict[str, int] = {}
+    if res.HasField("memory") and res.memory.HasField("limit"):
+        limit = res.memory.limit.value
+        if limit < 0 or limit > _INT64_MAX:
+            raise InputError(f"container {container.name!r}: memory limit {limit} is out of range")
+        if limit > 0:
+            memory[MEMORY] = limit
+    for hp in res.hugepage_limits:
+        if hp.limit == 0:
+            continue  # containerd lists every host page size with limit 0
+        if hp.limit > _INT64_MAX:
+            raise InputError(
+                f"container {container.name!r}: hugepage limit {hp.limit} is out of range"
+            )
+        memory[hugepage_resource_name(page_size_bytes(hp.page_size))] = hp.limit
+    cpu_limit = cpu_request = None
+    cpus: frozenset[int] | None = None
+    if res.HasField("cpu"):
+        cpu = res.cpu
+        if cpu.HasField("quota") and cpu.HasField("period"):
+            quota, period = cpu.quota.value, cpu.period.value
+            if quota > 0 and period > 0:
+                cpu_limit = Fraction(quota, period)
+        if cpu.HasField("shares") and cpu.shares.value > 2:
+            cpu_request = Fraction(cpu.shares.value, 1024)
+        if cpu.cpus:
+            try:
+                cpus = parse_cpulist(cpu.cpus, what="cpuset.cpus")
+            except InputError:
+                cpus = None
+    return ContainerResources(memory, cpu_limit, cpu_request, cpus)
+
+
+def pinned_cpus(resources: ContainerResources, topology: Topology) -> frozenset[int] | None:
+    """The CPUs the CPU manager pinned the container to, or None for the shared pool.
+
+    A cpuset covering every CPU of the machine is the shared pool (CPU manager
+    policy none, or a non-integer request): it gives no CPU-side hint, as
+    kubelet's CPU manager gives none for such containers.
+    """
+    if resources.cpus is None:
+        return None
+    known = frozenset().union(*(n.cpus for n in topology.nodes))
+    cpus = resources.cpus & known
+    if not cpus or cpus == known:
+        return None
+    return cpus
+
+
+def pod_memory_limit(pod: api.PodSandbox) -> int | None:
+    """The pod-level memory limit kubelet sends (kubelet >= 1.23), or None."""
+    if not pod.HasField("linux") or not pod.linux.HasField("pod_resources"):
+        return None
+    res = pod.linux.pod_resources
+    if res.HasField("memory") and res.memory.HasField("limit") and res.memory.limit.value > 0:
+        return int(res.memory.limit.value)
+    return None
+
+
+def container_identity(pod: api.PodSandbox, container: api.Container) -> tuple[str, str]:
+    """(pod UID, container name), the key kubelet uses for memory blocks."""
+    uid = pod.uid or container.labels.get(LABEL_POD_UID, "")
+    name = container.name or container.labels.get(LABEL_CONTAINER_NAME, "")
+    return uid, name
