@@ -510,11 +510,18 @@ class MemoryPlugin:
             free.append(f"node {node_id}: {' '.join(parts)}{group}")
         hint = result.failed_affinity
         merged = "" if hint is None else f"; best hint {hint}"
-        detail = result.message or ""
+        detail = (result.message or "").split(": ", 1)[-1]  # drop kubelet's "container x: "
+        cpus = pinned_cpus(resources, self.manager.topology)
+        cpu_nodes = (
+            ""
+            if cpus is None
+            else "; CPUs on NUMA nodes "
+            + ",".join(map(str, sorted(self.manager.topology.nodes_of_cpus(cpus))))
+        )
         return (
-            f"{REFUSAL_PREFIX} container {name} of pod {record.ref}: {result.reason}: {detail}"
-            f"; request {request}; free {'; '.join(free)}{merged}; topology manager policy "
-            f"{config.topology_manager_policy}, scope {config.topology_manager_scope}"
+            f"{REFUSAL_PREFIX} pod {record.ref} container {name}: {detail} ({result.reason})"
+            f"; request {request}{cpu_nodes}; free {'; '.join(free)}{merged}; topology manager"
+            f" policy {config.topology_manager_policy}, scope {config.topology_manager_scope}"
         )
 
     # -- helpers ---------------------------------------------------------------

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up everything and run every check: lint, types, unit/property/protocol
+# tests and the end-to-end tests against real containerd 2.x and 1.7.
+# Needs root (containerd, runc, cgroups). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+hack/setup.sh
+hack/e2e-setup.sh
+echo "== ruff"
+.venv/bin/ruff check nri_plugin tests hack
+echo "== mypy --strict"
+.venv/bin/mypy --strict nri_plugin
+echo "== pytest"
+# CI=true makes a missing e2e setup a failure, never a skip
+CI=true .venv/bin/python -m pytest -p no:cacheprovider "$@"
