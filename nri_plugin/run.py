@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from nri_plugin import checkpoint
 from nri_plugin.config import Config, load_config_file, validate_for_machine
-from nri_plugin.errors import InputError, StateError
+from nri_plugin.errors import InputError
 from nri_plugin.logs import configure_logging
-from nri_plugin.manager import MemoryManager
 from nri_plugin.metrics import Metrics, serve_http
 from nri_plugin.nri.stub import Stub
 from nri_plugin.persistence import CheckpointWriter
 from nri_plugin.plugin import MemoryPlugin
-from nri_plugin.state import MemoryState
+from nri_plugin.recovery import restore
 from nri_plugin.topology import Topology, discover_sysfs, load_topology_file
 
 STATE_FILE_NAME = "memory_manager_state"
@@ -34,47 +29,12 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
         else discover_sysfs(args.sysfs_root or "/sys")
     )
     config = load_config_file(args.config) if args.config else Config()
+    if getattr(args, "kubelet_config", None):
+        from nri_plugin.kubeletconfig import align_with_kubelet
+
+        config = align_with_kubelet(config, args.kubelet_config, structlog.get_logger("config"))
     validate_for_machine(config, topology, source=args.config or "config")
     return topology, config
-
-
-def restore(topology: Topology, config: Config, path: Path, log: Any) -> MemoryManager:
-    """The manager over the checkpoint if it can be trusted, else empty (rebuilt at sync).
-
-    An untrusted file is kept aside (never deleted): what it recorded is not
-    lost, and Synchronize rebuilds the state from the runtime's view.
-    """
-    restored: MemoryState | None = None
-    try:
-        restored = checkpoint.load_file(path)
-    except StateError as exc:
-        _set_aside(path, log, str(exc))
-    if restored is not None:
-        try:
-            manager = MemoryManager(topology, config, restored)
-            log.info(
-                "checkpoint restored",
-                path=str(path),
-                containers=sum(len(c) for c in restored.entries.values()),
-            )
-            return manager
-        except StateError as exc:
-            _set_aside(path, log, str(exc))
-    return MemoryManager(topology, config)
-
-
-def _set_aside(path: Path, log: Any, reason: str) -> None:
-    aside = path.with_name(f"{path.name}.untrusted-{int(time.time())}")
-    try:
-        os.rename(path, aside)
-    except OSError:
-        aside = path
-    log.error(
-        "checkpoint not trusted; rebuilding the state from the runtime",
-        path=str(path),
-        kept_as=str(aside),
-        reason=reason,
-    )
 
 
 async def serve(args: argparse.Namespace) -> int:
