@@ -10,6 +10,7 @@ checkpoint either).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
 from itertools import combinations
 
 from nri_plugin.hint import ProviderHints, TopologyHint, is_narrower, mask_of, nodes_of
@@ -20,7 +21,7 @@ from nri_plugin.state import POLICY_STATIC, Block, MemoryState, MemoryTable, Nod
 # Up to this many NUMA nodes every subset is visited, exactly as kubelet does.
 # Above it (only reachable when max-allowable-numa-nodes is raised, or with the
 # topology manager policy `none`) a bounded search is used instead.
-EXHAUSTIVE_NODE_LIMIT = 10
+EXHAUSTIVE_NODE_LIMIT = 12
 # Cap on the hints of one width that the bounded search returns.
 BOUNDED_HINT_CAP = 2048
 
@@ -358,54 +359,79 @@ def _shrink_init_blocks(
 # -- mask enumeration ----------------------------------------------------------
 
 
+@cache
+def _kubelet_order(n: int) -> tuple[tuple[int, int], ...]:
+    """Every non-empty subset of n positions as (position bitmask, size), in kubelet's order.
+
+    kubelet's IterateBitMasks: by size, then lexicographically by the ascending
+    position lists ([0], [1], [0,1], [0,2], [1,2], ...).
+    """
+    order = []
+    for k in range(1, n + 1):
+        for combo in combinations(range(n), k):
+            pm = 0
+            for i in combo:
+                pm |= 1 << i
+            order.append((pm, k))
+    return tuple(order)
+
+
+def _subset_sums(values: Sequence[int]) -> list[int]:
+    """sums[pm] = sum of values at the positions set in pm, for every pm (one pass)."""
+    sums = [0] * (1 << len(values))
+    for pm in range(1, len(sums)):
+        low = pm & -pm
+        sums[pm] = sums[pm ^ low] + values[low.bit_length() - 1]
+    return sums
+
+
 def _exhaustive_masks(
     machine: Mapping[int, NodeState],
     ids: Sequence[int],
     requested: Mapping[str, int],
     reusable: Mapping[int, Mapping[str, int]],
 ) -> tuple[list[int], int]:
-    """Visit every non-empty subset by size, then lexicographically (kubelet's IterateBitMasks)."""
+    """Section 5.3 over every non-empty subset, in kubelet's order; (masks, minimal size)."""
+    n = len(ids)
     types = list(requested.items())
-    alloc = [[_table(machine[n], t).allocatable for n in ids] for t, _ in types]
-    free = [[_table(machine[n], t).free for n in ids] for t, _ in types]
-    cells = [mask_of(machine[n].cells) for n in ids]
-    multi_ok = [machine[n].number_of_assignments == 0 or len(machine[n].cells) > 1 for n in ids]
-    assigned = [machine[n].number_of_assignments > 0 for n in ids]
-    bits = [1 << n for n in ids]
-    min_size = len(ids)
+    alloc = [_subset_sums([_table(machine[i], t).allocatable for i in ids]) for t, _ in types]
+    free = [_subset_sums([_table(machine[i], t).free for i in ids]) for t, _ in types]
+    real = _subset_sums([1 << i for i in ids])  # position mask -> NUMA node mask
+    nodes = [machine[i] for i in ids]
+    grouped = [len(node.cells) > 1 for node in nodes]
+    # positions that forbid every multi-node mask (assigned, serving single-node blocks),
+    # and assigned positions of a group (allowed only in exactly that group's mask)
+    single_assigned = 0
+    group_assigned: list[tuple[int, int]] = []
+    for pos, node in enumerate(nodes):
+        if node.number_of_assignments > 0:
+            if grouped[pos]:
+                group_assigned.append((1 << pos, mask_of(node.cells)))
+            else:
+                single_assigned |= 1 << pos
+    min_size = n
     out: list[int] = []
-    for k in range(1, len(ids) + 1):
-        for combo in combinations(range(len(ids)), k):
-            if not all(
-                sum(alloc[ti][i] for i in combo) >= size for ti, (_, size) in enumerate(types)
-            ):
+    for pm, size in _kubelet_order(n):
+        if any(alloc[ti][pm] < need for ti, (_, need) in enumerate(types)):
+            continue
+        if size < min_size:
+            min_size = size
+        mask = real[pm]
+        if size == 1:
+            if grouped[pm.bit_length() - 1]:
                 continue
-            min_size = min(min_size, k)
-            mask = 0
-            for i in combo:
-                mask |= bits[i]
-            if not _group_allows(combo, mask, cells, multi_ok, assigned):
+        elif pm & single_assigned or any(
+            pm & bit and cells != mask for bit, cells in group_assigned
+        ):
+            continue
+        extra = reusable.get(mask)
+        if extra:
+            if any(free[ti][pm] + extra.get(t, 0) < need for ti, (t, need) in enumerate(types)):
                 continue
-            extra = reusable.get(mask, {})
-            if all(
-                sum(free[ti][i] for i in combo) + extra.get(t, 0) >= size
-                for ti, (t, size) in enumerate(types)
-            ):
-                out.append(mask)
+        elif any(free[ti][pm] < need for ti, (_, need) in enumerate(types)):
+            continue
+        out.append(mask)
     return out, min_size
-
-
-def _group_allows(
-    combo: Sequence[int],
-    mask: int,
-    cells: Sequence[int],
-    multi_ok: Sequence[bool],
-    assigned: Sequence[bool],
-) -> bool:
-    """Section 5.3 step 3 (the group rules)."""
-    if len(combo) == 1:
-        return cells[combo[0]].bit_count() <= 1
-    return not any(assigned[i] and (not multi_ok[i] or cells[i] != mask) for i in combo)
 
 
 def _bounded_masks(
