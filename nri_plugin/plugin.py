@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import structlog
@@ -63,7 +64,8 @@ class PodRecord:
     containers: dict[str, ContainerRecord] = field(default_factory=dict)
     # container name -> resources last seen at its creation
     resources: dict[str, ContainerResources] = field(default_factory=dict)
-    # pod scope: the affinity chosen once for the pod
+    # pod scope: the pod-level memory limit kubelet sent, and the affinity chosen once
+    memory_limit: int | None = None
     affinity: TopologyHint | None = None
 
     @property
@@ -462,14 +464,12 @@ class MemoryPlugin:
         """Pod scope: merge the pod-level hints once, from kubelet's pod-level limits."""
         if record.affinity is not None:
             return record.affinity
-        limit = pod_memory_limit_of(record)
+        limit = record.memory_limit
         if limit is None:
             self._log.warning(
                 "pod scope without pod-level resources; using container scope", pod=record.ref
             )
             return None
-        from fractions import Fraction
-
         amounts = {k: Fraction(v) for k, v in resources.memory.items()}
         amounts[MEMORY] = Fraction(limit)
         whole = ContainerSpec("pod", dict(amounts), dict(amounts), cpuset=spec.cpuset)
@@ -534,7 +534,7 @@ class MemoryPlugin:
         record.sandbox_id = pod.id or record.sandbox_id
         limit = pod_memory_limit(pod)
         if limit is not None:
-            _POD_LIMITS[pod.uid] = limit
+            record.memory_limit = limit
         return record
 
     def _seq_of(self, record: PodRecord, container_id: str) -> int:
@@ -552,7 +552,6 @@ class MemoryPlugin:
             self.manager.remove_pod(uid)
             self._log.info("released", pod_uid=uid, containers=names, reason=reason)
             self._changed()
-        _POD_LIMITS.pop(uid, None)
 
     def _mems_of(self, uid: str, name: str) -> str:
         mask = 0
@@ -563,14 +562,6 @@ class MemoryPlugin:
     def _changed(self) -> None:
         self._observer.state_changed(self.manager)
         self._persist()
-
-
-# Pod-level memory limits from the sandbox (pod scope needs them).
-_POD_LIMITS: dict[str, int] = {}
-
-
-def pod_memory_limit_of(record: PodRecord) -> int | None:
-    return _POD_LIMITS.get(record.uid)
 
 
 def _adjust_mems(mems: str) -> api.ContainerAdjustment:

@@ -1,0 +1,193 @@
+"""MemoryPlugin's bookkeeping (spec/lifecycle.md) with NRI messages, no runtime needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from nri_plugin.config import parse_config
+from nri_plugin.manager import MemoryManager
+from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.plugin import AdmissionRefused, MemoryPlugin
+from nri_plugin.topology import topology_from_mapping
+from tests.nri_builders import GI, container, pod
+
+TOPOLOGY = {
+    "nodes": [
+        {"id": i, "cpus": f"{4 * i}-{4 * i + 3}", "memory": "8Gi", "hugepages": {"1Gi": "2Gi"}}
+        for i in range(4)
+    ]
+}
+
+
+def make_plugin(policy: str = "single-numa-node", scope: str = "container") -> MemoryPlugin:
+    topology = topology_from_mapping(TOPOLOGY)
+    config = parse_config(
+        {
+            "policy": "static",
+            "topologyManagerPolicy": policy,
+            "topologyManagerScope": scope,
+            "reservedMemory": ["0:memory=1Gi"],
+        }
+    )
+    return MemoryPlugin(MemoryManager(topology, config))
+
+
+def reserved(plugin: MemoryPlugin, node: int, type_: str = "memory") -> int:
+    return plugin.manager.state.machine[node].memory_map[type_].reserved
+
+
+def mems(adjust: api.ContainerAdjustment | None) -> str:
+    return "" if adjust is None else adjust.linux.resources.cpu.mems
+
+
+def test_guaranteed_container_is_pinned_and_others_untouched() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    assert mems(plugin.create_container(g, container(g, "app", "c1", 2 * GI, cpus="4-5"))) == "1"
+    b = pod("b", "Burstable")
+    assert plugin.create_container(b, container(b, "app", "c2", 2 * GI)) is None
+    e = pod("e", "BestEffort")
+    assert plugin.create_container(e, container(e, "app", "c3", None)) is None
+    assert list(plugin.manager.state.entries) == ["g"]
+    assert reserved(plugin, 1) == 2 * GI
+
+
+def test_shared_pool_cpuset_gives_no_cpu_hint() -> None:
+    # CPU manager policy none: every container gets all CPUs; that must not force a group
+    plugin = make_plugin("restricted")
+    g = pod("g")
+    adjust = plugin.create_container(g, container(g, "app", "c1", GI, cpus="0-15"))
+    assert mems(adjust) == "0"
+
+
+def test_hugepages_requests_are_read_from_limits() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    adjust = plugin.create_container(g, container(g, "app", "c1", GI, hugepages={"1GB": GI}))
+    assert mems(adjust) == "0"
+    types = {b.type for b in plugin.manager.state.blocks("g", "app") or []}
+    assert types == {"memory", "hugepages-1Gi"}
+    assert reserved(plugin, 0, "hugepages-1Gi") == GI
+
+
+def test_refusal_names_request_free_memory_and_policy() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    with pytest.raises(AdmissionRefused) as err:
+        plugin.create_container(g, container(g, "big", "c1", 10 * GI))
+    text = str(err.value)
+    assert text.startswith("TopologyAffinityError:")
+    assert "memory=10Gi" in text and "node 3: memory=6Gi" in text
+    assert "single-numa-node" in text
+    assert "g" not in plugin.manager.state.entries
+    # containerd's undo events for the refused container are harmless
+    plugin.stop_container(g, container(g, "big", "c1", 10 * GI))
+    plugin.remove_container(g, container(g, "big", "c1", 10 * GI))
+
+
+def test_restarted_container_keeps_its_blocks() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    first = container(g, "app", "c1", 3 * GI, cpus="8")
+    assert mems(plugin.create_container(g, first)) == "2"
+    plugin.stop_container(g, first)
+    second = container(g, "app", "c2", 3 * GI, cpus="8")
+    assert mems(plugin.create_container(g, second)) == "2"
+    assert reserved(plugin, 2) == 3 * GI  # not counted twice
+    plugin.remove_container(g, first)  # the old instance goes: the new one keeps the blocks
+    assert plugin.manager.state.blocks("g", "app") is not None
+    plugin.remove_container(g, second)
+    assert plugin.manager.state.blocks("g", "app") is None
+    assert reserved(plugin, 2) == 0
+
+
+def test_exited_container_is_an_init_container_reused_then_released() -> None:
+    # init 4Gi runs and exits; app 2Gi reuses its memory; when the app starts the init goes
+    plugin = make_plugin()
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    assert mems(plugin.create_container(g, init)) == "0"
+    plugin.start_container(g, init)
+    plugin.stop_container(g, init)
+    app = container(g, "app", "c2", 2 * GI)
+    assert mems(plugin.create_container(g, app)) == "0"
+    # the app reused the init container's memory: the pod still holds 4Gi on node 0
+    assert reserved(plugin, 0) == 4 * GI
+    plugin.start_container(g, app)
+    assert plugin.manager.state.blocks("g", "init") is None
+    assert reserved(plugin, 0) == 2 * GI
+
+
+def test_stopping_the_pod_sandbox_releases_everything() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    plugin.create_container(g, container(g, "a", "c1", GI))
+    plugin.create_container(g, container(g, "b", "c2", GI))
+    plugin.stop_pod_sandbox(g)
+    assert plugin.manager.state.entries == {}
+    assert all(reserved(plugin, n) == 0 for n in range(4))
+
+
+def test_update_keeps_the_pinned_mems() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    c = container(g, "app", "c1", GI, cpus="12")
+    plugin.create_container(g, c)
+    resources = api.LinuxResources()
+    resources.cpu.cpus = "13"
+    updates = plugin.update_container(g, c, resources)
+    assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c1", "3")]
+    b = pod("b", "Burstable")
+    cb = container(b, "app", "c2", GI)
+    plugin.create_container(b, cb)
+    assert plugin.update_container(b, cb, resources) == []
+
+
+def test_synchronize_releases_gone_adopts_pinned_and_pins_unpinned() -> None:
+    plugin = make_plugin()
+    gone = pod("gone")
+    plugin.create_container(gone, container(gone, "app", "c0", GI))
+    # the runtime's view after a restart of the plugin
+    kept = pod("kept")
+    late = pod("late")
+    pinned = container(kept, "app", "c1", 3 * GI, mems="2", state=api.CONTAINER_RUNNING)
+    unpinned = container(late, "app", "c2", 2 * GI, cpus="4", state=api.CONTAINER_RUNNING)
+    updates = plugin.synchronize([kept, late], [pinned, unpinned])
+    entries = plugin.manager.state.entries
+    assert "gone" not in entries
+    assert [b.numa_affinity for b in entries["kept"]["app"]] == [(2,)]
+    assert reserved(plugin, 2) == 3 * GI
+    assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c2", "1")]
+    assert reserved(plugin, 1) == 2 * GI
+    # owners are known again: removing the adopted container releases it
+    plugin.remove_container(kept, pinned)
+    assert reserved(plugin, 2) == 0
+
+
+def test_synchronize_releases_finished_init_containers() -> None:
+    plugin = make_plugin()
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    app = container(g, "app", "c2", 2 * GI)
+    plugin.create_container(g, app)
+    # the plugin restarts before seeing the app start; the app now runs
+    fresh = make_plugin()
+    fresh.manager.state = plugin.manager.state.clone()
+    init.state = api.CONTAINER_STOPPED
+    app.state = api.CONTAINER_RUNNING
+    fresh.synchronize([g], [init, app])
+    assert fresh.manager.state.blocks("g", "init") is None
+    assert reserved(fresh, 0) == 2 * GI
+
+
+def test_pod_scope_uses_the_pod_level_limit() -> None:
+    # pod scope: two 3Gi containers (pod limit 6Gi) share one node; node 0 has only 5Gi
+    plugin = make_plugin("single-numa-node", "pod")
+    g = pod("g", memory_limit=6 * GI)
+    assert mems(plugin.create_container(g, container(g, "a", "c1", 3 * GI))) == "1"
+    assert mems(plugin.create_container(g, container(g, "b", "c2", 3 * GI))) == "1"
+    big = pod("big", memory_limit=12 * GI)
+    with pytest.raises(AdmissionRefused, match="TopologyAffinityError"):
+        plugin.create_container(big, container(big, "a", "c3", 6 * GI))
