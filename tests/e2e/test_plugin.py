@@ -281,3 +281,77 @@ def test_health_and_metrics_endpoints(
         "2.147483648e+09" in text
     )
     assert plugin.http("/nope")[0] == 404
+
+
+def wait_exited(cri: CRIClient, cid: str, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while cri.container_state(cid) != "CONTAINER_EXITED":
+        assert time.monotonic() < deadline, f"{cid} did not exit"
+        time.sleep(0.05)
+
+
+def test_init_container_memory_is_reused_then_released(
+    cri: CRIClient, plugin_factory: Callable[[str], MemoryManagerPlugin]
+) -> None:
+    # kubelet's order: the init container runs to completion, then the app is created
+    plugin = plugin_factory("single-numa-node")
+    uid = str(uuid.uuid4())
+    pod = cri.run_pod(uid, qos="Guaranteed")
+    init = cri.create_container(
+        pod, "init", memory_limit=4 * GI, cpu_millis=1000, cpuset_cpus="0-1", command=["/bin/true"]
+    )
+    assert cri.mems(init) == "0"  # node 0 of the fake machine: this one can run
+    cri.start_container(init)
+    wait_exited(cri, init)
+    app = cri.create_container(pod, "app", memory_limit=2 * GI, cpu_millis=1000, cpuset_cpus="0-1")
+    assert cri.mems(app) == "0"
+    node0 = plugin.state()["machineState"]["0"]["memoryMap"]["memory"]
+    assert node0["reserved"] == 4 * GI  # the app reused the init container's memory
+    cri.start_container(app)
+    assert cri.host_cpuset_mems(app) == "0"
+    import time
+
+    deadline = time.monotonic() + 10
+    while "init" in plugin.state().get("entries", {}).get(uid, {}):
+        assert time.monotonic() < deadline, "init container's blocks never released"
+        time.sleep(0.05)
+    state = plugin.state()
+    assert list(state["entries"][uid]) == ["app"]
+    assert state["machineState"]["0"]["memoryMap"]["memory"]["reserved"] == 2 * GI
+
+
+def test_prelaunched_by_containerd(flavor: str, e2e_paths: Any, tmp_path: Path) -> None:
+    """containerd starts `90-memory-manager` from its plugin dir with fd 3 as the socket."""
+    work = tmp_path / "pre"
+    work.mkdir()
+    (work / "topology.yaml").write_text(TOPOLOGY)
+    (work / "config.yaml").write_text(config_text("single-numa-node"))
+    ctrd = Containerd(e2e_paths, flavor, instance=f"pre{flavor.replace('.', '')}")  # type: ignore[arg-type]
+    try:
+        ctrd.start()  # the first start sweeps the run dir: install the plugin after it
+        ctrd.stop()
+        script = ctrd.nri_plugin_path / "90-memory-manager"
+        # containerd gives a pre-launched plugin only the NRI_* variables: no PATH
+        script.write_text(
+            "#!/bin/sh\n"
+            f"cd {ROOT}\n"
+            f"exec {sys.executable} -m nri_plugin.cli run --config {work}/config.yaml"
+            f" --topology-file {work}/topology.yaml --state-dir {work}/state"
+            f" >>{work}/plugin.log 2>&1\n"
+        )
+        script.chmod(0o755)
+        since = ctrd.log_offset()
+        ctrd.start()
+        # pre-launched plugins are registered and synchronized while containerd boots
+        ctrd.wait_for_log(r'registered as \\?"90-memory-manager\\?"', timeout=20, since=since)
+        ctrd.wait_for_log(r"containerd successfully booted", timeout=20, since=since)
+        cri = ctrd.cri()
+        _, cid = guaranteed(cri, 2 * GI, cpuset="12")
+        assert cri.mems(cid) == "3"
+        log = (work / "plugin.log").read_text()
+        assert '"result": "pinned"' in log
+    finally:
+        ctrd.close()
+        ctrd.assert_clean()
