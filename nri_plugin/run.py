@@ -32,7 +32,9 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
     if getattr(args, "kubelet_config", None):
         from nri_plugin.kubeletconfig import align_with_kubelet
 
-        config = align_with_kubelet(config, args.kubelet_config, structlog.get_logger("config"))
+        config = align_with_kubelet(
+            config, args.kubelet_config, structlog.get_logger("config"), config_source=args.config
+        )
     validate_for_machine(config, topology, source=args.config or "config")
     return topology, config
 
@@ -92,6 +94,10 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    if args.metrics_address and ":" not in args.metrics_address:
-        raise InputError(f"--metrics-address {args.metrics_address!r}: expected HOST:PORT")
+    if args.metrics_address:
+        port = args.metrics_address.rpartition(":")[2]
+        if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+            raise InputError(
+                f"--metrics-address {args.metrics_address!r}: expected HOST:PORT, PORT 1-65535"
+            )
     return asyncio.run(serve(args))
