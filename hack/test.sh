@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 hack/setup.sh
 hack/e2e-setup.sh
+echo "== shellcheck"
+shellcheck hack/*.sh hack/kind/*.sh .ci/run
 echo "== ruff"
 .venv/bin/ruff check nri_plugin tests hack
 echo "== mypy --strict"
