@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""Regenerate the protobuf modules in nri_plugin/nri/gen/ from proto/*.proto.
+"""Regenerate the protobuf modules in nri_plugin/{nri,cri}/gen/ from proto/*.proto.
 
-Usage: .venv/bin/python hack/gen_proto.py [--out DIR]
+Usage: .venv/bin/python hack/gen_proto.py [--out DIR] [--cri-out DIR]
 
-The output is committed; tests/nri/test_generated.py regenerates into a
-temporary directory and fails when the committed files differ, so run this
-after every change to proto/ (or after upgrading grpcio-tools/protobuf).
+With no option both packages are regenerated in place. --out writes only the
+NRI modules (nri.proto, ttrpc.proto) to DIR, --cri-out only the CRI proxy's
+(cri.proto); give both for both.
+
+The output is committed; tests/nri/test_generated.py and tests/test_criproxy.py
+regenerate into a temporary directory and fail when the committed files
+differ, so run this after every change to proto/ (or after upgrading
+grpcio-tools/protobuf).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO / "proto"
 DEFAULT_OUT = REPO / "nri_plugin" / "nri" / "gen"
 PROTOS = ("nri.proto", "ttrpc.proto")
+DEFAULT_CRI_OUT = REPO / "nri_plugin" / "cri" / "gen"
+CRI_PROTOS = ("cri.proto",)
+# The CRI modules live outside the lint/type-check exclusions of pyproject.toml
+# (which name nri_plugin/nri/gen only), so they carry their own.
+CRI_HEADER = "# ruff: noqa\n# fmt: off\n# mypy: ignore-errors\n"
 
 INIT_TEXT = '"""Generated protobuf modules (hack/gen_proto.py from proto/). Do not edit."""\n'
 
@@ -34,7 +44,7 @@ def _make_relative(text: str) -> str:
     return _FROM_IMPORT.sub(lambda m: f"from .{m.group(1)} import ", text)
 
 
-def generate(out_dir: Path) -> list[Path]:
+def generate(out_dir: Path, protos: tuple[str, ...] = PROTOS, header: str = "") -> list[Path]:
     """Write the generated modules (and the package __init__) into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -44,25 +54,31 @@ def generate(out_dir: Path) -> list[Path]:
         f"-I{PROTO_DIR}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
-        *(str(PROTO_DIR / name) for name in PROTOS),
+        *(str(PROTO_DIR / name) for name in protos),
     ]
     subprocess.run(cmd, check=True)
     written = [out_dir / "__init__.py"]
     written[0].write_text(INIT_TEXT)
-    for name in PROTOS:
+    for name in protos:
         stem = name.removesuffix(".proto")
         for suffix in ("_pb2.py", "_pb2.pyi"):
             path = out_dir / f"{stem}{suffix}"
-            path.write_text(_make_relative(path.read_text()))
+            path.write_text(header + _make_relative(path.read_text()))
             written.append(path)
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("--out", type=Path, help="output directory of the NRI modules")
+    parser.add_argument("--cri-out", type=Path, help="output directory of the CRI modules")
     args = parser.parse_args(argv)
-    for path in generate(args.out):
+    written = []
+    if args.out is not None or args.cri_out is None:
+        written += generate(args.out or DEFAULT_OUT)
+    if args.cri_out is not None or args.out is None:
+        written += generate(args.cri_out or DEFAULT_CRI_OUT, CRI_PROTOS, CRI_HEADER)
+    for path in written:
         print(path)
     return 0
 

@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the checkpoint as JSON")
 
     _add_run_arguments(sub.add_parser("run", help="run the NRI plugin on this node"))
+    proxy = sub.add_parser("cri-proxy", help="run the policy as a CRI proxy (runtimes without NRI)")
+    proxy.add_argument("--listen", required=True, metavar="PATH", help="unix socket for kubelet")
+    proxy.add_argument(
+        "--runtime-endpoint", required=True, metavar="PATH", help="the real runtime's CRI socket"
+    )
+    proxy.add_argument("--config", metavar="FILE")
+    proxy.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR")
+    _add_machine_args(proxy, required=False)
+    proxy.add_argument("--kubelet-config", metavar="PATH", default=None)
+    proxy.add_argument("--metrics-address", metavar="HOST:PORT", default=None)
+    proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
@@ -79,6 +90,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="config file (YAML)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR")
     _add_machine_args(p, required=False)
+    p.add_argument(
+        "--kubelet-config",
+        metavar="PATH",
+        default=None,
+        help="the node's KubeletConfiguration file: align reservations and policies",
+    )
     p.add_argument("--metrics-address", metavar="HOST:PORT", default=None)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -178,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from nri_plugin import run as run_module
 
             return run_module.main(args)
+        if args.command == "cri-proxy":
+            from nri_plugin import criproxy
+
+            return criproxy.main(args)
         return handlers[args.command](args)
     except InputError as exc:
         sys.stderr.write(f"nri-memory-manager {args.command}: {_one_line(str(exc))}\n")

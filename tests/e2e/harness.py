@@ -737,6 +737,7 @@ class Containerd:
 
     `instance` defaults to the flavor's tag ("2x", "17"); give distinct ones to run several
     instances at once. Timeouts are containerd duration strings ("2s"); None keeps the default.
+    `nri` False disables NRI (a runtime without it, as the CRI proxy serves).
     """
 
     def __init__(
@@ -748,6 +749,7 @@ class Containerd:
         request_timeout: str | None = None,
         registration_timeout: str | None = None,
         debug: bool = False,
+        nri: bool = True,
     ) -> None:
         if flavor not in _INSTALL:
             raise ValueError(f"flavor {flavor!r} is not one of {FLAVORS}")
@@ -760,6 +762,7 @@ class Containerd:
         self.request_timeout = request_timeout
         self.registration_timeout = registration_timeout
         self.debug = debug
+        self.nri = nri
         self._proc: subprocess.Popen[bytes] | None = None
         self._cri: CRIClient | None = None
         self._plugins: list[PluginProcess] = []
@@ -805,7 +808,7 @@ class Containerd:
     def config_toml(self) -> str:
         r = self.run_dir
         nri = [
-            "disable = false",
+            f"disable = {'false' if self.nri else 'true'}",
             f"socket_path = '{self.nri_socket}'",
             f"plugin_path = '{self.nri_plugin_path}'",
             f"plugin_config_path = '{self.nri_plugin_config_path}'",
