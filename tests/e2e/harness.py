@@ -891,8 +891,12 @@ class Containerd:
         cri = self.cri()
         self._wait_until(lambda: self._answers(cri), deadline, "CRI Version")
         for image in (SANDBOX_IMAGE, WORKLOAD_IMAGE):
-            if not cri.image_present(image):
-                raise HarnessError(f"image {image} not visible over CRI after import")
+            # under load containerd 2.x may list an imported image a moment later
+            self._wait_until(
+                lambda image=image: cri.image_present(image),  # type: ignore[misc]
+                deadline,
+                f"image {image} visible over CRI after import",
+            )
         return self
 
     def _answers(self, cri: CRIClient) -> bool:
