@@ -73,6 +73,21 @@ class Metrics(Observer):
             registry=r,
         )
 
+        self.restore_conflicts = Gauge(
+            "nri_memory_manager_restore_conflicts",
+            "Containers whose recorded blocks no longer fit the configuration at the last start",
+            registry=r,
+        )
+        self.checkpoint_set_aside = Gauge(
+            "nri_memory_manager_checkpoint_set_aside",
+            "1 when the checkpoint could not be trusted at the last start and was set aside",
+            registry=r,
+        )
+
+    def restored(self, *, conflicts: int, set_aside: bool) -> None:
+        self.restore_conflicts.set(conflicts)
+        self.checkpoint_set_aside.set(1 if set_aside else 0)
+
     # -- Observer ----------------------------------------------------------
 
     def admission(

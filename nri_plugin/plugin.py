@@ -25,6 +25,7 @@ from nri_plugin.manager import AdmissionResult, ContainerDecision, MemoryManager
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.quantity import format_bytes_human
+from nri_plugin.recovery import settle
 from nri_plugin.state import MEMORY
 from nri_plugin.topology import parse_cpulist
 from nri_plugin.topologymanager import SCOPE_POD, TOPOLOGY_AFFINITY_ERROR
@@ -124,14 +125,29 @@ class MemoryPlugin:
         self._log.warning("runtime connection lost")
 
     def run_pod_sandbox(self, pod: api.PodSandbox) -> None:
-        self._pod_record(pod)
+        record = self._pod_record(pod)
+        record.sandbox_id = pod.id  # a new sandbox replaces a dead one of the same pod
 
     def stop_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        if self._stale_sandbox(pod):
+            return
         self._release_pod(pod.uid, "pod sandbox stopped")
 
     def remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        if self._stale_sandbox(pod):
+            return
         self._release_pod(pod.uid, "pod sandbox removed")
         self.pods.pop(pod.uid, None)
+
+    def _stale_sandbox(self, pod: api.PodSandbox) -> bool:
+        """An event for a pod's replaced sandbox: the pod's current containers live on."""
+        record = self.pods.get(pod.uid)
+        stale = record is not None and bool(record.sandbox_id) and pod.id != record.sandbox_id
+        if stale:
+            self._log.info(
+                "event for a replaced pod sandbox ignored", pod_uid=pod.uid, sandbox=pod.id
+            )
+        return stale
 
     def create_container(
         self, pod: api.PodSandbox, container: api.Container
@@ -364,6 +380,10 @@ class MemoryPlugin:
         if not self._handles():
             return adopted, admitted, failed, updates
         known_nodes = set(self.manager.topology.node_ids)
+        # Every pinned container is adopted before any unpinned one is admitted:
+        # Synchronize lists containers in the runtime's order, and a late admission
+        # must not be given memory that a pinned container listed after it holds.
+        late: list[tuple[api.Container, str, str, PodRecord, ContainerResources]] = []
         for _, c in ordered:
             p = by_sandbox.get(c.pod_sandbox_id)
             if p is None or c.state not in (api.CONTAINER_CREATED, api.CONTAINER_RUNNING):
@@ -393,7 +413,9 @@ class MemoryPlugin:
                 self._log.info(
                     "adopted", pod=record.ref, pod_uid=uid, container=name, cpuset_mems=mems
                 )
-                continue
+            else:
+                late.append((c, uid, name, record, resources))
+        for c, uid, name, record, resources in late:
             # created while we were away: admit now, pin through the sync reply
             outcome = self._admit(record, name, resources)
             if isinstance(outcome, AdmissionResult):
@@ -431,6 +453,9 @@ class MemoryPlugin:
     ) -> ContainerDecision | AdmissionResult:
         """Admit one container of a pod, with the pod's exited containers as its init containers."""
         state = self.manager.state
+        # reusable memory is rebuilt below from the exited containers that still hold
+        # blocks: memory of init containers released since must not be reused again
+        self.manager.policy.forget_pod(record.uid)
         inits = tuple(
             record.resources[c.name].to_spec(c.name, init=True)
             for c in record.containers.values()
@@ -531,7 +556,7 @@ class MemoryPlugin:
         if record is None:
             record = PodRecord(pod.uid, pod.id, pod.name, pod.namespace, pod_qos(pod))
             self.pods[pod.uid] = record
-        record.sandbox_id = pod.id or record.sandbox_id
+        record.sandbox_id = record.sandbox_id or pod.id
         limit = pod_memory_limit(pod)
         if limit is not None:
             record.memory_limit = limit
@@ -560,6 +585,7 @@ class MemoryPlugin:
         return format_mems(mask)
 
     def _changed(self) -> None:
+        settle(self.manager)  # memory lent to conflicting blocks at restore, once released
         self._observer.state_changed(self.manager)
         self._persist()
 

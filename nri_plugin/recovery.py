@@ -1,54 +1,730 @@
-"""Restart recovery: trusting (or not) the checkpoint left by an earlier run."""
+"""Restart recovery: what to trust of the checkpoint an earlier run left behind.
+
+kubelet refuses to start whenever its state file disagrees with the machine
+or the configuration; the documented fix is to drain the node and delete the
+file. This module does better, in this order (``docs/recovery.md``):
+
+1. temp files of a write cut short by a crash are removed;
+2. a checkpoint that cannot be trusted (truncated, bad checksum, another
+   policy's spelling, a symlink, inconsistent with its own machine state) is
+   set aside, never deleted, and the state is rebuilt at Synchronize;
+3. a trusted checkpoint is compared with the machine and configuration of
+   this start: memory totals that drifted (within ``memoryDriftTolerance`` or
+   not), a changed ``reservedMemory``, memory manager policy or topology
+   manager policy. Every recorded block is re-applied onto the new machine
+   state; the start is refused only when a node's memory shrank beyond the
+   tolerance and the running allocations no longer fit. Other conflicts are
+   logged and the blocks kept as recorded: memory that is really in use is
+   never forgotten (bytes beyond the new allocatable memory are counted on
+   top of it, "lent", and :func:`settle` gives them back as blocks go).
+
+:func:`plan` is the pure decision; :func:`recover` and :func:`restore` add
+the file system and the logs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import time
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nri_plugin import checkpoint
 from nri_plugin.config import Config
 from nri_plugin.errors import StateError
+from nri_plugin.hint import format_mems, mask_of
 from nri_plugin.manager import MemoryManager
-from nri_plugin.state import MemoryState
+from nri_plugin.quantity import format_bytes_human
+from nri_plugin.state import (
+    POLICY_NONE,
+    POLICY_STATIC,
+    Block,
+    MemoryState,
+    MemoryTable,
+    NodeState,
+)
 from nri_plugin.topology import Topology
+
+# What restore did with the checkpoint.
+OUTCOME_NONE = "no-checkpoint"  # no file: the state is built at Synchronize
+OUTCOME_RESTORED = "restored"  # trusted and used as it is
+OUTCOME_REBASED = "rebased"  # trusted; its blocks re-applied onto a changed machine/config
+OUTCOME_UNTRUSTED = "untrusted"  # set aside; the state is rebuilt at Synchronize
+OUTCOME_POLICY_CHANGED = "policy-changed"  # another memory manager policy: start from defaults
+
+TOPOLOGY_SINGLE_NUMA_NODE = "single-numa-node"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A memory total (``memory`` or a hugepage pool) of one node that moved since the checkpoint.
+
+    Within the tolerance means at most ``tolerance`` bytes apart, either way.
+    """
+
+    node: int
+    type: str
+    old_total: int
+    new_total: int
+    tolerance: int
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.new_total - self.old_total) <= self.tolerance
+
+    def describe(self) -> str:
+        return (
+            f"NUMA node {self.node} {self.type} total was {_bytes(self.old_total)},"
+            f" is now {_bytes(self.new_total)}"
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """A reservation (``reservedMemory`` or the node's reserved total) that changed."""
+
+    node: int
+    type: str
+    old_reserved: int
+    new_reserved: int
+
+    def describe(self) -> str:
+        return (
+            f"NUMA node {self.node} {self.type} systemReserved was {_bytes(self.old_reserved)},"
+            f" is now {_bytes(self.new_reserved)}"
+        )
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A recorded container whose blocks the new machine or configuration would not give.
+
+    Its blocks are kept as recorded (the container runs and uses the memory);
+    ``shortfall`` is what its group lacks for every recorded block to fit.
+    """
+
+    pod_uid: str
+    container: str
+    nodes: tuple[int, ...]
+    type: str
+    shortfall: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to start from, decided from a loaded checkpoint and this start's defaults."""
+
+    outcome: str
+    # the state to hand to the manager; None: start from the policy's defaults
+    state: MemoryState | None
+    drifts: tuple[Drift, ...] = ()
+    changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    # why the file is not used (untrusted, or another policy)
+    reason: str | None = None
+    # containers whose blocks are dropped (the new policy keeps no blocks)
+    dropped: tuple[str, ...] = ()
+    # (node, type) -> bytes of recorded blocks beyond the new allocatable memory,
+    # counted as reserved anyway (see _lend); ``state`` does not include them yet
+    lent: Mapping[tuple[int, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :func:`recover` found and did; for logs, metrics and tests."""
+
+    outcome: str
+    path: Path
+    set_aside_as: Path | None = None
+    reason: str | None = None
+    drifts: tuple[Drift, ...] = ()
+    changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    dropped: tuple[str, ...] = ()
+    removed_temp_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recovery:
+    manager: MemoryManager
+    report: RecoveryReport = field(compare=False)
+
+
+# -- the decision (pure) -------------------------------------------------------
+
+
+def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
+    """Decide how to start from ``saved`` given ``default``, this start's empty state.
+
+    Raises StateError (one line: node, old and new totals, shortfall) when a
+    node's memory changed beyond ``config.memory_drift_tolerance`` and the
+    recorded allocations no longer fit it, or when a block uses a NUMA node
+    or memory type the machine no longer has.
+    """
+    if saved.policy_name != default.policy_name:
+        dropped = tuple(
+            sorted(f"{uid}/{name}" for uid, names in saved.entries.items() for name in names)
+        )
+        return Plan(
+            OUTCOME_POLICY_CHANGED,
+            None,
+            reason=(
+                f"memory manager policy changed from {saved.policy_name} to {default.policy_name}"
+            ),
+            dropped=dropped,
+        )
+    if default.policy_name == POLICY_NONE:
+        return Plan(OUTCOME_RESTORED, saved)
+    if not saved.machine:
+        if saved.entries:
+            return _untrusted(
+                "[memorymanager] machine state can not be empty when it has memory assignments"
+            )
+        return Plan(OUTCOME_RESTORED, saved)  # the manager installs the default machine state
+    try:
+        # The file must agree with the machine it recorded before any comparison
+        # with this machine means anything (kubelet's validation, on its own totals).
+        checkpoint.validate_restored(saved, _recorded_default(saved.machine), POLICY_STATIC)
+    except StateError as exc:
+        return _untrusted(f"checkpoint inconsistent with its own machine state: {exc}")
+
+    drifts, changes = _compare(saved.machine, default.machine, config.memory_drift_tolerance)
+    same_machine = not drifts and not changes and _same_tables(saved.machine, default.machine)
+    if same_machine:
+        state = saved
+        shortfall_conflicts: list[Conflict] = []
+        lacking: dict[tuple[int, str], int] = {}
+    else:
+        _refuse_missing(saved, default.machine)
+        lacking = _overflow(default, saved.entries)
+        shortfall_conflicts = _shortfalls(saved, default.machine, lacking)
+        _refuse_beyond_tolerance(shortfall_conflicts, drifts)
+        state = checkpoint.expected_state(default, saved.entries)
+    conflicts = shortfall_conflicts + _group_conflicts(saved) + _policy_conflicts(saved, config)
+    return Plan(
+        OUTCOME_RESTORED if same_machine else OUTCOME_REBASED,
+        state,
+        tuple(drifts),
+        tuple(changes),
+        tuple(conflicts),
+        lent=lacking,
+    )
+
+
+def _untrusted(reason: str) -> Plan:
+    return Plan(OUTCOME_UNTRUSTED, None, reason=reason)
+
+
+def _recorded_default(machine: Mapping[int, NodeState]) -> MemoryState:
+    """The empty machine state the checkpoint's own totals and reservations describe."""
+    nodes = {
+        node_id: NodeState(
+            0,
+            {
+                t: MemoryTable(m.total, m.system_reserved, m.allocatable, 0, m.allocatable)
+                for t, m in node.memory_map.items()
+            },
+            [node_id],
+        )
+        for node_id, node in machine.items()
+    }
+    return MemoryState(POLICY_STATIC, nodes)
+
+
+def _compare(
+    old: Mapping[int, NodeState], new: Mapping[int, NodeState], tolerance: int
+) -> tuple[list[Drift], list[Change]]:
+    tolerance = max(0, tolerance)
+    drifts: list[Drift] = []
+    changes: list[Change] = []
+    for node_id in sorted(set(old) | set(new)):
+        old_map = old[node_id].memory_map if node_id in old else {}
+        new_map = new[node_id].memory_map if node_id in new else {}
+        for t in sorted(set(old_map) | set(new_map)):
+            o, n = old_map.get(t), new_map.get(t)
+            old_total = o.total if o is not None else 0
+            new_total = n.total if n is not None else 0
+            if old_total != new_total:
+                drifts.append(Drift(node_id, t, old_total, new_total, tolerance))
+            old_reserved = o.system_reserved if o is not None else 0
+            new_reserved = n.system_reserved if n is not None else 0
+            if old_reserved != new_reserved:
+                changes.append(Change(node_id, t, old_reserved, new_reserved))
+    return drifts, changes
+
+
+def _same_tables(old: Mapping[int, NodeState], new: Mapping[int, NodeState]) -> bool:
+    if set(old) != set(new):
+        return False
+    for node_id, node in old.items():
+        other = new[node_id].memory_map
+        if set(node.memory_map) != set(other):
+            return False
+        for t, m in node.memory_map.items():
+            n = other[t]
+            if (m.total, m.system_reserved, m.allocatable) != (
+                n.total,
+                n.system_reserved,
+                n.allocatable,
+            ):
+                return False
+    return True
+
+
+def _refuse_missing(saved: MemoryState, machine: Mapping[int, NodeState]) -> None:
+    """A block on a node or memory type that no longer exists cannot be kept or moved."""
+    for uid, name, block in saved.iter_blocks():
+        for node_id in block.numa_affinity:
+            node = machine.get(node_id)
+            if node is None:
+                raise StateError(
+                    f"pod {uid} container {name} holds {_bytes(block.size)} of {block.type} on"
+                    f" NUMA node {node_id}, which this machine no longer has; drain the node"
+                    " or bring the node back, then restart"
+                )
+            if block.type not in node.memory_map:
+                raise StateError(
+                    f"pod {uid} container {name} holds {_bytes(block.size)} of {block.type} on"
+                    f" NUMA node {node_id}, which no longer has {block.type}; drain the node"
+                    " or configure the pool again, then restart"
+                )
+
+
+def _components(saved: MemoryState) -> list[set[int]]:
+    """Sets of nodes whose memory is fungible: masks joined where they share a node.
+
+    With the group rules intact these are exactly the groups; when a node
+    serves overlapping masks, fit can only be judged over their union.
+    """
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for _, _, block in saved.iter_blocks():
+        nodes = list(block.numa_affinity)
+        for n in nodes[1:]:
+            parent[find(n)] = find(nodes[0])
+        find(nodes[0])
+    groups: dict[int, set[int]] = {}
+    for n in parent:
+        groups.setdefault(find(n), set()).add(n)
+    return sorted(groups.values(), key=min)
+
+
+def _overflow(
+    default: MemoryState, entries: Mapping[str, Mapping[str, Iterable[Block]]]
+) -> dict[tuple[int, str], int]:
+    """Bytes that re-applying ``entries`` onto ``default`` cannot place, by (node, type).
+
+    Follows :func:`checkpoint.expected_state` exactly (same order, same
+    ``min(free, remaining)`` per node); what a block still lacks after the last
+    node of its mask is counted on that last node.
+    """
+    free = {
+        (n, t): m.free for n, node in default.machine.items() for t, m in node.memory_map.items()
+    }
+    lacking: dict[tuple[int, str], int] = {}
+    for containers in entries.values():
+        for blocks in containers.values():
+            for block in blocks:
+                remaining = block.size
+                for n in block.numa_affinity:
+                    take = min(free.get((n, block.type), 0), remaining)
+                    free[(n, block.type)] = free.get((n, block.type), 0) - take
+                    remaining -= take
+                if remaining:
+                    key = (block.numa_affinity[-1], block.type)
+                    lacking[key] = lacking.get(key, 0) + remaining
+    return lacking
+
+
+def _shortfalls(
+    saved: MemoryState, machine: Mapping[int, NodeState], lacking: Mapping[tuple[int, str], int]
+) -> list[Conflict]:
+    """The containers of every group where recorded blocks exceed the new allocatable memory."""
+    conflicts: list[Conflict] = []
+    for component in _components(saved):
+        nodes = tuple(sorted(component))
+        for t in sorted({t for n, t in lacking if n in component}):
+            short = sum(v for (n, tt), v in lacking.items() if tt == t and n in component)
+            need = 0
+            holders: list[tuple[str, str]] = []
+            for uid, name, block in saved.iter_blocks():
+                if block.type == t and block.numa_affinity[0] in component:
+                    need += block.size
+                    if (uid, name) not in holders:
+                        holders.append((uid, name))
+            allocatable = sum(
+                m.allocatable for n in nodes if (m := machine[n].memory_map.get(t)) is not None
+            )
+            reason = (
+                f"{t} on NUMA node{'s' if len(nodes) > 1 else ''} {format_mems(mask_of(nodes))}:"
+                f" the recorded blocks need {_bytes(need)}, {_bytes(allocatable)} is"
+                f" allocatable now, short by {_bytes(short)}"
+            )
+            conflicts.extend(Conflict(uid, name, nodes, t, short, reason) for uid, name in holders)
+    return conflicts
+
+
+def _lend(state: MemoryState, lacking: Mapping[tuple[int, str], int]) -> None:
+    """Count bytes that do not fit as reserved anyway, on top of the node's allocatable.
+
+    The containers run and use that memory: it must stay counted, and
+    kubelet's unsigned ``free`` cannot go below zero. :func:`settle` gives the
+    lent bytes back as the blocks are released.
+    """
+    for (n, t), extra in lacking.items():
+        table = state.machine[n].memory_map[t]
+        table.allocatable += extra
+        table.reserved += extra
+
+
+# manager -> (node, type) -> allocatable bytes of its configured default state
+_DEFAULT_ALLOCATABLE: weakref.WeakKeyDictionary[MemoryManager, dict[tuple[int, str], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def settle(manager: MemoryManager) -> bool:
+    """Return allocatable memory lent at restore (see :func:`_lend`) once it is free again.
+
+    Meant to run after every state change: a few dict look-ups when nothing
+    was lent. Free bytes inside a group move to the node that holds the loan
+    (only group sums are meaningful, as in kubelet). True when anything changed.
+    """
+    if manager.config.policy != POLICY_STATIC:
+        return False
+    defaults = _DEFAULT_ALLOCATABLE.get(manager)
+    if defaults is None:
+        defaults = {
+            (n, t): m.allocatable
+            for n, node in manager.policy.default_state().machine.items()
+            for t, m in node.memory_map.items()
+        }
+        _DEFAULT_ALLOCATABLE[manager] = defaults
+    state = manager.state
+    changed = False
+    for node_id, node in state.machine.items():
+        for t, table in node.memory_map.items():
+            excess = table.allocatable - defaults.get((node_id, t), table.allocatable)
+            if excess <= 0:
+                continue
+            for other_id in node.cells:
+                other = state.machine[other_id].memory_map.get(t)
+                if other_id == node_id or other is None:
+                    continue
+                move = min(other.free, table.reserved, max(0, excess - table.free))
+                other.free -= move
+                other.reserved += move
+                table.reserved -= move
+                table.free += move
+            give = min(excess, table.free)
+            if give > 0:
+                table.allocatable -= give
+                table.free -= give
+                changed = True
+    return changed
+
+
+def _refuse_beyond_tolerance(conflicts: Iterable[Conflict], drifts: Iterable[Drift]) -> None:
+    """A node whose memory shrank beyond the tolerance under allocations that no longer fit.
+
+    kubelet refuses any change; here only this one refuses: the memory the
+    running containers hold may really be gone. A shortfall from a changed
+    reservation or hugepage pool is the operator's choice and only reported.
+    """
+    # growth never causes a shortfall; only memory that went missing refuses
+    beyond = [d for d in drifts if not d.within_tolerance and d.new_total < d.old_total]
+    for c in conflicts:
+        for d in beyond:
+            if d.node in c.nodes:
+                raise StateError(
+                    f"{d.describe()}, more than the memoryDriftTolerance of"
+                    f" {_bytes(d.tolerance)}, and the running allocations no longer fit:"
+                    f" {c.reason}; drain the node (or raise memoryDriftTolerance), then restart"
+                )
+
+
+def _group_conflicts(saved: MemoryState) -> list[Conflict]:
+    """Blocks breaking the group rule: a node serves one mask (one node, or one group)."""
+    masks: dict[int, list[tuple[tuple[int, ...], str, str, str]]] = {}
+    for uid, name, block in saved.iter_blocks():
+        for n in block.numa_affinity:
+            masks.setdefault(n, []).append(
+                (tuple(sorted(block.numa_affinity)), uid, name, block.type)
+            )
+    conflicts: list[Conflict] = []
+    for n in sorted(masks):
+        distinct = sorted({m for m, *_ in masks[n]})
+        if len(distinct) < 2:
+            continue
+        shown = " and ".join(f"[{format_mems(mask_of(m))}]" for m in distinct)
+        reason = (
+            f"NUMA node {n} serves the masks {shown}; a node serves either single-node"
+            " allocations or exactly one group"
+        )
+        seen: set[tuple[str, str]] = set()
+        for m, uid, name, t in masks[n]:
+            if (uid, name) not in seen:
+                seen.add((uid, name))
+                conflicts.append(Conflict(uid, name, m, t, 0, reason))
+    return conflicts
+
+
+def _policy_conflicts(saved: MemoryState, config: Config) -> list[Conflict]:
+    """Blocks the configured topology manager policy would never have admitted."""
+    if config.topology_manager_policy != TOPOLOGY_SINGLE_NUMA_NODE:
+        return []
+    conflicts = []
+    seen: set[tuple[str, str]] = set()
+    for uid, name, block in saved.iter_blocks():
+        if len(block.numa_affinity) > 1 and (uid, name) not in seen:
+            seen.add((uid, name))
+            nodes = tuple(sorted(block.numa_affinity))
+            conflicts.append(
+                Conflict(
+                    uid,
+                    name,
+                    nodes,
+                    block.type,
+                    0,
+                    f"topology manager policy {TOPOLOGY_SINGLE_NUMA_NODE} would not admit a"
+                    f" block over NUMA nodes {format_mems(mask_of(nodes))}",
+                )
+            )
+    return conflicts
+
+
+def _bytes(n: int) -> str:
+    human = format_bytes_human(n)
+    return human if human == str(n) else f"{human} ({n} bytes)"
+
+
+# -- the file system and the logs ------------------------------------------------
 
 
 def restore(topology: Topology, config: Config, path: Path, log: Any) -> MemoryManager:
-    """The manager over the checkpoint if it can be trusted, else empty (rebuilt at sync).
+    """The manager to start with (see :func:`recover`); raises StateError to refuse."""
+    return recover(topology, config, path, log).manager
 
-    An untrusted file is kept aside (never deleted): what it recorded is not
-    lost, and Synchronize rebuilds the state from the runtime's view.
+
+def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recovery:
+    """Load, judge and apply the checkpoint at ``path`` for this machine and config.
+
+    Raises StateError when the start must be refused (memory shrank beyond the
+    drift tolerance under running allocations); the file is then left as it is.
     """
-    restored: MemoryState | None = None
+    path = Path(path)
+    removed = tuple(remove_stale_temp_files(path, log))
+    secure_directory(path, log)
+    fresh = MemoryManager(topology, config)
     try:
-        restored = checkpoint.load_file(path)
+        saved = checkpoint.load_file(path)
     except StateError as exc:
-        _set_aside(path, log, str(exc))
-    if restored is not None:
-        try:
-            manager = MemoryManager(topology, config, restored)
-            log.info(
-                "checkpoint restored",
-                path=str(path),
-                containers=sum(len(c) for c in restored.entries.values()),
-            )
-            return manager
-        except StateError as exc:
-            _set_aside(path, log, str(exc))
-    return MemoryManager(topology, config)
+        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed)
+    if saved is None:
+        log.info(
+            "no checkpoint; the state is built from the runtime at Synchronize", path=str(path)
+        )
+        return Recovery(fresh, RecoveryReport(OUTCOME_NONE, path, removed_temp_files=removed))
 
-
-def _set_aside(path: Path, log: Any, reason: str) -> None:
-    aside = path.with_name(f"{path.name}.untrusted-{int(time.time())}")
     try:
-        os.rename(path, aside)
-    except OSError:
-        aside = path
-    log.error(
-        "checkpoint not trusted; rebuilding the state from the runtime",
+        decided = plan(saved, fresh.policy.default_state(), config)
+    except StateError as exc:
+        log.error("refusing to start", path=str(path), reason=str(exc))
+        raise
+    if decided.state is None:
+        return _start_fresh(fresh, path, log, decided, removed)
+    try:
+        manager = MemoryManager(topology, config, decided.state)
+    except StateError as exc:  # not expected after plan(); never trust what fails here
+        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed)
+    _lend(manager.state, decided.lent)
+    _log_plan(decided, path, log, manager)
+    report = RecoveryReport(
+        decided.outcome,
+        path,
+        drifts=decided.drifts,
+        changes=decided.changes,
+        conflicts=decided.conflicts,
+        removed_temp_files=removed,
+    )
+    return Recovery(manager, report)
+
+
+def _start_fresh(
+    fresh: MemoryManager, path: Path, log: Any, decided: Plan, removed: tuple[Path, ...]
+) -> Recovery:
+    tag = "untrusted" if decided.outcome == OUTCOME_UNTRUSTED else "policy-changed"
+    aside = set_aside(path, tag)
+    if decided.outcome == OUTCOME_UNTRUSTED:
+        log.error(
+            "checkpoint not trusted; rebuilding the state from the runtime",
+            path=str(path),
+            kept_as=str(aside) if aside else None,
+            reason=decided.reason,
+        )
+    else:
+        log.warning(
+            "memory manager policy changed; starting from its default state",
+            path=str(path),
+            kept_as=str(aside) if aside else None,
+            reason=decided.reason,
+            # pinned containers keep their cpuset.mems until they are recreated
+            blocks_dropped=list(decided.dropped),
+        )
+    report = RecoveryReport(
+        decided.outcome,
+        path,
+        set_aside_as=aside,
+        reason=decided.reason,
+        dropped=decided.dropped,
+        removed_temp_files=removed,
+    )
+    return Recovery(fresh, report)
+
+
+def _log_plan(decided: Plan, path: Path, log: Any, manager: MemoryManager) -> None:
+    for d in decided.drifts:
+        if d.within_tolerance:
+            log.warning(
+                "memory total drifted within tolerance; accepted",
+                numa_node=d.node,
+                type=d.type,
+                old_total=d.old_total,
+                new_total=d.new_total,
+                tolerance=d.tolerance,
+            )
+        else:
+            log.warning(
+                "memory total changed beyond tolerance; every recorded allocation still fits",
+                numa_node=d.node,
+                type=d.type,
+                old_total=d.old_total,
+                new_total=d.new_total,
+                tolerance=d.tolerance,
+            )
+    for c in decided.changes:
+        log.warning(
+            "reserved memory changed; applied",
+            numa_node=c.node,
+            type=c.type,
+            old_reserved=c.old_reserved,
+            new_reserved=c.new_reserved,
+        )
+    for conflict in decided.conflicts:
+        log.error(
+            "recorded allocation conflicts with this machine or configuration;"
+            " its blocks are kept as recorded",
+            pod_uid=conflict.pod_uid,
+            container=conflict.container,
+            numa_nodes=list(conflict.nodes),
+            type=conflict.type,
+            shortfall=conflict.shortfall,
+            reason=conflict.reason,
+        )
+    log.info(
+        "checkpoint restored" if decided.outcome == OUTCOME_RESTORED else "checkpoint rebased",
         path=str(path),
-        kept_as=str(aside),
-        reason=reason,
+        containers=sum(len(c) for c in manager.state.entries.values()),
+        conflicts=len(decided.conflicts),
+    )
+
+
+def set_aside(path: Path, tag: str) -> Path | None:
+    """Rename ``path`` to a fresh ``<name>.<tag>-<UTC time>[-N]`` beside it; never delete.
+
+    A symlink is renamed itself (never followed). Returns None when there is
+    nothing at ``path`` or it cannot be renamed (the error then shows at the
+    first checkpoint write).
+    """
+    if not os.path.lexists(path):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = f"{path.name}.{tag}-{stamp}"
+    for attempt in range(1, 1000):
+        aside = path.with_name(base if attempt == 1 else f"{base}-{attempt}")
+        if os.path.lexists(aside):
+            continue  # os.rename would silently replace an earlier one
+        try:
+            os.rename(path, aside)
+        except OSError:
+            return None
+        return aside
+    return None
+
+
+def remove_stale_temp_files(path: Path, log: Any) -> list[Path]:
+    """Remove ``.<name>.*.tmp`` files that a crash between create and rename left behind.
+
+    Only regular files and symlinks (removed, not followed) with exactly that
+    pattern; nothing else in the directory is touched.
+    """
+    directory = path.parent
+    prefix = f".{path.name}."
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            continue
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    if removed:
+        log.info(
+            "removed temp files of an interrupted checkpoint write",
+            files=[str(p) for p in removed],
+        )
+    return removed
+
+
+def secure_directory(path: Path, log: Any) -> None:
+    """Make the state directory 0700 when it is ours alone; else report it if open to others.
+
+    A directory created by the first write is already 0700. One created by
+    someone else (a DaemonSet's hostPath is made 0755) is tightened when we own
+    it and it holds nothing but this checkpoint's files; a directory shared
+    with other files is left as it is and reported.
+    """
+    directory = path.parent
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return  # created 0700 at the first write
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode) or not mode & 0o077:
+        return
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    ours = all(n.startswith((path.name, f".{path.name}.", ".healthz.")) for n in names)
+    if ours and st.st_uid == os.geteuid():
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)
+            log.info("state directory made private", path=str(directory), was=oct(mode))
+            return
+    log.warning(
+        "state directory is accessible to other users; 0700 is recommended",
+        path=str(directory),
+        mode=oct(mode),
     )

@@ -16,7 +16,7 @@ from nri_plugin.metrics import Metrics, serve_http
 from nri_plugin.nri.stub import Stub
 from nri_plugin.persistence import CheckpointWriter
 from nri_plugin.plugin import MemoryPlugin
-from nri_plugin.recovery import restore
+from nri_plugin.recovery import recover
 from nri_plugin.topology import Topology, discover_sysfs, load_topology_file
 
 STATE_FILE_NAME = "memory_manager_state"
@@ -43,10 +43,15 @@ async def serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger("nri-memory-manager")
     topology, config = load_machine(args)
     state_path = Path(args.state_dir) / STATE_FILE_NAME
-    manager = restore(topology, config, state_path, log)
+    recovery = recover(topology, config, state_path, log)
+    manager = recovery.manager
     writer = CheckpointWriter(state_path, log)
     writer.write_now(manager.state)
     metrics = Metrics()
+    metrics.restored(
+        conflicts=len(recovery.report.conflicts),
+        set_aside=recovery.report.set_aside_as is not None,
+    )
     plugin = MemoryPlugin(
         manager, persist=lambda: writer.request(manager.state), observer=metrics, logger=log
     )

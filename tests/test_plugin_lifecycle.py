@@ -191,3 +191,43 @@ def test_pod_scope_uses_the_pod_level_limit() -> None:
     big = pod("big", memory_limit=12 * GI)
     with pytest.raises(AdmissionRefused, match="TopologyAffinityError"):
         plugin.create_container(big, container(big, "a", "c3", 6 * GI))
+
+
+def test_events_of_a_replaced_sandbox_leave_the_new_one_alone() -> None:
+    # kubelet replaces a dead sandbox (same pod UID, new sandbox id), then removes the old one
+    plugin = make_plugin()
+    old = pod("g")
+    plugin.run_pod_sandbox(old)
+    plugin.create_container(old, container(old, "app", "c1", 2 * GI))
+    new = api.PodSandbox()
+    new.CopyFrom(old)
+    new.id = "sb-g-2"
+    plugin.run_pod_sandbox(new)
+    plugin.create_container(new, container(new, "app", "c2", 2 * GI))
+    plugin.stop_pod_sandbox(old)
+    plugin.remove_pod_sandbox(old)
+    assert plugin.manager.state.blocks("g", "app") is not None
+    assert reserved(plugin, 0) == 2 * GI
+    plugin.stop_pod_sandbox(new)
+    assert plugin.manager.state.blocks("g", "app") is None
+
+
+def test_memory_of_a_released_init_container_is_not_reused_again() -> None:
+    # init (4Gi) exits; app1 (2Gi) reuses it and starts, releasing the init; app2 (1Gi)
+    # must take its own memory: the pod then holds 3Gi, as kubelet's state says
+    plugin = make_plugin()
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.start_container(g, init)
+    plugin.stop_container(g, init)
+    app1 = container(g, "app1", "c2", 2 * GI)
+    plugin.create_container(g, app1)
+    plugin.start_container(g, app1)
+    assert reserved(plugin, 0) == 2 * GI
+    app2 = container(g, "app2", "c3", GI)
+    plugin.create_container(g, app2)
+    plugin.start_container(g, app2)
+    assert reserved(plugin, 0) == 3 * GI
+    sizes = sum(b.size for _, _, b in plugin.manager.state.iter_blocks())
+    assert sizes == 3 * GI
