@@ -728,7 +728,7 @@ def test_wheel_declares_the_runtime_dependencies(wheel: zipfile.ZipFile) -> None
         for line in wheel.read(metadata).decode().splitlines()
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     }
-    assert requires == {"pyyaml", "protobuf", "structlog", "prometheus-client"}
+    assert requires == {"pyyaml", "protobuf", "structlog", "prometheus-client", "grpcio"}
 
 
 def test_wheel_carries_the_readme_the_build_stage_copies(wheel: zipfile.ZipFile) -> None:
