@@ -24,20 +24,24 @@ class CheckpointWriter:
     def __init__(self, path: Path, logger: Any) -> None:
         self.path = path
         self._log = logger
-        self._pending: MemoryState | None = None
+        self._dirty: MemoryState | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self.writes = 0
 
     def request(self, state: MemoryState) -> None:
-        """Schedule a write of ``state`` (copied now); call on the event loop."""
-        self._pending = state.clone()
+        """Schedule a write of ``state``; call on the event loop.
+
+        Only marks the state dirty: the snapshot is taken when a write starts,
+        so a burst of changes costs one copy and one write, not one per change.
+        """
+        self._dirty = state
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        while self._pending is not None:
-            snapshot, self._pending = self._pending, None
+        while self._dirty is not None:
+            snapshot, self._dirty = self._dirty.clone(), None
             try:
                 await asyncio.to_thread(checkpoint.write_file, self.path, snapshot)
                 self.writes += 1

@@ -8,7 +8,6 @@ nothing of the policy.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -80,7 +79,24 @@ class MemoryState:
                     yield pod_uid, name, block
 
     def clone(self) -> MemoryState:
-        return copy.deepcopy(self)
+        """A deep copy; blocks are immutable values and are shared (much cheaper than deepcopy)."""
+        return MemoryState(
+            self.policy_name,
+            {
+                n: NodeState(
+                    s.number_of_assignments,
+                    {
+                        t: MemoryTable(
+                            m.total, m.system_reserved, m.allocatable, m.reserved, m.free
+                        )
+                        for t, m in s.memory_map.items()
+                    },
+                    list(s.cells),
+                )
+                for n, s in self.machine.items()
+            },
+            {u: {c: list(b) for c, b in cs.items()} for u, cs in self.entries.items()},
+        )
 
     # -- mutations ---------------------------------------------------------
 
