@@ -16,7 +16,7 @@ from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.policy.base import AllocationError, Policy
 from nri_plugin.policy.machine import build_machine_state
 from nri_plugin.policy.none import NonePolicy
-from nri_plugin.policy.static import StaticPolicy
+from nri_plugin.policy.static import MergeFocus, StaticPolicy
 from nri_plugin.state import POLICY_STATIC, Block, MemoryState
 from nri_plugin.topology import Topology
 from nri_plugin.topologymanager import (
@@ -153,10 +153,10 @@ class MemoryManager:
             providers: dict[str, ProviderHints] = {}
             affinity = EMPTY_AFFINITY
         else:
-            providers = self._container_providers(pod, container)
+            providers, merged_lists = self._container_providers(pod, container)
             affinity, admit = merge(
                 tm_policy,
-                list(providers.values()),
+                merged_lists,
                 self.numa,
                 self.config.prefer_closest_numa_nodes,
             )
@@ -204,10 +204,10 @@ class MemoryManager:
         """Pod scope: the pod-level hints merged once; (affinity, admit, providers)."""
         if self.config.topology_manager_policy == POLICY_NONE:
             return EMPTY_AFFINITY, True, {}
-        providers = self._pod_providers(pod)
+        providers, merged_lists = self._pod_providers(pod)
         affinity, admit = merge(
             self.config.topology_manager_policy,
-            list(providers.values()),
+            merged_lists,
             self.numa,
             self.config.prefer_closest_numa_nodes,
         )
@@ -279,19 +279,25 @@ class MemoryManager:
         cpus: frozenset[int] = frozenset().union(*cpusets)
         return {"cpu": [TopologyHint(mask_of(self.topology.nodes_of_cpus(cpus)), True)]}
 
-    def _container_providers(self, pod: PodSpec, c: ContainerSpec) -> dict[str, ProviderHints]:
+    def _container_providers(
+        self, pod: PodSpec, c: ContainerSpec
+    ) -> tuple[dict[str, ProviderHints], list[ProviderHints]]:
+        """Every provider's hints as reported, and the hint lists to merge (same outcome)."""
         guaranteed = pod.qos() == GUARANTEED
         cpusets = [c.cpuset] if guaranteed and c.cpuset is not None else []
         devices: ProviderHints = None
         if c.device_hints is not None:
             devices = {"devices": list(c.device_hints)}
-        return {
-            PROVIDER_CPU: self._cpu_hint(cpusets),
-            PROVIDER_MEMORY: self.policy.container_hints(self.state, pod, c),
-            PROVIDER_DEVICES: devices,
-        }
+        cpu = self._cpu_hint(cpusets)
+        if isinstance(self.policy, StaticPolicy):
+            focus = self._focus(cpu, devices)
+            memory, to_merge = self.policy.focused_container_hints(self.state, pod, c, focus)
+        else:
+            memory = to_merge = self.policy.container_hints(self.state, pod, c)
+        providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: devices}
+        return providers, [cpu, to_merge, devices]
 
-    def _pod_providers(self, pod: PodSpec) -> dict[str, ProviderHints]:
+    def _pod_providers(self, pod: PodSpec) -> tuple[dict[str, ProviderHints], list[ProviderHints]]:
         guaranteed = pod.qos() == GUARANTEED
         cpusets = [c.cpuset for c in pod.all_containers() if guaranteed and c.cpuset is not None]
         devices = {
@@ -299,11 +305,24 @@ class MemoryManager:
             for c in pod.all_containers()
             if c.device_hints is not None
         }
-        return {
-            PROVIDER_CPU: self._cpu_hint(cpusets),
-            PROVIDER_MEMORY: self.policy.pod_hints(self.state, pod),
-            PROVIDER_DEVICES: dict(devices) if devices else None,
-        }
+        cpu = self._cpu_hint(cpusets)
+        device_hints: ProviderHints = dict(devices) if devices else None
+        if isinstance(self.policy, StaticPolicy):
+            focus = self._focus(cpu, device_hints)
+            memory, to_merge = self.policy.focused_pod_hints(self.state, pod, focus)
+        else:
+            memory = to_merge = self.policy.pod_hints(self.state, pod)
+        providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: device_hints}
+        return providers, [cpu, to_merge, device_hints]
+
+    def _focus(self, *others: ProviderHints) -> MergeFocus:
+        """The other providers' hints, so the memory hints to merge can be few."""
+        return MergeFocus(
+            self.config.topology_manager_policy,
+            others,
+            self.numa,
+            self.config.prefer_closest_numa_nodes,
+        )
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -1,0 +1,198 @@
+"""CreateContainer latency on a real containerd: no plugin, our plugin, a minimal plugin.
+
+One private containerd per flavor (hack/e2e-setup.sh's installation in
+/tmp/nmm-e2e, instance names of their own), driven over CRI as kubelet
+drives it. In one run, side by side and in alternating order: no NRI
+plugin, ``nri-memory-manager run`` (fake 4-NUMA topology, static policy,
+best-effort, real checkpoint), and ``benchmarks/minimal_plugin.py`` (same
+transport, only sets cpuset.mems). The figure is the CreateContainer call
+as kubelet sees it; pods are created beforehand and not timed. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from benchmarks.common import Summary, fmt_us, print_table
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from tests.e2e.harness import (  # noqa: E402  (the repo's e2e harness)
+    FLAVOR_TAG,
+    Containerd,
+    CRIClient,
+    E2EPaths,
+    PluginProcess,
+    run_setup,
+)
+
+NO_PLUGIN = "no plugin"
+OURS = "nri-memory-manager"
+MINIMAL = "mems-only plugin"
+CONFIGS = (NO_PLUGIN, OURS, MINIMAL)
+MEMORY = 64 << 20
+WARMUP = 3  # first creates of a block prepare snapshots and caches
+CONTAINERS_PER_POD = 5
+
+# Same fake machine as tests/e2e/test_plugin.py: 4 nodes of 8Gi, 4 CPUs each.
+TOPOLOGY = """\
+nodes:
+  - {id: 0, cpus: "0-3", memory: 8Gi}
+  - {id: 1, cpus: "4-7", memory: 8Gi}
+  - {id: 2, cpus: "8-11", memory: 8Gi}
+  - {id: 3, cpus: "12-15", memory: 8Gi}
+distances: [[10, 21, 31, 31], [21, 10, 31, 31], [31, 31, 10, 21], [31, 31, 21, 10]]
+"""
+CONFIG = "policy: static\ntopologyManagerPolicy: best-effort\nreservedMemory: ['0:memory=1Gi']\n"
+
+
+def start_plugin(ctrd: Containerd, config: str, work: Path) -> PluginProcess | None:
+    env = {"PYTHONPATH": str(REPO)}
+    if config == NO_PLUGIN:
+        return None
+    if config == OURS:
+        (work / "topology.yaml").write_text(TOPOLOGY)
+        (work / "config.yaml").write_text(CONFIG)
+        argv = [
+            sys.executable,
+            "-m",
+            "nri_plugin.cli",
+            "run",
+            "--socket",
+            str(ctrd.nri_socket),
+            "--config",
+            str(work / "config.yaml"),
+            "--topology-file",
+            str(work / "topology.yaml"),
+            "--state-dir",
+            str(work / "state"),
+            "--log-level",
+            "info",
+        ]
+        name = "90-memory-manager"
+    else:
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.minimal_plugin",
+            "--socket",
+            str(ctrd.nri_socket),
+            "--mems",
+            "0",
+        ]
+        name = "91-mems-only"
+    plugin = ctrd.start_plugin(argv, env=env, name=name)
+    plugin.wait_registered(ctrd, timeout=30)
+    return plugin
+
+
+def create_block(cri: CRIClient, count: int, config: str) -> list[float]:
+    """Seconds per CreateContainer for ``count`` containers (pods made beforehand)."""
+    pods = [
+        cri.run_pod(str(uuid.uuid4()), qos="Guaranteed")
+        for _ in range((count + WARMUP + CONTAINERS_PER_POD - 1) // CONTAINERS_PER_POD)
+    ]
+    samples = []
+    last = ""
+    for i in range(count + WARMUP):
+        pod = pods[i // CONTAINERS_PER_POD]
+        t0 = time.perf_counter()
+        last = cri.create_container(
+            pod, f"c{i % CONTAINERS_PER_POD}", memory_limit=MEMORY, cpu_millis=1000
+        )
+        elapsed = time.perf_counter() - t0
+        if i >= WARMUP:
+            samples.append(elapsed)
+    # the figures only count if the plugin under test did its job
+    mems = cri.mems(last)
+    if (config == NO_PLUGIN) != (mems == ""):
+        raise RuntimeError(f"{config}: last container has cpuset.mems {mems!r}")
+    return samples
+
+
+def measure_flavor(paths: E2EPaths, flavor: str, count: int, rounds: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    ctrd = Containerd(paths, flavor, f"bn{FLAVOR_TAG[flavor]}")  # type: ignore[arg-type]
+    with ctrd, tempfile.TemporaryDirectory(prefix="nmm-bench-") as tmp:
+        cri = ctrd.cri()
+        for r in range(rounds):
+            # alternate the order so that drift of the machine does not favour one
+            order = CONFIGS if r % 2 == 0 else tuple(reversed(CONFIGS))
+            for config in order:
+                work = Path(tmp) / f"{config.replace(' ', '-')}-{r}"
+                work.mkdir()
+                plugin = start_plugin(ctrd, config, work)
+                try:
+                    samples[config] += create_block(cri, count, config)
+                finally:
+                    cri.remove_all_pods()
+                    if plugin is not None:
+                        plugin.stop()
+    return samples
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def run(quick: bool = False, flavors: tuple[str, ...] | None = None) -> dict[str, object]:
+    if os.geteuid() != 0:
+        print("\nend to end: skipped (needs root for containerd, runc, mounts and cgroups)")
+        return {}
+    paths = E2EPaths.from_env()
+    if paths.missing():
+        print(f"end to end: installing containerd and runc into {paths.root} (hack/e2e-setup.sh)")
+        run_setup(paths)
+    flavors = flavors or (("2.x",) if quick else ("2.x", "1.7"))
+    count, rounds = (20, 2) if quick else (60, 4)
+    out: dict[str, object] = {}
+    for flavor in flavors:
+        samples = measure_flavor(paths, flavor, count, rounds)
+        summary = {c: Summary.of(s) for c, s in samples.items()}
+        base = summary[NO_PLUGIN]
+        rows = []
+        for config in CONFIGS:
+            s = summary[config]
+            rows.append(
+                [
+                    config,
+                    str(s.count),
+                    fmt_us(s.median),
+                    fmt_us(s.p99),
+                    _ratio(s.median, base.median),
+                    _ratio(s.p99, base.p99),
+                    fmt_us(s.median - base.median) if config != NO_PLUGIN else "-",
+                ]
+            )
+        ours, minimal = summary[OURS], summary[MINIMAL]
+        versus = (
+            f"nri-memory-manager / mems-only: median {_ratio(ours.median, minimal.median)},"
+            f" p99 {_ratio(ours.p99, minimal.p99)}"
+        )
+        print_table(
+            f"CreateContainer over CRI on containerd {flavor} ({rounds} alternating rounds of"
+            f" {count}); {versus}",
+            ["configuration", "calls", "median", "p99", "median ratio", "p99 ratio", "added"],
+            rows,
+        )
+        out[flavor] = summary
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--flavor", action="append", choices=["2.x", "1.7"])
+    args = parser.parse_args()
+    run(args.quick, tuple(args.flavor) if args.flavor else None)
+
+
+if __name__ == "__main__":
+    main()

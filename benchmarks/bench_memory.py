@@ -1,0 +1,133 @@
+"""Resident memory of the plugin process with N tracked containers.
+
+Each size runs in a fresh child process that imports what ``nri-memory-manager
+run`` imports, then feeds N containers through the real MemoryPlugin handler
+(NRI messages decoded from bytes, production JSON logs to /dev/null, metrics
+on), then writes one checkpoint (snapshot plus serialised text: the peak).
+It reports VmRSS and VmHWM (the peak) from /proc/self/status; not
+ru_maxrss, which Linux carries over exec from the forking parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import print_table
+
+TARGET_MB = 60.0
+MIB_IN_MB = 1.048576
+NODES = 8
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(count: int) -> dict[str, float]:
+    """Runs in the child: build the state through the handler, report memory in MiB."""
+    import structlog
+
+    from benchmarks.common import UNIFORM, make_config, make_topology
+    from benchmarks.nri_messages import container, pod_sandbox
+    from nri_plugin import checkpoint
+    from nri_plugin.logs import configure_logging
+    from nri_plugin.manager import MemoryManager
+    from nri_plugin.metrics import Metrics
+    from nri_plugin.nri import Stub  # noqa: F401  (imported by the live plugin)
+    from nri_plugin.nri.gen import nri_pb2 as api
+    from nri_plugin.plugin import MemoryPlugin
+
+    mib = 1024.0
+    out: dict[str, float] = {"imports": _status_kib("VmRSS") / mib}
+    with open(os.devnull, "w") as sink:
+        configure_logging("info", sink)
+        manager = MemoryManager(make_topology(NODES, UNIFORM), make_config(NODES))
+        plugin = MemoryPlugin(manager, observer=Metrics(), logger=structlog.get_logger("bench"))
+        for i in range(count):
+            uid = f"{i:08x}-0000-4000-8000-000000000000"
+            pod = pod_sandbox(uid)
+            cpus = str((i % NODES) * 4)
+            raw = api.CreateContainerRequest(
+                pod=pod, container=container(pod, "app", f"ctr-{i:08x}", 4 << 20, cpus=cpus)
+            ).SerializeToString()
+            request = api.CreateContainerRequest.FromString(raw)
+            plugin.create_container(request.pod, request.container)
+        held = sum(len(c) for c in manager.state.entries.values())
+        if held != count:
+            raise RuntimeError(f"{held} containers tracked, not {count}")
+        out["tracked"] = _status_kib("VmRSS") / mib
+        with tempfile.TemporaryDirectory(prefix="nmm-bench-") as tmp:
+            checkpoint.write_file(Path(tmp) / "state", manager.state.clone())
+    out["after checkpoint"] = _status_kib("VmRSS") / mib
+    out["peak (VmHWM)"] = _status_kib("VmHWM") / mib
+    return out
+
+
+def measure(count: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_memory", "--child", str(count)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(quick: bool = False) -> dict[int, dict[str, float]]:
+    counts = (0, 1_000, 10_000)
+    results = {count: measure(count) for count in counts}
+    rows = []
+    for count, r in results.items():
+        peak = r["peak (VmHWM)"]
+        rows.append(
+            [
+                f"{count:,}",
+                f"{r['imports']:.1f} MiB",
+                f"{r['tracked']:.1f} MiB",
+                f"{r['after checkpoint']:.1f} MiB",
+                f"{peak:.1f} MiB",
+                "met" if r["tracked"] * MIB_IN_MB <= TARGET_MB else "MISSED",
+            ]
+        )
+    print_table(
+        f"Resident memory of the plugin process ({NODES}-node machine; target: RSS <="
+        f" {TARGET_MB:.0f} MB = {TARGET_MB / MIB_IN_MB:.1f} MiB with 10,000 containers tracked)",
+        [
+            "containers",
+            "after imports",
+            "tracked",
+            "after a checkpoint",
+            "peak (VmHWM)",
+            "target (tracked)",
+        ],
+        rows,
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child)))
+        return
+    run(args.quick)
+
+
+if __name__ == "__main__":
+    main()
