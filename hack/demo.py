@@ -111,7 +111,7 @@ def main() -> int:
                     decision,
                 ]
             )
-        widths = [max(len(r[i]) for r in rows + [HEADER]) for i in range(5)]
+        widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(5)]
         for r in [HEADER, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
         print("\n$ nri-memory-manager state --state-dir", state_dir)

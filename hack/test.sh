@@ -10,9 +10,9 @@ hack/e2e-setup.sh
 echo "== shellcheck"
 shellcheck hack/*.sh hack/kind/*.sh .ci/run
 echo "== ruff"
-.venv/bin/ruff check nri_plugin tests hack
+.venv/bin/ruff check nri_plugin tests hack benchmarks
 echo "== mypy --strict"
-.venv/bin/mypy --strict nri_plugin
+.venv/bin/mypy --strict nri_plugin benchmarks
 echo "== pytest"
 # CI=true makes a missing e2e setup a failure, never a skip
 CI=true .venv/bin/python -m pytest -p no:cacheprovider "$@"
