@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nri_plugin.errors import ConfigError, QuantityError
-from nri_plugin.quantity import format_quantity, parse_bytes, parse_cpu_millis, parse_quantity
+from nri_plugin.quantity import (
+    INT64_MAX,
+    bounded_int,
+    format_quantity,
+    parse_bytes,
+    parse_cpu_millis,
+    parse_quantity,
+    short,
+)
 from nri_plugin.state import HUGEPAGES_PREFIX, MEMORY, POLICY_NONE, POLICY_STATIC
 from nri_plugin.topology import Topology, hugepage_resource_name, read_document
 
@@ -93,7 +101,8 @@ class Config:
     system_reserved: Mapping[str, int] | None = None
     # eviction signal -> threshold text ("100Mi" or "10%")
     eviction_hard: Mapping[str, str] | None = None
-    # how far the live cgroup may differ from our accounting before we report it
+    # how far a NUMA node's memory total (or a hugepage pool) may move between restarts
+    # and still be accepted with the checkpoint (recovery.py)
     memory_drift_tolerance: int = DEFAULT_MEMORY_DRIFT_TOLERANCE
 
     def reserved(self, numa_node: int, type: str) -> int:
@@ -133,6 +142,17 @@ def _nodes_text(ids: Iterable[int]) -> str:
     return ",".join(str(i) for i in ids)
 
 
+def _atoi(text: str) -> int | None:
+    """Go's strconv.Atoi on a 64-bit machine: None for bad syntax or out of range."""
+    if not _ATOI_RE.fullmatch(text):
+        return None
+    digits = text.lstrip("+-")
+    if text.startswith("-"):
+        value = bounded_int(digits, INT64_MAX + 1)
+        return None if value is None else -value
+    return bounded_int(digits, INT64_MAX)
+
+
 def _is_memory_type(name: str) -> bool:
     # A prefix check, as kubelet's: "hugepages-" alone passes.
     return name == MEMORY or name.startswith(HUGEPAGES_PREFIX)
@@ -165,11 +185,12 @@ def parse_reserved_memory_flag(text: str) -> list[ReservedMemory]:
                 f" got {_plain(part)}"
             )
         raw_node, raw_limits = pieces
-        if not _ATOI_RE.fullmatch(raw_node):
+        numa_node = _atoi(raw_node)
+        if numa_node is None:
             raise ConfigError(
-                f"failed to convert the NUMA node ID, exptected integer, got {_plain(raw_node)}"
+                "failed to convert the NUMA node ID, exptected integer, got"
+                f" {_plain(short(raw_node))}"
             )
-        numa_node = int(raw_node)
         for item in raw_limits.split(","):
             limit = item.split("=")
             if len(limit) != 2:
@@ -331,11 +352,13 @@ def _parse_options(data: object, where: str) -> tuple[bool, int]:
             prefer_closest = _GO_BOOLS[text]
         elif name == OPTION_MAX_ALLOWABLE:
             text = _option_text(raw_value, value_where)
-            if not _ATOI_RE.fullmatch(text):
+            parsed = _atoi(text)
+            if parsed is None:
                 raise ConfigError(
-                    f"{value_where}: bad value for option {_q(name)}: {_q(text)} is not an integer"
+                    f"{value_where}: bad value for option {_q(name)}: {_q(short(text))} is not an"
+                    " integer"
                 )
-            max_allowable = int(text)
+            max_allowable = parsed
             if max_allowable < DEFAULT_MAX_ALLOWABLE_NUMA_NODES:
                 raise ConfigError(
                     f"{value_where}: {_q(text)} is too small: the minimum value of {_q(name)}"

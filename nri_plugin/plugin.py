@@ -22,7 +22,9 @@ import structlog
 from nri_plugin.errors import InputError
 from nri_plugin.hint import ProviderHints, TopologyHint, format_mems, mask_of, nodes_of
 from nri_plugin.manager import AdmissionResult, ContainerDecision, MemoryManager
+from nri_plugin.nri.connection import RpcError
 from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.nri.ttrpc import Code
 from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.quantity import format_bytes_human
 from nri_plugin.recovery import settle
@@ -41,8 +43,18 @@ from nri_plugin.workload import (
 REFUSAL_PREFIX = TOPOLOGY_AFFINITY_ERROR + ":"
 
 
-class AdmissionRefused(Exception):
-    """CreateContainer refused; the text starts with ``TopologyAffinityError:``."""
+class AdmissionRefused(RpcError):
+    """CreateContainer refused; the text starts with ``TopologyAffinityError:``.
+
+    An RpcError so the transport answers it as the routine refusal it is
+    (status UNKNOWN, as a Go plugin's plain error), without a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNKNOWN, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -52,6 +64,7 @@ class ContainerRecord:
     name: str
     seq: int
     exited: bool = False
+    running: bool = False
 
 
 @dataclass
@@ -153,8 +166,14 @@ class MemoryPlugin:
         self, pod: api.PodSandbox, container: api.Container
     ) -> api.ContainerAdjustment | None:
         started = time.perf_counter()
-        record = self._pod_record(pod)
         uid, name = container_identity(pod, container)
+        if not uid or not name:
+            # kubelet always sends both; without them blocks cannot be keyed safely
+            self._log.warning(
+                "container without pod UID or name left alone", container=container.id
+            )
+            return None
+        record = self._pod_record(pod)
         qos = pod_qos(pod, container)
         try:
             resources = container_resources(container)
@@ -242,6 +261,9 @@ class MemoryPlugin:
         record = self.pods.get(uid)
         if record is None:
             return
+        started = record.containers.get(container.id)
+        if started is not None:
+            started.running = True
         released = []
         for c in list(record.containers.values()):
             if c.exited and c.name != name and c.seq < self._seq_of(record, container.id):
@@ -276,6 +298,7 @@ class MemoryPlugin:
         record = self.pods.get(pod.uid)
         if record is not None and container.id in record.containers:
             record.containers[container.id].exited = True
+            record.containers[container.id].running = False
         return []
 
     def remove_container(self, pod: api.PodSandbox, container: api.Container) -> None:
@@ -313,9 +336,16 @@ class MemoryPlugin:
                 continue
             record = self._pod_record(p)
             uid, name = container_identity(p, c)
+            if not uid or not name:
+                continue  # not a Kubernetes container we could key (see create_container)
             self._seq += 1
             rec = ContainerRecord(
-                c.id, uid, name, self._seq, exited=c.state == api.CONTAINER_STOPPED
+                c.id,
+                uid,
+                name,
+                self._seq,
+                exited=c.state == api.CONTAINER_STOPPED,
+                running=c.state == api.CONTAINER_RUNNING,
             )
             record.containers[c.id] = rec
             try:
@@ -348,19 +378,41 @@ class MemoryPlugin:
         return updates
 
     def _release_gone(self, live: dict[tuple[str, str], api.Container]) -> list[str]:
+        """Release entries whose container is gone.
+
+        containerd's Synchronize lists only created and running containers, so
+        an exited container of a pod that is still there is not "gone": it may
+        be an init container whose successor has not started yet (it keeps its
+        blocks, reusable by that successor, until the successor starts), or a
+        crashed container about to be restarted (it keeps its blocks, as in
+        kubelet). Only when a container of another name already runs has it
+        finished for good.
+        """
         released = []
         for uid, names in list(self.manager.state.entries.items()):
-            for name in list(names):
-                if (uid, name) not in live:
-                    self.manager.remove_container(uid, name)
-                    released.append(f"{uid}/{name}")
+            record = self.pods.get(uid)
+            for name, blocks in list(names.items()):
+                if (uid, name) in live:
+                    continue
+                if record is not None and not any(
+                    c.running and c.name != name for c in record.containers.values()
+                ):
+                    record.containers[f"exited:{name}"] = ContainerRecord(
+                        "", uid, name, 0, exited=True
+                    )
+                    record.resources.setdefault(
+                        name, ContainerResources({b.type: b.size for b in blocks}, None, None, None)
+                    )
+                    continue
+                self.manager.remove_container(uid, name)
+                released.append(f"{uid}/{name}")
         return released
 
     def _release_finished_inits(self) -> list[str]:
         """Exited containers whose successor (another name, created later) already runs."""
         released = []
         for record in self.pods.values():
-            running_after = [c for c in record.containers.values() if not c.exited]
+            running_after = [c for c in record.containers.values() if c.running]
             for c in record.containers.values():
                 if not c.exited or self.manager.state.blocks(record.uid, c.name) is None:
                     continue
@@ -393,7 +445,7 @@ class MemoryPlugin:
                 continue
             if pod_qos(p, c) != GUARANTEED:
                 continue
-            record = self.pods[uid]
+            record = self.pods[p.uid]  # keyed as _pod_record keys it (uid may come from a label)
             resources = record.resources.get(name)
             if resources is None or MEMORY not in resources.memory:
                 continue

@@ -58,6 +58,24 @@ _MAX_TEXT_LENGTH = 128
 _MAX_EXPONENT = 1000
 
 
+def bounded_int(digits: str, maximum: int) -> int | None:
+    """The value of an ASCII decimal string, or None when it is above ``maximum``.
+
+    Converts no more digits than ``maximum`` has: Python refuses strings of
+    more than 4300 digits with a ValueError, and a hostile file can hold more.
+    """
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(maximum)):
+        return None
+    value = int(significant)
+    return value if value <= maximum else None
+
+
+def short(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _q(text: str) -> str:
     """``text`` quoted on one line (control characters escaped)."""
     return json.dumps(text, ensure_ascii=False)

@@ -79,6 +79,11 @@ def load_scenario_text(text: str, *, source: str = "scenario") -> Scenario:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(f"{source}: invalid YAML{where}: {problem}") from None
+    except ValueError as exc:
+        # a number of more than 4300 digits, or a YAML timestamp with a 13th month
+        raise ScenarioError(f"{source}: invalid YAML or JSON: {str(exc)[:80]}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: invalid YAML or JSON: nested too deeply") from None
     return parse_scenario(data)
 
 

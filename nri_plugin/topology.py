@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from nri_plugin.errors import InputError, QuantityError, TopologyError
-from nri_plugin.quantity import format_quantity, parse_bytes
+from nri_plugin.quantity import INT64_MAX, bounded_int, format_quantity, parse_bytes, short
 from nri_plugin.state import HUGEPAGES_PREFIX
 
 # libyaml's loader is several times faster where PyYAML was built with it.
@@ -131,12 +131,15 @@ def parse_cpulist(text: str, *, what: str = "cpulist") -> frozenset[int]:
             raise TopologyError(
                 f'{what}: {_q(text)} is not a valid cpulist (expected e.g. "0-3,8,10-11")'
             )
-        first = int(match[1])
-        last = int(match[2]) if match[2] is not None else first
+        first = bounded_int(match[1], MAX_CPU_ID)
+        last = bounded_int(match[2], MAX_CPU_ID) if match[2] is not None else first
+        if first is None or last is None:
+            big = match[1] if first is None else match[2]
+            raise TopologyError(
+                f"{what}: {_q(short(text))} names CPU {short(big)}, above {MAX_CPU_ID}"
+            )
         if last < first:
             raise TopologyError(f"{what}: {_q(text)} has the descending range {_q(item)}")
-        if last > MAX_CPU_ID:
-            raise TopologyError(f"{what}: {_q(text)} names CPU {last}, above {MAX_CPU_ID}")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
 
@@ -383,8 +386,16 @@ def read_document(path: str | Path, error: type[InputError]) -> object:
             return json.loads(text)
         except ValueError:
             pass
+        except RecursionError:
+            raise error(f"{p}: not valid YAML or JSON: nested too deeply") from None
     try:
         return yaml.load(text, Loader=_YAML_LOADER)
+    except ValueError as e:
+        # PyYAML converts numbers with int(), which refuses more than 4300 digits,
+        # and timestamps with datetime(), which refuses a 13th month.
+        raise error(f"{p}: not valid YAML or JSON: {short(str(e), 80)}") from None
+    except RecursionError:
+        raise error(f"{p}: not valid YAML or JSON: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -414,8 +425,11 @@ def _read_sysfs(path: Path) -> str:
 def _sysfs_int(path: Path) -> int:
     text = _read_sysfs(path).strip()
     if not text.isascii() or not text.isdigit():
-        raise TopologyError(f"{path}: expected a non-negative integer, got {_q(text)}")
-    return int(text)
+        raise TopologyError(f"{path}: expected a non-negative integer, got {_q(short(text))}")
+    value = bounded_int(text, INT64_MAX)
+    if value is None:
+        raise TopologyError(f"{path}: {_q(short(text))} is out of range")
+    return value
 
 
 def _sysfs_node(node_dir: Path, node_id: int) -> NumaNode:
@@ -424,9 +438,14 @@ def _sysfs_node(node_dir: Path, node_id: int) -> NumaNode:
     for line in _read_sysfs(meminfo).splitlines():
         match = _MEMTOTAL_RE.match(line.strip())
         if match is not None:
-            if int(match[1]) != node_id:
-                raise TopologyError(f"{meminfo}: describes node {match[1]}, not node {node_id}")
-            memory = int(match[2]) * 1024
+            if bounded_int(match[1], MAX_NUMA_NODE_ID) != node_id:
+                raise TopologyError(
+                    f"{meminfo}: describes node {short(match[1])}, not node {node_id}"
+                )
+            kib = bounded_int(match[2], INT64_MAX // 1024)
+            if kib is None:
+                raise TopologyError(f"{meminfo}: MemTotal {short(match[2])} kB is out of range")
+            memory = kib * 1024
             break
     if memory is None:
         raise TopologyError(f'{meminfo}: no "Node {node_id} MemTotal: <n> kB" line')
@@ -441,8 +460,17 @@ def _sysfs_node(node_dir: Path, node_id: int) -> NumaNode:
             match = _HUGEPAGES_DIR_RE.fullmatch(entry.name)
             if match is None:
                 continue
-            size = int(match[1]) * 1024
-            pools[size] = _sysfs_int(entry / "nr_hugepages") * size
+            kib = bounded_int(match[1], INT64_MAX // 1024)
+            if kib is None:
+                raise TopologyError(f"{entry}: hugepage size {short(match[1])} kB is out of range")
+            size = kib * 1024
+            pages = _sysfs_int(entry / "nr_hugepages")
+            if pages > INT64_MAX // size:
+                raise TopologyError(
+                    f"{entry / 'nr_hugepages'}: {pages} pages of {format_quantity(size)}"
+                    " cannot be represented as int64 bytes"
+                )
+            pools[size] = pages * size
     pools = dict(sorted(pools.items()))
     _checked_hugepages(pools, memory, str(node_dir))
     return NumaNode(id=node_id, cpus=cpus, memory=memory, hugepages=pools)
@@ -457,7 +485,13 @@ def discover_sysfs(root: str | Path = "/sys") -> Topology:
     for entry in base.iterdir():
         match = _NODE_DIR_RE.fullmatch(entry.name)
         if match is not None and entry.is_dir():
-            found.append((int(match[1]), entry))
+            node_id = bounded_int(match[1], INT64_MAX)
+            if node_id is None:
+                raise TopologyError(
+                    f"{entry}: NUMA node id {short(match[1])} is above Linux's maximum"
+                    f" {MAX_NUMA_NODE_ID}"
+                )
+            found.append((node_id, entry))
     if not found:
         raise TopologyError(f"{base}: no node<N> directories; cannot discover the NUMA topology")
     found.sort()
@@ -474,12 +508,15 @@ def discover_sysfs(root: str | Path = "/sys") -> Topology:
         rows = []
         for f in distance_files:
             fields = _read_sysfs(f).split()
-            if len(fields) != len(found) or not all(x.isascii() and x.isdigit() for x in fields):
+            values = [
+                bounded_int(x, INT64_MAX) if x.isascii() and x.isdigit() else None for x in fields
+            ]
+            if len(fields) != len(found) or None in values:
                 raise TopologyError(
                     f"{f}: expected {len(found)} distances (one per node), got"
-                    f" {_q(' '.join(fields))}"
+                    f" {_q(short(' '.join(fields)))}"
                 )
-            row = [int(x) for x in fields]
+            row = [v for v in values if v is not None]
             if any(d <= 0 for d in row):
                 raise TopologyError(f"{f}: distances must be positive, got {_q(' '.join(fields))}")
             rows.append(row)

@@ -29,6 +29,10 @@ _UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 <<
 
 # int64 bounds: OCI values are int64; anything outside is refused as malformed
 _INT64_MAX = (1 << 63) - 1
+# Page sizes Linux has on any architecture: 4KB (base pages) up to 16GB (ppc64).
+_MIN_PAGE_SIZE = 4 << 10
+_MAX_PAGE_SIZE = 16 << 30
+_MAX_PAGE_SIZE_TEXT = 32
 
 
 def qos_from_cgroup(path: str) -> str | None:
@@ -51,10 +55,15 @@ def pod_qos(pod: api.PodSandbox, container: api.Container | None = None) -> str 
 
 def page_size_bytes(text: str) -> int:
     """OCI hugepage sizes (``2MB``, ``1GB``, ``64KB``) are binary units."""
-    match = _PAGE_SIZE.fullmatch(text)
+    match = _PAGE_SIZE.fullmatch(text) if len(text) <= _MAX_PAGE_SIZE_TEXT else None
     if match is None:
         raise InputError(f"hugepage limit: page size {text!r} is not like 2MB or 1GB")
-    return int(match[1]) * _UNITS[match[2]]
+    size = int(match[1]) * _UNITS[match[2]]
+    if size & (size - 1) or not _MIN_PAGE_SIZE <= size <= _MAX_PAGE_SIZE:
+        raise InputError(
+            f"hugepage limit: page size {text!r} is not a power of two between 4KB and 16GB"
+        )
+    return size
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,13 @@ def container_resources(container: api.Container) -> ContainerResources:
             raise InputError(
                 f"container {container.name!r}: hugepage limit {hp.limit} is out of range"
             )
-        memory[hugepage_resource_name(page_size_bytes(hp.page_size))] = hp.limit
+        resource = hugepage_resource_name(page_size_bytes(hp.page_size))
+        if resource in memory:
+            # two limits for one page size: no way to know which the kubelet meant
+            raise InputError(
+                f"container {container.name!r}: hugepage size {hp.page_size!r} is limited twice"
+            )
+        memory[resource] = hp.limit
     cpu_limit = cpu_request = None
     cpus: frozenset[int] | None = None
     if res.HasField("cpu"):

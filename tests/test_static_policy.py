@@ -508,3 +508,32 @@ def test_remove_reports_whether_something_was_known() -> None:
     assert removed == [False, True, False, True, False]
     assert report["steps"][3]["container"] == "a"
     assert "entries" not in report["state"]
+
+
+def test_single_node_block_on_a_grouped_node_restores() -> None:
+    # kubelet lets a single-node affinity through its group check (reference 7.6): a pod
+    # pinned to CPUs of node 1 while node 1 is grouped with node 0 gets a block on [1],
+    # which relabels node 1's cells. The checkpoint must still load back, whatever the
+    # order of its entries (kubelet replays them in map order).
+    topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(4)]}
+    first = simulate(
+        {
+            "topology": topology,
+            "config": config("best-effort", n0="1Gi"),
+            "steps": [
+                admit("zbig", container("c", "12Gi")),
+                admit("apinned", container("c", "1Gi", cpuset="4-5")),
+            ],
+        }
+    )
+    assert first["steps"][1]["containers"][0]["cpusetMems"] == "1"
+    assert first["state"]["machineState"]["1"]["cells"] == [1]
+    again = simulate(
+        {
+            "topology": topology,
+            "config": config("best-effort", n0="1Gi"),
+            "initialState": first["state"],
+            "steps": [{"remove": {"pod": "apinned"}}, {"remove": {"pod": "zbig"}}],
+        }
+    )
+    assert "entries" not in again["state"]

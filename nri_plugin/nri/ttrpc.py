@@ -140,6 +140,9 @@ class MessageReader:
         return len(self._buffer) - self._offset
 
     def receive_data(self, data: bytes) -> None:
+        if self._error is not None:
+            # The stream position is lost: keeping more bytes would only grow the buffer.
+            raise self._error
         if self._offset:
             del self._buffer[: self._offset]
             self._offset = 0
