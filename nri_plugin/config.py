@@ -8,7 +8,6 @@ topology managers are constructed (:func:`validate_for_machine`).
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -28,7 +27,7 @@ from nri_plugin.quantity import (
     short,
 )
 from nri_plugin.state import HUGEPAGES_PREFIX, MEMORY, POLICY_NONE, POLICY_STATIC
-from nri_plugin.topology import Topology, hugepage_resource_name, read_document
+from nri_plugin.topology import Topology, check_keys, hugepage_resource_name, read_document
 
 TOPOLOGY_POLICIES = ("none", "best-effort", "restricted", "single-numa-node")
 TOPOLOGY_SCOPES = ("container", "pod")
@@ -301,13 +300,7 @@ def _parse_reserved_memory(data: object, where: str) -> tuple[ReservedMemory, ..
 
 
 def _check_keys(data: Mapping[object, object], known: tuple[str, ...], where: str) -> None:
-    for key in data:
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            did_you_mean = f"; did you mean {_q(hint[0])}?" if hint else ""
-            raise ConfigError(
-                f"{where}: unknown key {_q(str(key))} (known: {', '.join(known)}){did_you_mean}"
-            )
+    check_keys(data, known, where, ConfigError)
 
 
 def _string(value: object, where: str) -> str:

@@ -158,12 +158,18 @@ def format_cpulist(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def _check_keys(data: Mapping[object, object], known: tuple[str, ...], where: str) -> None:
+def check_keys(
+    data: Mapping[object, object],
+    known: tuple[str, ...],
+    where: str,
+    error: type[InputError] = TopologyError,
+) -> None:
+    """Refuse keys outside ``known``, suggesting the closest one (typos must not pass)."""
     for key in data:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
             did_you_mean = f"; did you mean {_q(hint[0])}?" if hint else ""
-            raise TopologyError(
+            raise error(
                 f"{where}: unknown key {_q(str(key))} (known: {', '.join(known)}){did_you_mean}"
             )
 
@@ -218,7 +224,7 @@ def _node_from_mapping(data: object, where: str) -> NumaNode:
         raise TopologyError(
             f"{where}: expected a mapping with id, cpus, memory, got {_type_name(data)}"
         )
-    _check_keys(data, _NODE_KEYS, where)
+    check_keys(data, _NODE_KEYS, where)
     if "id" not in data:
         raise TopologyError(f'{where}: missing key "id"')
     node_id = _node_id(data["id"], f"{where}.id")
@@ -329,7 +335,7 @@ def topology_from_mapping(data: object, *, source: str = "topology") -> Topology
     """The machine described by the fake-topology schema (the ``topology:`` block)."""
     if not isinstance(data, dict):
         raise TopologyError(f"{source}: expected a mapping with nodes, got {_type_name(data)}")
-    _check_keys(data, _TOPOLOGY_KEYS, source)
+    check_keys(data, _TOPOLOGY_KEYS, source)
     raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list):
         raise TopologyError(

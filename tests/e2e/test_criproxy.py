@@ -36,28 +36,10 @@ from .harness import (
     PodResources,
     load_cri_stubs,
 )
+from .test_plugin import GI, TOPOLOGY, free_port
 
-GI = 1 << 30
 ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "memory_manager_state"
-
-# 4 NUMA nodes of 8Gi, 4 CPUs each; node 0 has 1Gi reserved (7Gi allocatable)
-TOPOLOGY = """\
-nodes:
-  - {id: 0, cpus: "0-3", memory: 8Gi}
-  - {id: 1, cpus: "4-7", memory: 8Gi}
-  - {id: 2, cpus: "8-11", memory: 8Gi}
-  - {id: 3, cpus: "12-15", memory: 8Gi}
-distances: [[10, 21, 31, 31], [21, 10, 31, 31], [31, 31, 10, 21], [31, 31, 21, 10]]
-"""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CRIProxy:
