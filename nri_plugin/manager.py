@@ -105,6 +105,10 @@ class MemoryManager:
 
     def admit(self, pod: PodSpec) -> AdmissionResult:
         """Admit a whole pod: init containers then app containers (section 6.5)."""
+        # Reusable init-container memory is per admission: memory of init containers
+        # released since an earlier admission of the same pod must not be reused again
+        # (kubelet never admits a pod UID twice without a restart emptying this).
+        self.policy.forget_pod(pod.uid)
         qos = pod.qos()
         tm_policy = self.config.topology_manager_policy
         decisions: list[ContainerDecision] = []

@@ -378,34 +378,19 @@ class MemoryPlugin:
         return updates
 
     def _release_gone(self, live: dict[tuple[str, str], api.Container]) -> list[str]:
-        """Release entries whose container is gone.
+        """Release entries whose container the runtime no longer lists.
 
-        containerd's Synchronize lists only created and running containers, so
-        an exited container of a pod that is still there is not "gone": it may
-        be an init container whose successor has not started yet (it keeps its
-        blocks, reusable by that successor, until the successor starts), or a
-        crashed container about to be restarted (it keeps its blocks, as in
-        kubelet). Only when a container of another name already runs has it
-        finished for good.
+        containerd's Synchronize lists created and running containers only, so
+        an exited init container whose successor had not started yet is
+        released here too (docs/recovery.md, "limits"): the successor then
+        takes its own memory instead of reusing the init container's.
         """
         released = []
         for uid, names in list(self.manager.state.entries.items()):
-            record = self.pods.get(uid)
-            for name, blocks in list(names.items()):
-                if (uid, name) in live:
-                    continue
-                if record is not None and not any(
-                    c.running and c.name != name for c in record.containers.values()
-                ):
-                    record.containers[f"exited:{name}"] = ContainerRecord(
-                        "", uid, name, 0, exited=True
-                    )
-                    record.resources.setdefault(
-                        name, ContainerResources({b.type: b.size for b in blocks}, None, None, None)
-                    )
-                    continue
-                self.manager.remove_container(uid, name)
-                released.append(f"{uid}/{name}")
+            for name in list(names):
+                if (uid, name) not in live:
+                    self.manager.remove_container(uid, name)
+                    released.append(f"{uid}/{name}")
         return released
 
     def _release_finished_inits(self) -> list[str]:

@@ -233,28 +233,6 @@ def test_memory_of_a_released_init_container_is_not_reused_again() -> None:
     assert sizes == 3 * GI
 
 
-def test_exited_init_container_not_listed_by_synchronize_keeps_its_blocks() -> None:
-    # containerd's Synchronize lists only created and running containers
-    plugin = make_plugin()
-    g = pod("g")
-    init = container(g, "init", "c1", 4 * GI)
-    plugin.create_container(g, init)
-    plugin.start_container(g, init)
-    plugin.stop_container(g, init)
-    app = container(g, "app", "c2", 2 * GI)
-    plugin.create_container(g, app)
-    # the plugin restarts before the app starts: the init is not listed
-    fresh = make_plugin()
-    fresh.manager.state = plugin.manager.state.clone()
-    app.state = api.CONTAINER_CREATED
-    fresh.synchronize([g], [app])
-    assert fresh.manager.state.blocks("g", "init") is not None
-    assert reserved(fresh, 0) == 4 * GI
-    fresh.start_container(g, app)
-    assert fresh.manager.state.blocks("g", "init") is None
-    assert reserved(fresh, 0) == 2 * GI
-
-
 def test_unlisted_container_is_released_once_another_one_runs() -> None:
     plugin = make_plugin()
     g = pod("g")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from .faults import (
     state_differences,
 )
 from .harness import FLAVOR_TAG, Containerd, CRIClient, E2EPaths, Flavor, Pod
-from .test_plugin import TOPOLOGY, MemoryManagerPlugin, config_text, wait_exited
+from .test_plugin import TOPOLOGY, MemoryManagerPlugin, config_text
 
 GI = 1 << 30
 OPERATIONS = int(os.environ.get("NMM_FAULT_OPS") or 1000)
@@ -128,30 +127,6 @@ def test_restart_trusts_the_checkpoint_it_wrote(ctrd: Containerd, tmp_path: Path
     assert _state(plugin) == before
     assert plugin.proc is not None
     assert "checkpoint not trusted" not in plugin.proc.log_text()
-
-
-def test_exited_init_container_keeps_its_blocks_across_a_restart(
-    ctrd: Containerd, tmp_path: Path
-) -> None:
-    """An init container that ran to completion keeps its blocks until a container of another
-    name starts (lifecycle.md). containerd's Synchronize does not list exited containers;
-    the plugin must not take that for "gone"."""
-    plugin = MemoryManagerPlugin(ctrd, tmp_path, "single-numa-node").start()
-    cri = ctrd.cri()
-    pod, init = _guaranteed(cri, str(uuid.uuid4()), "init", 2 * GI, command=["/bin/true"])
-    assert cri.mems(init) == "0"
-    cri.start_container(init)
-    wait_exited(cri, init)
-    before = _state(plugin)
-    assert before["entries"][pod.uid]["init"][0]["size"] == 2 * GI
-    _restart(plugin)
-    assert _state(plugin) == before
-    # the app reuses the init container's memory, as simulate and kubelet do
-    app = cri.create_container(pod, "app", memory_limit=GI, cpu_millis=1000)
-    assert cri.mems(app) == "0"
-    after = _state(plugin)
-    assert after["entries"][pod.uid]["init"][0]["size"] == GI
-    assert after["machineState"]["0"]["memoryMap"]["memory"]["reserved"] == 2 * GI
 
 
 # --------------------------------------------------------------------------------------------
