@@ -700,14 +700,13 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     http = None
     if args.metrics_address:
-        host, _, port = args.metrics_address.rpartition(":")
 
         def health() -> tuple[bool, str]:
             if not proxy.synchronized.is_set():
                 return False, "not synchronized with the runtime"
             return writer.writable()
 
-        http = await serve_http(host or "0.0.0.0", int(port), metrics, health)
+        http = await serve_http(args.metrics_address, metrics, health)
         log.info("metrics listening", address=args.metrics_address)
     log.info(
         "starting",

@@ -124,9 +124,10 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 
 
 async def serve_http(
-    host: str, port: int, metrics: Metrics, health: Callable[[], tuple[bool, str]]
+    address: str, metrics: Metrics, health: Callable[[], tuple[bool, str]]
 ) -> asyncio.Server:
-    """A tiny HTTP/1.0 server: /metrics, /healthz (and /readyz, same check)."""
+    """A tiny HTTP/1.0 server on ``HOST:PORT``: /metrics, /healthz (and /readyz, same check)."""
+    host, _, port = address.rpartition(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -155,4 +156,4 @@ async def serve_http(
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+    return await asyncio.start_server(handle, host or "0.0.0.0", int(port))

@@ -68,14 +68,13 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stub.stop)
     server = None
     if args.metrics_address:
-        host, _, port = args.metrics_address.rpartition(":")
 
         def health() -> tuple[bool, str]:
             if not stub.connected:
                 return False, "not connected to the runtime"
             return writer.writable()
 
-        server = await serve_http(host or "0.0.0.0", int(port), metrics, health)
+        server = await serve_http(args.metrics_address, metrics, health)
         log.info("metrics listening", address=args.metrics_address)
     log.info(
         "starting",
