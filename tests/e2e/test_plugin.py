@@ -281,6 +281,10 @@ def test_health_and_metrics_endpoints(
         "2.147483648e+09" in text
     )
     assert plugin.http("/nope")[0] == 404
+    # SIGTERM stops it cleanly, with the state written
+    assert plugin.proc is not None
+    assert plugin.proc.stop() == 0
+    assert plugin.state()["machineState"]["1"]["memoryMap"]["memory"]["reserved"] == 2 * GI
 
 
 def wait_exited(cri: CRIClient, cid: str, timeout: float = 15.0) -> None:
