@@ -586,7 +586,9 @@ class CRIProxy:
             *(container_view(c) for c in listed if c.pod_sandbox_id in ready_ids)
         )
         containers = [c for c in views if c is not None]
-        updates = self.plugin.synchronize(pods, containers)
+        # The proxy pins a container in the request it forwards, so no container exists
+        # without the answer; and a runtime's verbose status may not show the mems in force.
+        updates = self.plugin.synchronize(pods, containers, mems_shown=False)
         self.sandboxes = {p.id: p for p in pods}
         self.containers = {c.id: c for c in containers}
         pinned = await self._apply(updates)

@@ -28,7 +28,7 @@ from nri_plugin.nri.ttrpc import Code
 from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.quantity import format_bytes_human
 from nri_plugin.recovery import settle
-from nri_plugin.state import MEMORY
+from nri_plugin.state import MEMORY, Block
 from nri_plugin.topology import parse_cpulist
 from nri_plugin.topologymanager import SCOPE_POD, TOPOLOGY_AFFINITY_ERROR
 from nri_plugin.workload import (
@@ -317,8 +317,18 @@ class MemoryPlugin:
     # -- Synchronize: the runtime's view wins ----------------------------------
 
     def synchronize(
-        self, pods: Sequence[api.PodSandbox], containers: Sequence[api.Container]
+        self,
+        pods: Sequence[api.PodSandbox],
+        containers: Sequence[api.Container],
+        *,
+        mems_shown: bool = True,
     ) -> list[api.ContainerUpdate]:
+        """Make the state the runtime's view (spec/lifecycle.md, "Restarts and missed events").
+
+        ``mems_shown``: the listing carries each container's ``cpuset.mems`` in force (NRI's
+        does; the CRI proxy's may not), so an entry whose container shows other mems is known
+        to be an answer that never reached the runtime.
+        """
         state = self.manager.state
         by_sandbox = {p.id: p for p in pods}
         self.pods = {}
@@ -358,6 +368,8 @@ class MemoryPlugin:
             live[(uid, name)] = c
 
         released = self._release_gone(live)
+        if mems_shown:
+            released += self._release_unanswered(live)
         released += self._release_finished_inits()
         adopted, admitted, failed, updates = self._adopt_and_admit(ordered, by_sandbox, live)
         for key, c in live.items():
@@ -391,6 +403,33 @@ class MemoryPlugin:
                 if (uid, name) not in live:
                     self.manager.remove_container(uid, name)
                     released.append(f"{uid}/{name}")
+        return released
+
+    def _release_unanswered(self, live: dict[tuple[str, str], api.Container]) -> list[str]:
+        """Release entries whose live container does not carry the mems of their blocks.
+
+        The plugin recorded the admission, but its answer never reached the runtime (it
+        died or was dropped mid-request) and containerd created the container without it.
+        The runtime's view wins: the container is one created while the plugin was away,
+        admitted again below with the others, after every release.
+        """
+        released = []
+        for key, c in live.items():
+            if c.state not in (api.CONTAINER_CREATED, api.CONTAINER_RUNNING):
+                continue
+            blocks = self.manager.state.blocks(*key)
+            if blocks is None or _mask_of_mems(_runtime_mems(c)) == _mask_of_blocks(blocks):
+                continue
+            self.manager.remove_container(*key)
+            released.append(f"{key[0]}/{key[1]}")
+            self._log.warning(
+                "admission not in force",
+                pod_uid=key[0],
+                container=key[1],
+                cpuset_mems=_runtime_mems(c),
+                recorded=format_mems(_mask_of_blocks(blocks)),
+                reason="the runtime created the container without the recorded cpuset.mems",
+            )
         return released
 
     def _release_finished_inits(self) -> list[str]:
@@ -434,7 +473,7 @@ class MemoryPlugin:
             resources = record.resources.get(name)
             if resources is None or MEMORY not in resources.memory:
                 continue
-            mems = c.linux.resources.cpu.mems if c.HasField("linux") else ""
+            mems = _runtime_mems(c)
             nodes: set[int] = set()
             if mems:
                 try:
@@ -616,15 +655,34 @@ class MemoryPlugin:
             self._changed()
 
     def _mems_of(self, uid: str, name: str) -> str:
-        mask = 0
-        for b in self.manager.state.blocks(uid, name) or []:
-            mask |= mask_of(b.numa_affinity)
-        return format_mems(mask)
+        return format_mems(_mask_of_blocks(self.manager.state.blocks(uid, name) or []))
 
     def _changed(self) -> None:
         settle(self.manager)  # memory lent to conflicting blocks at restore, once released
         self._observer.state_changed(self.manager)
         self._persist()
+
+
+def _runtime_mems(c: api.Container) -> str:
+    """The cpuset.mems the runtime shows for ``c`` ("" when none)."""
+    return c.linux.resources.cpu.mems if c.HasField("linux") else ""
+
+
+def _mask_of_mems(mems: str) -> int:
+    """The node mask of a cpuset.mems text; 0 for none or for text that does not parse."""
+    if not mems:
+        return 0
+    try:
+        return mask_of(parse_cpulist(mems, what="cpuset.mems"))
+    except InputError:
+        return 0
+
+
+def _mask_of_blocks(blocks: Sequence[Block]) -> int:
+    mask = 0
+    for b in blocks:
+        mask |= mask_of(b.numa_affinity)
+    return mask
 
 
 def _adjust_mems(mems: str) -> api.ContainerAdjustment:

@@ -171,15 +171,37 @@ def test_synchronize_releases_finished_init_containers() -> None:
     plugin.create_container(g, init)
     plugin.stop_container(g, init)
     app = container(g, "app", "c2", 2 * GI)
-    plugin.create_container(g, app)
+    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
     # the plugin restarts before seeing the app start; the app now runs
     fresh = make_plugin()
     fresh.manager.state = plugin.manager.state.clone()
     init.state = api.CONTAINER_STOPPED
     app.state = api.CONTAINER_RUNNING
-    fresh.synchronize([g], [init, app])
+    assert fresh.synchronize([g], [init, app]) == []
     assert fresh.manager.state.blocks("g", "init") is None
     assert reserved(fresh, 0) == 2 * GI
+
+
+def test_synchronize_readmits_a_container_created_without_the_recorded_answer() -> None:
+    # The plugin records an admission and dies before its answer reaches containerd, which
+    # then creates the container unpinned. At the restart the runtime's view wins: the
+    # container is one created while the plugin was away, admitted after every release.
+    plugin = make_plugin("restricted")
+    big, late = pod("big"), pod("late")
+    assert mems(plugin.create_container(big, container(big, "app", "c1", 5 * GI))) == "0"
+    assert mems(plugin.create_container(late, container(late, "app", "c2", 3 * GI))) == "1"
+    fresh = make_plugin("restricted")
+    fresh.manager.state = plugin.manager.state.clone()  # the checkpoint it wrote
+    # meanwhile "big" went away; "late" exists, created without cpuset.mems
+    unpinned = container(late, "app", "c2", 3 * GI, state=api.CONTAINER_CREATED)
+    updates = fresh.synchronize([late], [unpinned])
+    assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c2", "0")]
+    assert [b.numa_affinity for b in fresh.manager.state.blocks("late", "app") or []] == [(0,)]
+    assert (reserved(fresh, 0), reserved(fresh, 1)) == (3 * GI, 0)
+    # pinned as recorded: kept as it is, nothing to update
+    pinned = container(late, "app", "c2", 3 * GI, mems="0", state=api.CONTAINER_RUNNING)
+    assert fresh.synchronize([late], [pinned]) == []
+    assert reserved(fresh, 0) == 3 * GI
 
 
 def test_pod_scope_uses_the_pod_level_limit() -> None:
