@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -278,6 +278,10 @@ class Oracle:
         self._unplaced: dict[tuple[str, str], tuple[LivePod, LiveContainer]] = {}
         # pod uid -> the init containers of its latest admission (released when another starts)
         self._inits: dict[str, set[str]] = {}
+        # every pod that had a Guaranteed container admitted or tried
+        self._pods: dict[str, LivePod] = {}
+        # ids of the containers found exited right after the plugin's latest registration
+        self.exited_at_sync: Collection[str] | None = None
 
     @property
     def pending(self) -> bool:
@@ -320,11 +324,25 @@ class Oracle:
 
     def synchronized(self) -> None:
         """The plugin (re)registered: releases first, then late admissions in the order the
-        runtime listed them (creation order where the plugin did not say)."""
+        runtime listed them (creation order where the plugin did not say).
+
+        containerd's Synchronize does not list exited containers, so the plugin releases
+        their blocks (docs/recovery.md, "Limits"): those in `exited_at_sync`, the stock the
+        driver took at the registration (taken once; None: this is no new registration).
+        """
+        exited, self.exited_at_sync = self.exited_at_sync, None
         for removal in self._pending_removals:
             self._apply({"remove": removal})
         for pod, container in self._pending_starts:
             self._start(pod, container)
+        for pod in self._pods.values():
+            for c in pod.containers:
+                if exited is None or c.id not in exited:
+                    continue
+                if pod.removed or c.removed or not self.holds(pod.uid, c.name):
+                    continue
+                self._apply({"remove": {"pod": pod.uid, "container": c.name}})
+                self._inits.get(pod.uid, set()).discard(c.name)
         waiting = dict(self._unplaced)
         for pod, c in self._pending_creates:
             waiting[(pod.uid, c.name)] = (pod, c)
@@ -335,7 +353,8 @@ class Oracle:
             waiting.items(), key=lambda kv: (listed.get(kv[0], len(listed)), kv[1][1].seq)
         ):
             # Synchronize lists created and running containers only.
-            if pod.removed or c.removed or c.exited or self.holds(*key):
+            gone = c.exited if exited is None else c.id in exited
+            if pod.removed or c.removed or gone or self.holds(*key):
                 continue
             self.late_admissions += 1
             if not self._admit(pod, c).admitted:
@@ -344,6 +363,7 @@ class Oracle:
     # -- steps ---------------------------------------------------------------------------
 
     def _admit(self, pod: LivePod, container: LiveContainer) -> Expectation:
+        self._pods[pod.uid] = pod
         # Exited containers of other names that still hold blocks were its init containers.
         inits = [
             c
@@ -746,6 +766,7 @@ class FaultInjection:
                     f" checkpoint aside: {line.get('reason')}"
                 )
         if registered:
+            self.oracle.exited_at_sync = self._exited_now()
             self.oracle.synchronized()
             if self.counts["operations"] or self.kills:
                 self.restarts += 1
@@ -778,6 +799,10 @@ class FaultInjection:
             and line.get("result") in ("pinned late", "unplaced")
         ]
 
+    def _exited_now(self) -> set[str]:
+        """Ids of the exited containers: what the plugin's Synchronize just did not list."""
+        return {c.id for c in self.ctrd.cri().list_containers() if c.state == "CONTAINER_EXITED"}
+
     def _wait_registered(self, since: int) -> None:
         self.ctrd.wait_for_log(registered_pattern(PLUGIN_NAME), timeout=30, since=since)
         self.plugin_up = True
@@ -793,6 +818,7 @@ class FaultInjection:
         self._registration_offset = self.ctrd.log_offset()
         self.ctrd.start()
         self._wait_registered(self._registration_offset)
+        self.oracle.exited_at_sync = self._exited_now()
         self._recovered = True
 
     def _cri(
