@@ -870,7 +870,8 @@ class FaultInjection:
             init = self._create(pod, plan.containers[0])
             if init is None or not self._may_start(init):
                 return  # refused, or pinned off the one real node: it cannot run here
-            self._start(pod, init)
+            if not self._start(pod, init):
+                return
             self._wait_exited(init)
             app = self._create(pod, plan.containers[1])
             if app is not None and self._may_start(app):
@@ -954,17 +955,28 @@ class FaultInjection:
             return False
         return c.mems == "0" if c.guaranteed else not c.mems
 
-    def _start(self, pod: LivePod, c: LiveContainer) -> None:
+    def _start(self, pod: LivePod, c: LiveContainer) -> bool:
+        """StartContainer; False when containerd lost the container in a restart under the
+        call (its state is then UNKNOWN and it cannot start): removed, as kubelet does."""
         plugin_up = self.plugin_up
 
         def running(cri: CRIClient) -> bool | None:
             state = cri.container_state(c.id)
+            if state == "CONTAINER_UNKNOWN":
+                return False
             return True if state in ("CONTAINER_RUNNING", "CONTAINER_EXITED") else None
 
-        self._cri(lambda cri: cri.start_container(c.id), recover=running)
+        def start(cri: CRIClient) -> bool:
+            cri.start_container(c.id)
+            return True
+
+        if not self._cri(start, recover=running):
+            self._remove_container(pod, c)
+            return False
         c.started = True
         if c.guaranteed:
             self.oracle.started(pod, c, plugin_up=plugin_up)
+        return True
 
     def _wait_exited(self, c: LiveContainer, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -188,6 +188,29 @@ def test_oracle_retries_an_unplaced_container_at_the_next_synchronize() -> None:
     assert _nodes(oracle, "late") == (2,)
 
 
+def test_oracle_releases_exited_containers_at_a_synchronize_as_the_plugin_does() -> None:
+    """containerd does not list an exited init container at Synchronize, so the plugin
+    releases it; its app, created while the plugin was away, then takes memory of its own."""
+    oracle = _oracle()
+    init_plan = ContainerPlan("init", 4 * GI, 1000, runs_to_completion=True)
+    pod = _pod("p", init_plan, ContainerPlan("app", 2 * GI, 1000))
+    assert _created(oracle, pod, 1, "0") == Expectation(0, True, "0")
+    init = pod.containers[0]
+    init.started = init.exited = True
+    oracle.started(pod, init, plugin_up=True)
+    app = LiveContainer(pod.plan.containers[1], pod.uid, "c2", 2, "", guaranteed=True)
+    pod.containers.append(app)
+    assert oracle.created(pod, app) is None  # created while the plugin was away
+    oracle.exited_at_sync = {init.id}  # the stock the driver takes at the registration
+    oracle.synchronized()
+    assert not oracle.holds("p", "init") and oracle.holds("p", "app")
+    assert [next(iter(step)) for step in oracle.steps][-2:] == ["remove", "admit"]
+    admitted = oracle.steps[-1]["admit"]
+    assert isinstance(admitted, dict) and admitted["initContainers"] == []
+    assert oracle.manager.state.machine[0].memory_map["memory"].reserved == 2 * GI
+    assert oracle.exited_at_sync is None  # taken once
+
+
 def test_state_differences_compare_groups_by_their_sums() -> None:
     oracle = _oracle("best-effort")
     _created(oracle, _pod("g", ContainerPlan("app", 12 * GI, 1000)), 1, "0,1")
