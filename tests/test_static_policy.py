@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from nri_plugin import checkpoint
+from nri_plugin.errors import StateError
 from tests.helpers import GI, MI, admit, blocks, container, node, simulate, table
 
 
@@ -537,3 +539,82 @@ def test_single_node_block_on_a_grouped_node_restores() -> None:
         }
     )
     assert "entries" not in again["state"]
+
+
+def test_releasing_a_group_leaves_a_single_node_block_on_a_relabelled_node_its_bytes() -> None:
+    # The one place we depart from kubelet (docs/kubelet-alignment.md). Node 0 is full, so
+    # the 10Gi group lands on [1,2] (node 1 gives 8Gi, node 2 2Gi), and the 2Gi pod joins
+    # it (node 2). With the group pod gone, node 1 holds none of the group's bytes; the
+    # pinned pod then gets [1] through kubelet's single-node path (reference 7.6). When the
+    # 2Gi pod goes, kubelet's walk takes its bytes back from node 1 first, i.e. the pinned
+    # pod's: node 1 would show them free while in use and node 2 keep 1.5Gi for nobody.
+    topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(3)]}
+    report = simulate(
+        {
+            "topology": topology,
+            "config": config("best-effort", n0="1Gi"),
+            "steps": [
+                admit("fill", container("c", "7Gi")),
+                admit("group", container("c", "10Gi")),
+                admit("joins", container("c", "2Gi")),
+                {"remove": {"pod": "group"}},
+                admit("pinned", container("c", "1536Mi", cpuset="4-5")),
+                {"remove": {"pod": "joins"}},
+            ],
+        }
+    )
+    mems = [s["containers"][0]["cpusetMems"] for s in report["steps"] if "containers" in s]
+    assert mems == ["0", "1,2", "1,2", "1"]
+    assert table(report, 1)["reserved"] == 1536 * MI  # the pinned pod's, still counted
+    assert table(report, 2)["reserved"] == 0  # nothing kept for a pod that is gone
+    assert report["state"]["machineState"]["2"]["cells"] == [2]
+    again = simulate(  # the state loads back, and everything can be released
+        {
+            "topology": topology,
+            "config": config("best-effort", n0="1Gi"),
+            "initialState": report["state"],
+            "steps": [{"remove": {"pod": "pinned"}}, {"remove": {"pod": "fill"}}],
+        }
+    )
+    assert "entries" not in again["state"]
+    assert all(table(again, n)["reserved"] == 0 for n in range(3))
+
+
+def test_a_node_relabelled_then_left_by_its_single_node_block_restores() -> None:
+    # After the pinned pod goes, node 1 keeps cells [1] (kubelet only resets cells when a
+    # node's count reaches 0) while the group's block still covers it: no replay order gives
+    # that back, so the restore accepts it when every byte is accounted for, and refuses a
+    # file whose bytes were moved.
+    topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(4)]}
+    cfg = config("best-effort", n0="1Gi")
+    first = simulate(
+        {
+            "topology": topology,
+            "config": cfg,
+            "steps": [
+                admit("zbig", container("c", "12Gi")),
+                admit("apinned", container("c", "1Gi", cpuset="4-5")),
+                {"remove": {"pod": "apinned"}},
+            ],
+        }
+    )
+    machine = first["state"]["machineState"]
+    assert (machine["0"]["cells"], machine["1"]["cells"]) == ([0, 1], [1])
+    again = simulate(
+        {
+            "topology": topology,
+            "config": cfg,
+            "initialState": first["state"],
+            "steps": [{"remove": {"pod": "zbig"}}],
+        }
+    )
+    assert all(table(again, n)["reserved"] == 0 for n in range(4))
+    moved = checkpoint.from_checkpoint(first["state"])  # 1Gi moved to node 2, sums kept
+    moved.machine[1].memory_map["memory"].reserved -= GI
+    moved.machine[1].memory_map["memory"].free += GI
+    moved.machine[2].memory_map["memory"].reserved += GI
+    moved.machine[2].memory_map["memory"].free -= GI
+    with pytest.raises(StateError, match="expected machine state is different"):
+        simulate(
+            {"topology": topology, "config": cfg, "initialState": checkpoint.to_checkpoint(moved)}
+        )

@@ -295,16 +295,27 @@ class StaticPolicy:
         blocks = state.delete_blocks(pod_uid, container)
         if blocks is None:
             return False
-        release_blocks(state.machine, blocks)
+        release_blocks(state, blocks)
         return True
 
 
-def release_blocks(machine: Mapping[int, NodeState], blocks: Sequence[Block]) -> None:
-    """Return blocks to the machine state node by node, as kubelet's RemoveContainer."""
+def release_blocks(state: MemoryState, blocks: Sequence[Block]) -> None:
+    """Return blocks to the machine state node by node, as kubelet's RemoveContainer.
+
+    One deviation, where kubelet loses track of memory: a node of a multi-node block whose
+    cells are no longer the block's mask was re-labelled by a single-node allocation that
+    kubelet let through (reference 7.6); kubelet's walk would hand that allocation's bytes
+    back as the group's (the node then shows them free while they are in use, and the
+    group's own bytes stay reserved on another node for nobody). Such a node gives back
+    only what exceeds its single-node blocks.
+    """
+    machine = state.machine
     for b in blocks:
         released = b.size
-        for node_id in b.numa_affinity:
+        mask = b.numa_affinity
+        for node_id in mask:
             node = machine[node_id]
+            relabelled = len(mask) > 1 and sorted(node.cells) != sorted(mask)
             node.number_of_assignments -= 1
             if node.number_of_assignments == 0:
                 node.cells = [node_id]
@@ -313,10 +324,22 @@ def release_blocks(machine: Mapping[int, NodeState], blocks: Sequence[Block]) ->
             table = node.memory_map.get(b.type)
             if table is None or table.reserved == 0:
                 continue
-            give = min(table.reserved, released)
+            held = _single_node_bytes(state, node_id, b.type) if relabelled else 0
+            give = max(0, min(table.reserved - held, released))
             table.reserved -= give
             table.free += give
             released -= give
+
+
+def _single_node_bytes(state: MemoryState, node_id: int, mem_type: str) -> int:
+    """Bytes of ``mem_type`` held on ``node_id`` by single-node blocks."""
+    return sum(
+        block.size
+        for containers in state.entries.values()
+        for blocks in containers.values()
+        for block in blocks
+        if block.type == mem_type and tuple(block.numa_affinity) == (node_id,)
+    )
 
 
 def _hint_lists(
