@@ -956,15 +956,18 @@ class FaultInjection:
         return c.mems == "0" if c.guaranteed else not c.mems
 
     def _start(self, pod: LivePod, c: LiveContainer) -> bool:
-        """StartContainer; False when containerd lost the container in a restart under the
-        call (its state is then UNKNOWN and it cannot start): removed, as kubelet does."""
+        """StartContainer; False when a containerd restart under the call left the container
+        unable to run (state UNKNOWN, or EXITED without ever starting: its task could not
+        be created again): it is removed, as kubelet removes a failed container."""
         plugin_up = self.plugin_up
 
         def running(cri: CRIClient) -> bool | None:
             state = cri.container_state(c.id)
             if state == "CONTAINER_UNKNOWN":
                 return False
-            return True if state in ("CONTAINER_RUNNING", "CONTAINER_EXITED") else None
+            if state == "CONTAINER_EXITED":
+                return cri.container_started(c.id)
+            return True if state == "CONTAINER_RUNNING" else None
 
         def start(cri: CRIClient) -> bool:
             cri.start_container(c.id)

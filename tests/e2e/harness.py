@@ -531,6 +531,14 @@ class CRIClient:
         )
         return str(self.api.ContainerState.Name(r.status.state))
 
+    def container_started(self, container_id: str) -> bool:
+        """Whether the container's process ever started (a start that failed leaves it
+        EXITED without a start time)."""
+        r = self._call(
+            "ContainerStatus", self.api.ContainerStatusRequest(container_id=container_id)
+        )
+        return bool(r.status.started_at)
+
     def info(self, container_id: str) -> dict[str, Any]:
         """containerd's verbose status: runtimeSpec, pid, sandboxID, snapshotter, ..."""
         r = self._call(
