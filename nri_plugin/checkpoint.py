@@ -706,9 +706,8 @@ def validate_restored(saved: MemoryState, default: MemoryState, configured_polic
         # (allocation and release walk a group's nodes in order), so kubelet's sums over
         # the saved group no longer see them, and no replay order may fit them back (a
         # replay takes min(free, remaining) node by node); kubelet would refuse its own file
-        # here; and a node left that way keeps cells [itself] after its single-node block
-        # goes. Accept it when the assignments are the replay's, each node's cells are the
-        # replay's or itself, and every byte is accounted for over the nodes the blocks link.
+        # here. Accept it when the assignments and groups are the replay's and every byte is
+        # accounted for over the nodes the blocks link.
         if (
             _first_difference(saved.machine, regrouped.machine, sums=False) is None
             and _unaccounted_bytes(saved) is None
@@ -780,8 +779,7 @@ def _first_difference(
     saved: Mapping[int, NodeState], expected: Mapping[int, NodeState], *, sums: bool = True
 ) -> str | None:
     """The first field where the states differ; free and reserved summed over each node's
-    saved cells, as kubelet compares them. With ``sums=False``: no sums, and a node's cells
-    may also be the node alone (re-labelled by a single-node block)."""
+    saved cells, as kubelet compares them (not with ``sums=False``)."""
     if set(saved) != set(expected):
         return f"saved NUMA nodes {sorted(saved)}, the machine has {sorted(expected)}"
     ids = sorted(saved)
@@ -794,7 +792,7 @@ def _first_difference(
                 f"node {node_id} numberOfAssignments: saved {s.number_of_assignments},"
                 f" expected {e.number_of_assignments}"
             )
-        if sorted(s.cells) != sorted(e.cells) and (sums or list(s.cells) != [node_id]):
+        if sorted(s.cells) != sorted(e.cells):
             return f"node {node_id} cells: saved {s.cells}, expected {e.cells}"
         if set(s.memory_map) != set(e.memory_map):
             return (

@@ -205,7 +205,9 @@ def run_checked(scenario: Scenario) -> tuple[MemoryManager, GroupedNodeSpy]:
         else:
             manager.remove_container(step.pod_uid, step.container)
         assert_accounting(manager.state, default, groups=not spy.hit)
-        assert_checkpoint_round_trip(manager.state, default, validate=not spy.hit)
+        # every byte stays accounted for, so the restore check takes the state back even
+        # after a single-node block on a grouped node (docs/simulate.md, the departure)
+        assert_checkpoint_round_trip(manager.state, default)
     return manager, spy
 
 
@@ -217,11 +219,9 @@ def assert_removing_everything_restores(
             manager.remove_pod(step.pod.uid)
     assert manager.pods == {}
     assert manager.state.entries == {}
-    if not spy.hit:
-        # After a single-node block on a grouped node, releasing a group block
-        # can take back that node's bytes and strand the group's on another
-        # node (test_single_node_affinity_on_a_grouped_node).
-        assert manager.state == manager.policy.default_state(), "state not restored"
+    # also after a single-node block on a grouped node: kubelet's release walk would strand
+    # bytes there, ours does not (docs/simulate.md, the departure)
+    assert manager.state == manager.policy.default_state(), ("state not restored", spy.hit)
 
 
 # -- tests ---------------------------------------------------------------------------

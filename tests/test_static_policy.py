@@ -542,36 +542,47 @@ def test_single_node_block_on_a_grouped_node_restores() -> None:
 
 
 def test_releasing_a_group_leaves_a_single_node_block_on_a_relabelled_node_its_bytes() -> None:
-    # The one place we depart from kubelet (docs/kubelet-alignment.md). Node 0 is full, so
-    # the 10Gi group lands on [1,2] (node 1 gives 8Gi, node 2 2Gi), and the 2Gi pod joins
-    # it (node 2). With the group pod gone, node 1 holds none of the group's bytes; the
-    # pinned pod then gets [1] through kubelet's single-node path (reference 7.6). When the
-    # 2Gi pod goes, kubelet's walk takes its bytes back from node 1 first, i.e. the pinned
-    # pod's: node 1 would show them free while in use and node 2 keep 1.5Gi for nobody.
+    # The one place we depart from kubelet (docs/simulate.md). Node 0 is full, so the 10Gi
+    # group lands on [1,2] (node 1 gives 8Gi, node 2 2Gi), and the 2Gi pod joins it (node
+    # 2). With the group pod gone, node 1 holds none of the group's bytes; the pinned pod
+    # then gets [1] through kubelet's single-node path (reference 7.6). When the 2Gi pod
+    # goes, kubelet's walk takes its bytes back from node 1 first, i.e. the pinned pod's:
+    # node 1 would show them free while in use and node 2 keep 1.5Gi for nobody.
     topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(3)]}
-    report = simulate(
+    cfg = config("best-effort", n0="1Gi")
+    before = simulate(
         {
             "topology": topology,
-            "config": config("best-effort", n0="1Gi"),
+            "config": cfg,
             "steps": [
                 admit("fill", container("c", "7Gi")),
                 admit("group", container("c", "10Gi")),
                 admit("joins", container("c", "2Gi")),
                 {"remove": {"pod": "group"}},
                 admit("pinned", container("c", "1536Mi", cpuset="4-5")),
-                {"remove": {"pod": "joins"}},
             ],
         }
     )
-    mems = [s["containers"][0]["cpusetMems"] for s in report["steps"] if "containers" in s]
+    mems = [s["containers"][0]["cpusetMems"] for s in before["steps"] if "containers" in s]
     assert mems == ["0", "1,2", "1,2", "1"]
+    # The group's bytes are on node 2, the pinned pod's on node 1, which left the group: no
+    # replay order gives that back, yet every byte is there, so the state restores.
+    assert (table(before, 1)["reserved"], table(before, 2)["reserved"]) == (1536 * MI, 2 * GI)
+    report = simulate(
+        {
+            "topology": topology,
+            "config": cfg,
+            "initialState": before["state"],
+            "steps": [{"remove": {"pod": "joins"}}],
+        }
+    )
     assert table(report, 1)["reserved"] == 1536 * MI  # the pinned pod's, still counted
     assert table(report, 2)["reserved"] == 0  # nothing kept for a pod that is gone
     assert report["state"]["machineState"]["2"]["cells"] == [2]
-    again = simulate(  # the state loads back, and everything can be released
+    again = simulate(
         {
             "topology": topology,
-            "config": config("best-effort", n0="1Gi"),
+            "config": cfg,
             "initialState": report["state"],
             "steps": [{"remove": {"pod": "pinned"}}, {"remove": {"pod": "fill"}}],
         }
@@ -580,11 +591,10 @@ def test_releasing_a_group_leaves_a_single_node_block_on_a_relabelled_node_its_b
     assert all(table(again, n)["reserved"] == 0 for n in range(3))
 
 
-def test_a_node_relabelled_then_left_by_its_single_node_block_restores() -> None:
-    # After the pinned pod goes, node 1 keeps cells [1] (kubelet only resets cells when a
-    # node's count reaches 0) while the group's block still covers it: no replay order gives
-    # that back, so the restore accepts it when every byte is accounted for, and refuses a
-    # file whose bytes were moved.
+def test_a_node_left_by_its_single_node_blocks_rejoins_its_group() -> None:
+    # kubelet resets a node's cells only when its count reaches 0, so after the pinned pod
+    # goes node 1 would keep cells [1] (serving single-node hints) while the group's block
+    # still covers it, a state its own restore check refuses. It rejoins the group here.
     topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(4)]}
     cfg = config("best-effort", n0="1Gi")
     first = simulate(
@@ -599,17 +609,20 @@ def test_a_node_relabelled_then_left_by_its_single_node_block_restores() -> None
         }
     )
     machine = first["state"]["machineState"]
-    assert (machine["0"]["cells"], machine["1"]["cells"]) == ([0, 1], [1])
+    assert (machine["0"]["cells"], machine["1"]["cells"]) == ([0, 1], [0, 1])
     again = simulate(
         {
             "topology": topology,
             "config": cfg,
             "initialState": first["state"],
-            "steps": [{"remove": {"pod": "zbig"}}],
+            "steps": [admit("small", container("c", "1Gi", cpuset="4-5"))],
         }
     )
-    assert all(table(again, n)["reserved"] == 0 for n in range(4))
-    moved = checkpoint.from_checkpoint(first["state"])  # 1Gi moved to node 2, sums kept
+    # node 1 is grouped again: it offers no single-node hint, so [1] is not preferred
+    decision = again["steps"][0]["containers"][0]
+    assert [1] not in [h["nodes"] for h in decision["hints"]["memory"]]
+    assert decision["affinity"] == {"nodes": [1], "preferred": False}
+    moved = checkpoint.from_checkpoint(first["state"])  # 1Gi moved to node 2: refused
     moved.machine[1].memory_map["memory"].reserved -= GI
     moved.machine[1].memory_map["memory"].free += GI
     moved.machine[2].memory_map["memory"].reserved += GI

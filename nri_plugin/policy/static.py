@@ -307,7 +307,8 @@ def release_blocks(state: MemoryState, blocks: Sequence[Block]) -> None:
     kubelet let through (reference 7.6); kubelet's walk would hand that allocation's bytes
     back as the group's (the node then shows them free while they are in use, and the
     group's own bytes stay reserved on another node for nobody). Such a node gives back
-    only what exceeds its single-node blocks.
+    only what exceeds its single-node blocks, and rejoins its group when the last of them
+    goes.
     """
     machine = state.machine
     for b in blocks:
@@ -329,6 +330,28 @@ def release_blocks(state: MemoryState, blocks: Sequence[Block]) -> None:
             table.reserved -= give
             table.free += give
             released -= give
+    for node_id in {b.numa_affinity[0] for b in blocks if len(b.numa_affinity) == 1}:
+        _regroup(state, node_id)
+
+
+def _regroup(state: MemoryState, node_id: int) -> None:
+    """A node re-labelled by single-node blocks joins its group again once the last of them
+    is gone (kubelet leaves it on its own, serving single-node hints while the group's
+    bytes may sit on it), so that the state is again one that kubelet's restore replays."""
+    node = state.machine[node_id]
+    if node.number_of_assignments == 0 or len(node.cells) > 1:
+        return
+    group: Sequence[int] | None = None
+    for containers in state.entries.values():
+        for blocks in containers.values():
+            for block in blocks:
+                if node_id not in block.numa_affinity:
+                    continue
+                if len(block.numa_affinity) == 1:
+                    return  # still serves single-node blocks
+                group = block.numa_affinity
+    if group is not None:
+        node.cells = list(group)
 
 
 def _single_node_bytes(state: MemoryState, node_id: int, mem_type: str) -> int:
