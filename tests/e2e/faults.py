@@ -903,8 +903,15 @@ class FaultInjection:
             )
 
         def existing(cri: CRIClient) -> str | None:
-            found = [c.id for c in cri.list_containers(sandbox.id) if c.name == plan.name]
-            return found[0] if found else None
+            found = [c for c in cri.list_containers(sandbox.id) if c.name == plan.name]
+            if not found:
+                return None
+            if found[0].state == "CONTAINER_UNKNOWN":
+                # containerd died before the create finished: the container cannot be used
+                # (Synchronize does not list it either); kubelet removes it and creates again
+                cri.remove_container(found[0].id)
+                return None
+            return found[0].id
 
         began = time.perf_counter()
         try:
