@@ -24,10 +24,13 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import NoReturn
+
+from fnv_hash_fast import fnv1a_32 as _compiled_fnv1a_32
 
 from nri_plugin.errors import StateError
 from nri_plugin.state import (
@@ -39,9 +42,6 @@ from nri_plugin.state import (
     NodeState,
     is_memory_type,
 )
-
-FNV32_OFFSET_BASIS = 2166136261
-FNV32_PRIME = 16777619
 
 MAX_UINT64 = (1 << 64) - 1
 MAX_INT64 = (1 << 63) - 1
@@ -73,58 +73,70 @@ _OLD_NAMES = _GoNames(node_map="state.NodeMap", group_field="Nodes")
 
 # -- checksum ----------------------------------------------------------------
 
-
-def fnv1a_32(data: bytes) -> int:
-    """32-bit FNV-1a, the hash behind kubelet's checkpoint checksums."""
-    h = FNV32_OFFSET_BASIS
-    for byte in data:
-        h = ((h ^ byte) * FNV32_PRIME) & 0xFFFFFFFF
-    return h
+# kubelet's checksum: 32-bit FNV-1a (offset basis 2166136261, prime 16777619) over
+# the go-spew text. Compiled (fnv-hash-fast): byte by byte in Python it took most
+# of a write. tests/test_checksum.py checks it against a plain implementation.
+fnv1a_32: Callable[[bytes], int] = _compiled_fnv1a_32
 
 
-def _dump_ints(ids: Iterable[int]) -> str:
-    return "[" + " ".join(str(i) for i in ids) + "]"
+def _go_order(key: str) -> bytes:
+    # Go compares strings byte-wise; sorting by UTF-8 bytes says so explicitly. The
+    # writers sort plain str instead: code point order is UTF-8 byte order, and
+    # that saves encoding every key of a large state.
+    return key.encode()
 
 
-def _dump_table(mem_type: str, t: MemoryTable) -> str:
-    return (
-        f"{mem_type}:<*>{{TotalMemSize:(uint64){t.total}"
-        f" SystemReserved:(uint64){t.system_reserved}"
-        f" Allocatable:(uint64){t.allocatable}"
-        f" Reserved:(uint64){t.reserved}"
-        f" Free:(uint64){t.free}}}"
-    )
+def _spew_ints(ids: Iterable[int]) -> str:
+    return "[" + " ".join(map(str, ids)) + "]"
 
 
-def _dump_node(node_id: int, node: NodeState, names: _GoNames) -> str:
-    tables = " ".join(
-        _dump_table(t, node.memory_map[t]) for t in sorted(node.memory_map, key=_go_order)
-    )
+def _spew_node(node_id: int, node: NodeState, names: _GoNames) -> str:
+    tables = []
+    for mem_type in sorted(node.memory_map):
+        t = node.memory_map[mem_type]
+        tables.append(
+            f"{mem_type}:<*>{{TotalMemSize:(uint64){t.total}"
+            f" SystemReserved:(uint64){t.system_reserved}"
+            f" Allocatable:(uint64){t.allocatable}"
+            f" Reserved:(uint64){t.reserved}"
+            f" Free:(uint64){t.free}}}"
+        )
     return (
         f"{node_id}:<*>{{NumberOfAssignments:(int){node.number_of_assignments}"
-        f" MemoryMap:(map[v1.ResourceName]*state.MemoryTable)map[{tables}]"
-        f" {names.group_field}:([]int){_dump_ints(node.cells)}}}"
+        f" MemoryMap:(map[v1.ResourceName]*state.MemoryTable)map[{' '.join(tables)}]"
+        f" {names.group_field}:([]int){_spew_ints(node.cells)}}}"
     )
 
 
-def _dump_block(block: Block) -> str:
-    return (
-        f"{{NUMAAffinity:([]int){_dump_ints(block.numa_affinity)}"
-        f" Type:(v1.ResourceName){block.type} Size:(uint64){block.size}}}"
-    )
+def _join_in_batches(sep: str, parts: Iterable[str]) -> str:
+    """``sep.join(parts)``, joining a few hundred parts at a time.
+
+    A write turns every pod into a short string; joined as they come, only a few
+    hundred are alive at once, so a write of a large state leaves no scattered
+    small blocks behind in the heap (the resident memory between writes).
+    """
+    it = iter(parts)
+    chunks = []
+    while batch := list(islice(it, 256)):
+        chunks.append(sep.join(batch))
+    return sep.join(chunks)
 
 
-def _dump_entries(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> str:
-    pods = []
-    for uid in sorted(entries, key=_go_order):
+def _spew_pods(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> Iterator[str]:
+    for uid in sorted(entries):
         containers = entries[uid]
         items = []
-        for name in sorted(containers, key=_go_order):
+        for name in sorted(containers):
             # Blocks keep their stored order: kubelet hashes the slice as it is.
-            blocks = " ".join(_dump_block(b) for b in containers[name])
+            blocks = " ".join(
+                [
+                    f"{{NUMAAffinity:([]int)[{' '.join(map(str, b.numa_affinity))}]"
+                    f" Type:(v1.ResourceName){b.type} Size:(uint64){b.size}}}"
+                    for b in containers[name]
+                ]
+            )
             items.append(f"{name}:[{blocks}]")
-        pods.append(f"{uid}:map[{' '.join(items)}]")
-    return f"map[{' '.join(pods)}]"
+        yield f"{uid}:map[{' '.join(items)}]"
 
 
 def _dump(
@@ -133,18 +145,14 @@ def _dump(
     entries: Mapping[str, Mapping[str, Sequence[Block]]],
     names: _GoNames,
 ) -> str:
-    nodes = " ".join(_dump_node(i, machine[i], names) for i in sorted(machine))
+    nodes = " ".join(_spew_node(i, machine[i], names) for i in sorted(machine))
+    pods = _join_in_batches(" ", _spew_pods(entries))
     return (
         f"(*state.MemoryManagerCheckpoint){{PolicyName:(string){policy_name}"
         f" MachineState:({names.node_map})map[{nodes}]"
-        f" Entries:(state.ContainerMemoryAssignments){_dump_entries(entries)}"
+        f" Entries:(state.ContainerMemoryAssignments)map[{pods}]"
         f" Checksum:(checksum.Checksum)0}}"
     )
-
-
-def _go_order(key: str) -> bytes:
-    # Go compares strings byte-wise; sorting by UTF-8 bytes says so explicitly.
-    return key.encode()
 
 
 def checksum_dump(state: MemoryState, *, legacy_names: bool = False) -> str:
@@ -207,16 +215,67 @@ def _block_to_json(b: Block) -> dict[str, object]:
 
 
 # encoding/json escapes these even though JSON does not require it.
+_GO_ESCAPED = "<>&\u2028\u2029"
 _GO_EXTRA_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 
+# The string encoder json.dumps(ensure_ascii=False) itself uses (C): the same
+# escapes as to_checkpoint + json.dumps, at a fraction of the cost.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _json_pods(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> Iterator[str]:
+    for uid in sorted(entries):
+        containers = entries[uid]
+        items = []
+        for name in sorted(containers):
+            blocks = ",".join(
+                [
+                    f'{{"numaAffinity":[{",".join(map(str, b.numa_affinity))}],'
+                    f'"type":{_json_str(b.type)},"size":{b.size}}}'
+                    for b in containers[name]
+                ]
+            )
+            items.append(f"{_json_str(name)}:[{blocks}]")
+        yield f"{_json_str(uid)}:{{{','.join(items)}}}"
+
 
 def dumps(state: MemoryState) -> str:
-    """The file content kubelet would write for ``state``: compact JSON, no newline."""
-    text = json.dumps(to_checkpoint(state), separators=(",", ":"), ensure_ascii=False)
-    # The escaped characters can only occur inside strings, so this is safe.
-    return text.translate(_GO_EXTRA_ESCAPES)
+    """The file content kubelet would write for ``state``: compact JSON, no newline.
+
+    The text of ``json.dumps(to_checkpoint(state))`` with Go's escapes, written
+    directly: no dict per block, one short string per pod (see :func:`_join_in_batches`).
+    """
+    # First, so that its text is gone before the JSON text is built.
+    checksum_value = checksum(state)
+    nodes = []
+    # encoding/json turns int map keys into strings and sorts those strings.
+    for key in sorted(str(i) for i in state.machine):
+        node = state.machine[int(key)]
+        tables = ",".join(
+            [
+                f'{_json_str(t)}:{{"total":{m.total},"systemReserved":{m.system_reserved},'
+                f'"allocatable":{m.allocatable},"reserved":{m.reserved},"free":{m.free}}}'
+                for t, m in sorted(node.memory_map.items())
+            ]
+        )
+        nodes.append(
+            f'"{key}":{{"numberOfAssignments":{node.number_of_assignments},'
+            f'"memoryMap":{{{tables}}},"{KEY_CELLS}":[{",".join(map(str, node.cells))}]}}'
+        )
+    entries = ""
+    if state.entries:  # `omitempty`
+        entries = f',"entries":{{{_join_in_batches(",", _json_pods(state.entries))}}}'
+    text = (
+        f'{{"policyName":{_json_str(state.policy_name)},"machineState":{{{",".join(nodes)}}}'
+        f'{entries},"checksum":{checksum_value}}}'
+    )
+    # The escaped characters can only occur inside strings, so this is safe; most
+    # states have none, and looking for them costs less than translating.
+    if any(c in text for c in _GO_ESCAPED):
+        text = text.translate(_GO_EXTRA_ESCAPES)
+    return text
 
 
 # -- reading -----------------------------------------------------------------

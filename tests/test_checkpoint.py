@@ -1,12 +1,14 @@
-"""The checkpoint file: kubelet's format and checksum, file safety, restore validation."""
+"""The checkpoint file: kubelet's format and checksum, file safety, writer, restore checks."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from nri_plugin.checkpoint import (
     write_file,
 )
 from nri_plugin.errors import StateError
+from nri_plugin.persistence import CheckpointWriter
 from nri_plugin.state import (
     POLICY_NONE,
     POLICY_STATIC,
@@ -208,10 +211,170 @@ def test_dumps_escapes_html_characters_like_go() -> None:
     assert from_checkpoint(json.loads(text)) == state
 
 
+# encoding/json's escapes beyond JSON's, applied to json.dumps' text: the reference
+# for dumps, which writes the text directly.
+GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def reference_dumps(state: MemoryState) -> str:
+    text = json.dumps(to_checkpoint(state), separators=(",", ":"), ensure_ascii=False)
+    return text.translate(GO_ESCAPES)
+
+
+def test_dumps_escapes_strings_as_json_dumps_and_go_do() -> None:
+    odd = 'q"b\\s/\x00\x1f\x7f<&>\u2028\u2029é😀'
+    state = MemoryState(POLICY_STATIC, {0: NodeState(1, {"hugepages-" + odd: table(4)}, [0])})
+    state.set_blocks("pod" + odd, odd, [Block((0,), "hugepages-" + odd, 1)])
+    text = dumps(state)
+    assert text == reference_dumps(state)
+    assert "\\u2028" in text and "\u2028" not in text
+    assert from_checkpoint(json.loads(text)) == state
+
+
+def large_state(pods: int) -> MemoryState:
+    state = default_machine()
+    for i in range(pods):
+        blocks = [Block((i % 3,), HP, 2 << 20), Block((i % 3,), "memory", i)]
+        state.set_blocks(f"pod-{i:04d}", "app", blocks)
+        if i % 7 == 0:
+            state.set_blocks(f"pod-{i:04d}", "sidecar", [Block((1, 2), "memory", 1)])
+    return state
+
+
+def test_large_state_text_is_whole() -> None:
+    # Hundreds of pods: the writers join them a few hundred at a time.
+    state = large_state(700)
+    assert dumps(state) == reference_dumps(state)
+    pods = []
+    for uid in sorted(state.entries):
+        items = []
+        for name, blocks in sorted(state.entries[uid].items()):
+            text = " ".join(
+                f"{{NUMAAffinity:([]int)[{' '.join(map(str, b.numa_affinity))}]"
+                f" Type:(v1.ResourceName){b.type} Size:(uint64){b.size}}}"
+                for b in blocks
+            )
+            items.append(f"{name}:[{text}]")
+        pods.append(f"{uid}:map[{' '.join(items)}]")
+    entries = f" Entries:(state.ContainerMemoryAssignments)map[{' '.join(pods)}] Checksum:"
+    assert entries in checksum_dump(state)
+
+
+def test_clone_is_independent_of_later_changes() -> None:
+    # The checkpoint writer serialises a clone in a thread while the state changes.
+    state = large_state(10)
+    snapshot = state.clone()
+    before = dumps(snapshot)
+    state.machine[0].memory_map["memory"].free -= 1
+    state.machine[0].cells.append(9)
+    blocks = state.blocks("pod-0000", "app")
+    assert blocks is not None
+    blocks[0] = Block((2,), HP, 0)  # in place, as the policy shrinks init containers' blocks
+    state.set_blocks("pod-0000", "new", [Block((0,), "memory", 1)])
+    state.delete_blocks("pod-0001", "app")
+    assert dumps(snapshot) == before
+    assert snapshot.entries["pod-0000"]["app"][0] == Block((0,), HP, 2 << 20)
+
+
 def test_golden_file_is_what_we_write() -> None:
     # Byte-for-byte regression of the writer: a 3-node machine with a group.
     assert GOLDEN.read_text() == dumps(running_machine())
     assert load_file(GOLDEN) == running_machine()
+
+
+# -- the writer (persistence.CheckpointWriter) --------------------------------
+
+
+async def wait_for_writes(writer: CheckpointWriter, count: int) -> None:
+    for _ in range(500):
+        if writer.writes >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{writer.writes} writes, expected {count}")
+
+
+def test_writer_coalesces_a_burst_into_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    state = large_state(3)
+
+    async def burst() -> CheckpointWriter:
+        writer = CheckpointWriter(path, None)
+        for i in range(50):
+            state.set_blocks(f"burst-{i}", "app", [Block((0,), "memory", i)])
+            writer.request(state)
+        await writer.flush()
+        return writer
+
+    writer = asyncio.run(burst())
+    assert writer.writes == 1
+    assert path.read_text() == dumps(state)
+
+
+def test_writer_pauses_between_writes_and_flush_skips_the_pause(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    state = large_state(3)
+
+    async def scenario() -> None:
+        writer = CheckpointWriter(path, None, min_gap=60.0)
+        writer.request(state)
+        await wait_for_writes(writer, 1)  # the first write does not wait
+        first = dumps(state)
+        assert path.read_text() == first
+        state.delete_blocks("pod-0000", "app")
+        writer.request(state)
+        await asyncio.sleep(0.3)
+        assert (writer.writes, path.read_text()) == (1, first)  # paused
+        started = time.monotonic()
+        await writer.flush()
+        assert time.monotonic() - started < 30  # not the 60 s pause
+        assert (writer.writes, path.read_text()) == (2, dumps(state))
+
+    asyncio.run(scenario())
+
+
+def test_writer_pause_grows_with_the_write_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state"
+    state = large_state(3)
+    real_write = checkpoint.write_file
+
+    def slow_write(target: Path, snapshot: MemoryState) -> None:
+        time.sleep(0.05)
+        real_write(target, snapshot)
+
+    monkeypatch.setattr(checkpoint, "write_file", slow_write)
+
+    async def scenario() -> None:
+        # at least 0.05 s per write, times 200: a pause of 10 s or more
+        writer = CheckpointWriter(path, None, min_gap=0.0, gap_factor=200.0)
+        writer.request(state)
+        await wait_for_writes(writer, 1)
+        state.delete_blocks("pod-0000", "app")
+        writer.request(state)
+        await asyncio.sleep(0.5)
+        assert writer.writes == 1
+        await writer.flush()
+        assert (writer.writes, path.read_text()) == (2, dumps(state))
+
+    asyncio.run(scenario())
+
+
+def test_writer_without_pause_writes_every_change_promptly(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    state = large_state(3)
+
+    async def scenario() -> None:
+        writer = CheckpointWriter(path, None, min_gap=0.0, gap_factor=0.0)
+        for i in range(3):
+            state.set_blocks(f"late-{i}", "app", [Block((1,), "memory", i)])
+            writer.request(state)
+            await wait_for_writes(writer, i + 1)
+            assert path.read_text() == dumps(state)
+
+    asyncio.run(scenario())
 
 
 # -- reading -----------------------------------------------------------------
@@ -257,6 +420,12 @@ def states(draw: st.DrawFn) -> MemoryState:
     entries = draw(st.dictionaries(names, st.dictionaries(names, blocks, max_size=3), max_size=3))
     policy = draw(st.sampled_from([POLICY_STATIC, POLICY_NONE]))
     return MemoryState(policy, machine, entries)
+
+
+@settings(max_examples=300)
+@given(states())
+def test_dumps_is_the_text_of_to_checkpoint(state: MemoryState) -> None:
+    assert dumps(state) == reference_dumps(state)
 
 
 @settings(max_examples=200)

@@ -728,7 +728,14 @@ def test_wheel_declares_the_runtime_dependencies(wheel: zipfile.ZipFile) -> None
         for line in wheel.read(metadata).decode().splitlines()
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     }
-    assert requires == {"pyyaml", "protobuf", "structlog", "prometheus-client", "grpcio"}
+    assert requires == {
+        "pyyaml",
+        "protobuf",
+        "structlog",
+        "prometheus-client",
+        "grpcio",
+        "fnv-hash-fast",
+    }
 
 
 def test_wheel_carries_the_readme_the_build_stage_copies(wheel: zipfile.ZipFile) -> None:
