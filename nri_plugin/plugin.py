@@ -11,6 +11,7 @@ it starts; Synchronize's view wins after any restart.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class AdmissionRefused(RpcError):
         return self.message
 
 
-@dataclass
+@dataclass(slots=True)
 class ContainerRecord:
     id: str
     pod_uid: str
@@ -67,7 +68,7 @@ class ContainerRecord:
     running: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class PodRecord:
     uid: str
     sandbox_id: str
@@ -185,7 +186,8 @@ class MemoryPlugin:
             return None
         record.resources[name] = resources
         self._seq += 1
-        record.containers[container.id] = ContainerRecord(container.id, uid, name, self._seq)
+        cid = sys.intern(container.id)  # one string for the record, its key and the owner
+        record.containers[cid] = ContainerRecord(cid, uid, name, self._seq)
         if qos != GUARANTEED or MEMORY not in resources.memory or not self._handles():
             self._log.info(
                 "admission",
@@ -232,7 +234,7 @@ class MemoryPlugin:
             )
             self._persist()
             raise AdmissionRefused(message)
-        self.owners[(uid, name)] = container.id
+        self.owners[(uid, name)] = cid
         mems = outcome.cpuset_mems
         self._log.info(
             "admission",
@@ -349,15 +351,16 @@ class MemoryPlugin:
             if not uid or not name:
                 continue  # not a Kubernetes container we could key (see create_container)
             self._seq += 1
+            cid = sys.intern(c.id)
             rec = ContainerRecord(
-                c.id,
+                cid,
                 uid,
                 name,
                 self._seq,
                 exited=c.state == api.CONTAINER_STOPPED,
                 running=c.state == api.CONTAINER_RUNNING,
             )
-            record.containers[c.id] = rec
+            record.containers[cid] = rec
             try:
                 record.resources[name] = container_resources(c)
             except InputError as exc:
@@ -374,7 +377,7 @@ class MemoryPlugin:
         adopted, admitted, failed, updates = self._adopt_and_admit(ordered, by_sandbox, live)
         for key, c in live.items():
             if state.blocks(*key) is not None:
-                self.owners[key] = c.id
+                self.owners[key] = sys.intern(c.id)
         self.synchronized = True
         self._observer.connection(True)
         self._log.info(
@@ -630,8 +633,9 @@ class MemoryPlugin:
     def _pod_record(self, pod: api.PodSandbox) -> PodRecord:
         record = self.pods.get(pod.uid)
         if record is None:
-            record = PodRecord(pod.uid, pod.id, pod.name, pod.namespace, pod_qos(pod))
-            self.pods[pod.uid] = record
+            uid = sys.intern(pod.uid)
+            record = PodRecord(uid, pod.id, pod.name, sys.intern(pod.namespace), pod_qos(pod))
+            self.pods[uid] = record
         record.sandbox_id = record.sandbox_id or pod.id
         limit = pod_memory_limit(pod)
         if limit is not None:

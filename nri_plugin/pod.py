@@ -22,7 +22,7 @@ CPU = "cpu"
 MEMORY = "memory"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     """One container: exact requests and limits (cpu in cores, memory in bytes)."""
 
@@ -57,7 +57,7 @@ class ContainerSpec:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodSpec:
     uid: str
     name: str = ""

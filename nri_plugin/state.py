@@ -8,6 +8,8 @@ nothing of the policy.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,7 +20,7 @@ POLICY_STATIC = "Static"
 POLICY_NONE = "None"
 
 
-@dataclass
+@dataclass(slots=True)
 class MemoryTable:
     """Byte counters of one memory type on one NUMA node (kubelet's MemoryTable)."""
 
@@ -29,7 +31,7 @@ class MemoryTable:
     free: int
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeState:
     """One NUMA node of the machine state (kubelet's NUMANodeState)."""
 
@@ -38,7 +40,7 @@ class NodeState:
     cells: list[int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Block:
     """One allocation record of a container: a mask, a memory type and a size."""
 
@@ -46,13 +48,25 @@ class Block:
     type: str
     size: int
 
+    def __post_init__(self) -> None:
+        # One is kept per tracked container, and the masks and types repeat: blocks
+        # share equal ones (both immutable) instead of holding a copy each.
+        object.__setattr__(self, "numa_affinity", _shared(self.numa_affinity))
+        object.__setattr__(self, "type", sys.intern(self.type))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared(value: tuple[int, ...]) -> tuple[int, ...]:
+    """The first-seen tuple equal to ``value`` (among the last 1024 distinct ones)."""
+    return value
+
 
 def sort_blocks(blocks: Iterable[Block]) -> list[Block]:
     """Blocks of one container in the order we store them: by type name, byte order."""
     return sorted(blocks, key=lambda b: b.type.encode())
 
 
-@dataclass
+@dataclass(slots=True)
 class MemoryState:
     """Everything the static policy remembers: machine state and assignments.
 
@@ -79,7 +93,17 @@ class MemoryState:
                     yield pod_uid, name, block
 
     def clone(self) -> MemoryState:
-        """A deep copy; blocks are immutable values and are shared (much cheaper than deepcopy)."""
+        """A deep copy; blocks are immutable values and are shared (much cheaper than deepcopy).
+
+        Taken on the event loop before every checkpoint write, so kept lean: a dict
+        and a list per pod and container, nothing per block.
+        """
+        entries: dict[str, dict[str, list[Block]]] = {}
+        for uid, containers in self.entries.items():
+            copied = containers.copy()
+            for name in copied:  # replaces values only: the dict's size never changes
+                copied[name] = copied[name][:]
+            entries[uid] = copied
         return MemoryState(
             self.policy_name,
             {
@@ -95,7 +119,7 @@ class MemoryState:
                 )
                 for n, s in self.machine.items()
             },
-            {u: {c: list(b) for c, b in cs.items()} for u, cs in self.entries.items()},
+            entries,
         )
 
     # -- mutations ---------------------------------------------------------

@@ -9,7 +9,10 @@ drivers), the memory and hugepage requests from the container's limits
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -66,14 +69,30 @@ def page_size_bytes(text: str) -> int:
     return size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerResources:
-    """What the plugin reads of one container's resources."""
+    """What the plugin reads of one container's resources.
 
-    memory: dict[str, int]  # memory type -> bytes (memory limit, non-zero hugepage limits)
-    cpu_limit: Fraction | None  # cores, from quota/period
-    cpu_request: Fraction | None  # cores, from shares
-    cpus: frozenset[int] | None  # the cpuset, when one is set
+    One is kept for every tracked container, so it holds ints and tuples rather
+    than a dict, a frozenset and Fractions of its own.
+    """
+
+    memory_limit: int  # bytes, 0 when there is none
+    hugepage_limits: tuple[tuple[str, int], ...]  # (hugepages-<size>, bytes), non-zero only
+    cpu_limit: Fraction | None  # cores, from quota/period; equal limits share one Fraction
+    cpu_mask: int | None  # the cpuset, bit i for CPU i, when one is set
+
+    @property
+    def memory(self) -> dict[str, int]:
+        """Memory type -> bytes: the memory limit, then the hugepage limits (a new dict)."""
+        out = {MEMORY: self.memory_limit} if self.memory_limit else {}
+        out.update(self.hugepage_limits)
+        return out
+
+    @property
+    def cpus(self) -> frozenset[int] | None:
+        """The cpuset, when one is set."""
+        return None if self.cpu_mask is None else frozenset(_cpus_of(self.cpu_mask))
 
     def to_spec(self, name: str, *, init: bool = False) -> ContainerSpec:
         amounts: dict[str, Fraction] = {k: Fraction(v) for k, v in self.memory.items()}
@@ -83,16 +102,39 @@ class ContainerResources:
         return ContainerSpec(name=name, requests=dict(amounts), limits=dict(amounts), init=init)
 
 
+def _cpus_of(mask: int) -> list[int]:
+    cpus = []
+    while mask:
+        low = mask & -mask  # the lowest set bit
+        cpus.append(low.bit_length() - 1)
+        mask ^= low
+    return cpus
+
+
+def _mask_of(cpus: Iterable[int]) -> int:
+    mask = 0
+    for cpu in cpus:
+        mask |= 1 << cpu
+    return mask
+
+
+@functools.lru_cache(maxsize=256)
+def _cores(quota: int, period: int) -> Fraction:
+    # Fractions are immutable: containers with the same limit share one.
+    return Fraction(quota, period)
+
+
 def container_resources(container: api.Container) -> ContainerResources:
     """Read memory, hugepages and CPU settings from the container's OCI resources."""
     res = container.linux.resources if container.HasField("linux") else api.LinuxResources()
-    memory: dict[str, int] = {}
+    memory_limit = 0
     if res.HasField("memory") and res.memory.HasField("limit"):
-        limit = res.memory.limit.value
-        if limit < 0 or limit > _INT64_MAX:
-            raise InputError(f"container {container.name!r}: memory limit {limit} is out of range")
-        if limit > 0:
-            memory[MEMORY] = limit
+        memory_limit = res.memory.limit.value
+        if memory_limit < 0 or memory_limit > _INT64_MAX:
+            raise InputError(
+                f"container {container.name!r}: memory limit {memory_limit} is out of range"
+            )
+    hugepages: dict[str, int] = {}
     for hp in res.hugepage_limits:
         if hp.limit == 0:
             continue  # containerd lists every host page size with limit 0
@@ -101,28 +143,26 @@ def container_resources(container: api.Container) -> ContainerResources:
                 f"container {container.name!r}: hugepage limit {hp.limit} is out of range"
             )
         resource = hugepage_resource_name(page_size_bytes(hp.page_size))
-        if resource in memory:
+        if resource in hugepages:
             # two limits for one page size: no way to know which the kubelet meant
             raise InputError(
                 f"container {container.name!r}: hugepage size {hp.page_size!r} is limited twice"
             )
-        memory[resource] = hp.limit
-    cpu_limit = cpu_request = None
-    cpus: frozenset[int] | None = None
+        hugepages[resource] = hp.limit
+    cpu_limit: Fraction | None = None
+    cpu_mask: int | None = None
     if res.HasField("cpu"):
         cpu = res.cpu
         if cpu.HasField("quota") and cpu.HasField("period"):
             quota, period = cpu.quota.value, cpu.period.value
             if quota > 0 and period > 0:
-                cpu_limit = Fraction(quota, period)
-        if cpu.HasField("shares") and cpu.shares.value > 2:
-            cpu_request = Fraction(cpu.shares.value, 1024)
+                cpu_limit = _cores(quota, period)
         if cpu.cpus:
             try:
-                cpus = parse_cpulist(cpu.cpus, what="cpuset.cpus")
+                cpu_mask = _mask_of(parse_cpulist(cpu.cpus, what="cpuset.cpus"))
             except InputError:
-                cpus = None
-    return ContainerResources(memory, cpu_limit, cpu_request, cpus)
+                cpu_mask = None
+    return ContainerResources(memory_limit, tuple(hugepages.items()), cpu_limit, cpu_mask)
 
 
 def pinned_cpus(resources: ContainerResources, topology: Topology) -> frozenset[int] | None:
@@ -132,13 +172,13 @@ def pinned_cpus(resources: ContainerResources, topology: Topology) -> frozenset[
     policy none, or a non-integer request): it gives no CPU-side hint, as
     kubelet's CPU manager gives none for such containers.
     """
-    if resources.cpus is None:
+    if resources.cpu_mask is None:
         return None
-    known = frozenset().union(*(n.cpus for n in topology.nodes))
-    cpus = resources.cpus & known
-    if not cpus or cpus == known:
+    known = _mask_of(cpu for n in topology.nodes for cpu in n.cpus)
+    mask = resources.cpu_mask & known
+    if not mask or mask == known:
         return None
-    return cpus
+    return frozenset(_cpus_of(mask))
 
 
 def pod_memory_limit(pod: api.PodSandbox) -> int | None:
@@ -153,6 +193,9 @@ def pod_memory_limit(pod: api.PodSandbox) -> int | None:
 
 def container_identity(pod: api.PodSandbox, container: api.Container) -> tuple[str, str]:
     """(pod UID, container name), the key kubelet uses for memory blocks."""
-    uid = pod.uid or container.labels.get(LABEL_POD_UID, "")
-    name = container.name or container.labels.get(LABEL_CONTAINER_NAME, "")
+    # Interned: the UID is kept by the pod's record, its containers' and the owners' keys,
+    # and pods of one workload repeat their container names (records, blocks): one string
+    # each, not one per protobuf read.
+    uid = sys.intern(pod.uid or container.labels.get(LABEL_POD_UID, ""))
+    name = sys.intern(container.name or container.labels.get(LABEL_CONTAINER_NAME, ""))
     return uid, name
