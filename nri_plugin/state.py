@@ -81,6 +81,7 @@ class MemoryState:
     # -- queries -----------------------------------------------------------
 
     def blocks(self, pod_uid: str, container: str) -> list[Block] | None:
+        """The container's stored blocks; never change the list in place (see ``clone``)."""
         pod = self.entries.get(pod_uid)
         if pod is None:
             return None
@@ -93,17 +94,14 @@ class MemoryState:
                     yield pod_uid, name, block
 
     def clone(self) -> MemoryState:
-        """A deep copy; blocks are immutable values and are shared (much cheaper than deepcopy).
+        """A copy that shares each pod's entries (much cheaper than deepcopy).
 
-        Taken on the event loop before every checkpoint write, so kept lean: a dict
-        and a list per pod and container, nothing per block.
+        Taken on the event loop before every checkpoint write, so kept lean: one dict
+        in all. Blocks are immutable, and neither a pod's dict of containers nor a
+        container's block list is changed in place once stored (``set_blocks`` and
+        ``delete_blocks`` replace the pod's dict), so sharing them is safe.
         """
-        entries: dict[str, dict[str, list[Block]]] = {}
-        for uid, containers in self.entries.items():
-            copied = containers.copy()
-            for name in copied:  # replaces values only: the dict's size never changes
-                copied[name] = copied[name][:]
-            entries[uid] = copied
+        entries = dict(self.entries)
         return MemoryState(
             self.policy_name,
             {
@@ -125,14 +123,18 @@ class MemoryState:
     # -- mutations ---------------------------------------------------------
 
     def set_blocks(self, pod_uid: str, container: str, blocks: list[Block]) -> None:
-        self.entries.setdefault(pod_uid, {})[container] = blocks
+        # a new dict for the pod: a clone may share the old one
+        self.entries[pod_uid] = {**self.entries.get(pod_uid, {}), container: blocks}
 
     def delete_blocks(self, pod_uid: str, container: str) -> list[Block] | None:
         pod = self.entries.get(pod_uid)
         if pod is None or container not in pod:
             return None
-        blocks = pod.pop(container)
-        if not pod:
+        blocks = pod[container]
+        rest = {name: b for name, b in pod.items() if name != container}  # a clone may share pod
+        if rest:
+            self.entries[pod_uid] = rest
+        else:
             del self.entries[pod_uid]
         return blocks
 

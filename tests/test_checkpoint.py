@@ -30,7 +30,9 @@ from nri_plugin.checkpoint import (
     write_file,
 )
 from nri_plugin.errors import StateError
+from nri_plugin.manager import MemoryManager
 from nri_plugin.persistence import CheckpointWriter
+from nri_plugin.simulate import AdmitStep, parse_scenario
 from nri_plugin.state import (
     POLICY_NONE,
     POLICY_STATIC,
@@ -271,11 +273,48 @@ def test_clone_is_independent_of_later_changes() -> None:
     state.machine[0].cells.append(9)
     blocks = state.blocks("pod-0000", "app")
     assert blocks is not None
-    blocks[0] = Block((2,), HP, 0)  # in place, as the policy shrinks init containers' blocks
+    # stored lists are replaced, never changed in place (the clone shares them)
+    state.set_blocks("pod-0000", "app", [Block((2,), HP, 0), *blocks[1:]])
     state.set_blocks("pod-0000", "new", [Block((0,), "memory", 1)])
     state.delete_blocks("pod-0001", "app")
     assert dumps(snapshot) == before
     assert snapshot.entries["pod-0000"]["app"][0] == Block((0,), HP, 2 << 20)
+    assert "new" not in snapshot.entries["pod-0000"] and "pod-0001" in snapshot.entries
+
+
+def test_clone_keeps_the_init_blocks_an_app_container_shrinks_later() -> None:
+    # The policy shrinks an init container's blocks by what the app reuses (reference 8):
+    # a snapshot taken before (a checkpoint write in flight) must keep them whole.
+    scenario = parse_scenario(
+        {
+            "topology": {"nodes": [{"id": 0, "cpus": "0-3", "memory": "8Gi"}]},
+            "config": {"policy": "static", "reservedMemory": ["0:memory=1Gi"]},
+            "steps": [
+                {"admit": {"pod": {"uid": "p"}, "containers": [_guaranteed("init", "4Gi")]}},
+                {
+                    "admit": {
+                        "pod": {"uid": "p"},
+                        "initContainers": [_guaranteed("init", "4Gi")],
+                        "containers": [_guaranteed("app", "3Gi")],
+                    }
+                },
+            ],
+        }
+    )
+    manager = MemoryManager(scenario.topology, scenario.config)
+    first, second = scenario.steps
+    assert isinstance(first, AdmitStep) and isinstance(second, AdmitStep)
+    assert manager.admit(first.pod).admitted
+    snapshot = manager.state.clone()
+    assert manager.admit(second.pod).admitted
+    assert [b.size for b in manager.state.blocks("p", "init") or []] == [G]
+    assert [b.size for b in snapshot.blocks("p", "init") or []] == [4 * G]
+    assert snapshot.blocks("p", "app") is None
+
+
+def _guaranteed(name: str, memory: str) -> dict[str, Any]:
+    amounts = {"cpu": "1", "memory": memory}
+    return {"name": name, "resources": {"requests": amounts, "limits": amounts}}
 
 
 def test_golden_file_is_what_we_write() -> None:

@@ -461,9 +461,10 @@ def _shrink_init_blocks(
                 break
             if init.restartable:
                 continue
-            init_blocks = state.blocks(pod.uid, init.name)
-            if not init_blocks:
+            stored = state.blocks(pod.uid, init.name)
+            if not stored:
                 continue
+            init_blocks = list(stored)  # a stored list is never changed in place: clone shares it
             changed = False
             for i, ib in enumerate(init_blocks):
                 if ib.size == 0 or ib.type != cb.type or ib.numa_affinity != cb.numa_affinity:
