@@ -17,7 +17,7 @@ from nri_plugin.policy.base import AllocationError, Policy
 from nri_plugin.policy.machine import build_machine_state
 from nri_plugin.policy.none import NonePolicy
 from nri_plugin.policy.static import MergeFocus, StaticPolicy
-from nri_plugin.state import POLICY_STATIC, Block, MemoryState
+from nri_plugin.state import POLICY_STATIC, Block, MemoryState, blocks_mask
 from nri_plugin.topology import Topology
 from nri_plugin.topologymanager import (
     EMPTY_AFFINITY,
@@ -52,10 +52,7 @@ class ContainerDecision:
     @property
     def cpuset_mems(self) -> str:
         """``cpuset.mems`` as kubelet sets it: the union of the blocks' masks ("" = untouched)."""
-        mask = 0
-        for b in self.allocations:
-            mask |= mask_of(b.numa_affinity)
-        return format_mems(mask)
+        return format_mems(blocks_mask(self.allocations))
 
 
 @dataclass(frozen=True)
@@ -227,11 +224,13 @@ class MemoryManager:
         if blocks is None:
             return None
         self.policy.allocate(self.state, pod, container, EMPTY_AFFINITY)
-        mask = 0
-        for b in blocks:
-            mask |= mask_of(b.numa_affinity)
         return ContainerDecision(
-            container.name, container.init, None, {}, TopologyHint(mask, True), tuple(blocks)
+            container.name,
+            container.init,
+            None,
+            {},
+            TopologyHint(blocks_mask(blocks), True),
+            tuple(blocks),
         )
 
     def _allocate(self, pod: PodSpec, c: ContainerSpec, affinity: TopologyHint) -> str | None:

@@ -29,7 +29,7 @@ from nri_plugin.nri.ttrpc import Code
 from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.quantity import format_bytes_human
 from nri_plugin.recovery import settle
-from nri_plugin.state import MEMORY, Block
+from nri_plugin.state import MEMORY, blocks_mask
 from nri_plugin.topology import parse_cpulist
 from nri_plugin.topologymanager import SCOPE_POD, TOPOLOGY_AFFINITY_ERROR
 from nri_plugin.workload import (
@@ -421,7 +421,7 @@ class MemoryPlugin:
             if c.state not in (api.CONTAINER_CREATED, api.CONTAINER_RUNNING):
                 continue
             blocks = self.manager.state.blocks(*key)
-            if blocks is None or _mask_of_mems(_runtime_mems(c)) == _mask_of_blocks(blocks):
+            if blocks is None or _mask_of_mems(_runtime_mems(c)) == blocks_mask(blocks):
                 continue
             self.manager.remove_container(*key)
             released.append(f"{key[0]}/{key[1]}")
@@ -430,7 +430,7 @@ class MemoryPlugin:
                 pod_uid=key[0],
                 container=key[1],
                 cpuset_mems=_runtime_mems(c),
-                recorded=format_mems(_mask_of_blocks(blocks)),
+                recorded=format_mems(blocks_mask(blocks)),
                 reason="the runtime created the container without the recorded cpuset.mems",
             )
         return released
@@ -458,7 +458,7 @@ class MemoryPlugin:
         updates: list[api.ContainerUpdate] = []
         if not self._handles():
             return adopted, admitted, failed, updates
-        known_nodes = set(self.manager.topology.node_ids)
+        known_nodes = mask_of(self.manager.topology.node_ids)
         # Every pinned container is adopted before any unpinned one is admitted:
         # Synchronize lists containers in the runtime's order, and a late admission
         # must not be given memory that a pinned container listed after it holds.
@@ -477,17 +477,12 @@ class MemoryPlugin:
             if resources is None or MEMORY not in resources.memory:
                 continue
             mems = _runtime_mems(c)
-            nodes: set[int] = set()
-            if mems:
-                try:
-                    nodes = set(parse_cpulist(mems, what="cpuset.mems"))
-                except InputError:
-                    nodes = set()
-            if nodes and nodes <= known_nodes:
+            pinned = _mask_of_mems(mems)
+            if pinned and pinned & ~known_nodes == 0:
                 # pinned by us before the state was lost: adopt as it is
                 spec = resources.to_spec(name)
                 pod_spec = PodSpec(uid, record.name, record.namespace, (), (spec,), GUARANTEED)
-                self.manager.adopt(pod_spec, spec, mask_of(nodes))
+                self.manager.adopt(pod_spec, spec, pinned)
                 adopted += 1
                 self._log.info(
                     "adopted", pod=record.ref, pod_uid=uid, container=name, cpuset_mems=mems
@@ -659,7 +654,7 @@ class MemoryPlugin:
             self._changed()
 
     def _mems_of(self, uid: str, name: str) -> str:
-        return format_mems(_mask_of_blocks(self.manager.state.blocks(uid, name) or []))
+        return format_mems(blocks_mask(self.manager.state.blocks(uid, name) or []))
 
     def _changed(self) -> None:
         settle(self.manager)  # memory lent to conflicting blocks at restore, once released
@@ -680,13 +675,6 @@ def _mask_of_mems(mems: str) -> int:
         return mask_of(parse_cpulist(mems, what="cpuset.mems"))
     except InputError:
         return 0
-
-
-def _mask_of_blocks(blocks: Sequence[Block]) -> int:
-    mask = 0
-    for b in blocks:
-        mask |= mask_of(b.numa_affinity)
-    return mask
 
 
 def _adjust_mems(mems: str) -> api.ContainerAdjustment:

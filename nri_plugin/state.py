@@ -55,6 +55,15 @@ class Block:
         object.__setattr__(self, "type", sys.intern(self.type))
 
 
+def blocks_mask(blocks: Iterable[Block]) -> int:
+    """The union of the blocks' NUMA masks (bit n for node n): what ``cpuset.mems`` pins."""
+    mask = 0
+    for b in blocks:
+        for n in b.numa_affinity:
+            mask |= 1 << n
+    return mask
+
+
 @functools.lru_cache(maxsize=1024)
 def _shared(value: tuple[int, ...]) -> tuple[int, ...]:
     """The first-seen tuple equal to ``value`` (among the last 1024 distinct ones)."""

@@ -52,10 +52,10 @@ import yaml
 
 from nri_plugin import checkpoint
 from nri_plugin.errors import StateError
-from nri_plugin.hint import format_mems, mask_of
+from nri_plugin.hint import format_mems
 from nri_plugin.manager import AdmissionResult, MemoryManager
 from nri_plugin.simulate import AdmitStep, StartStep, parse_scenario
-from nri_plugin.state import MemoryState
+from nri_plugin.state import MemoryState, blocks_mask
 from nri_plugin.topology import parse_cpulist
 
 from .harness import (
@@ -1114,7 +1114,7 @@ class FaultInjection:
                 blocks = plugin_state.blocks(pod.uid, c.name)
                 mems = cri.mems(c.id)
                 if blocks is not None:
-                    want = format_mems(_mask(blocks))
+                    want = format_mems(blocks_mask(blocks))
                     if mems != want:
                         out.append(
                             f"{pod.uid}/{c.name} ({c.id[:12]}) holds blocks on {want} but its"
@@ -1154,13 +1154,6 @@ def settled_state(plugin: MemoryManagerPlugin, timeout: float = 10.0) -> MemoryS
 
 def _gone(is_gone: bool) -> bool | None:
     return True if is_gone else None
-
-
-def _mask(blocks: Sequence[Any]) -> int:
-    mask = 0
-    for b in blocks:
-        mask |= mask_of(b.numa_affinity)
-    return mask
 
 
 def run_simulate(path: Path) -> dict[str, Any]:
