@@ -32,6 +32,13 @@ def make_plugin(policy: str = "single-numa-node", scope: str = "container") -> M
     return MemoryPlugin(MemoryManager(topology, config))
 
 
+def restarted(plugin: MemoryPlugin, policy: str = "single-numa-node") -> MemoryPlugin:
+    """A new plugin process that restored the checkpoint ``plugin`` wrote."""
+    fresh = make_plugin(policy)
+    fresh.manager.state = plugin.manager.state.clone()
+    return fresh
+
+
 def reserved(plugin: MemoryPlugin, node: int, type_: str = "memory") -> int:
     return plugin.manager.state.machine[node].memory_map[type_].reserved
 
@@ -173,8 +180,7 @@ def test_synchronize_releases_finished_init_containers() -> None:
     app = container(g, "app", "c2", 2 * GI)
     app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
     # the plugin restarts before seeing the app start; the app now runs
-    fresh = make_plugin()
-    fresh.manager.state = plugin.manager.state.clone()
+    fresh = restarted(plugin)
     init.state = api.CONTAINER_STOPPED
     app.state = api.CONTAINER_RUNNING
     assert fresh.synchronize([g], [init, app]) == []
@@ -190,8 +196,7 @@ def test_synchronize_readmits_a_container_created_without_the_recorded_answer() 
     big, late = pod("big"), pod("late")
     assert mems(plugin.create_container(big, container(big, "app", "c1", 5 * GI))) == "0"
     assert mems(plugin.create_container(late, container(late, "app", "c2", 3 * GI))) == "1"
-    fresh = make_plugin("restricted")
-    fresh.manager.state = plugin.manager.state.clone()  # the checkpoint it wrote
+    fresh = restarted(plugin, "restricted")
     # meanwhile "big" went away; "late" exists, created without cpuset.mems
     unpinned = container(late, "app", "c2", 3 * GI, state=api.CONTAINER_CREATED)
     updates = fresh.synchronize([late], [unpinned])
@@ -262,9 +267,8 @@ def test_unlisted_container_is_released_once_another_one_runs() -> None:
     plugin.create_container(g, init)
     plugin.stop_container(g, init)
     app = container(g, "app", "c2", 2 * GI)
-    plugin.create_container(g, app)
-    fresh = make_plugin()
-    fresh.manager.state = plugin.manager.state.clone()
+    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))  # as containerd shows it
+    fresh = restarted(plugin)
     app.state = api.CONTAINER_RUNNING
     fresh.synchronize([g], [app])
     assert fresh.manager.state.blocks("g", "init") is None
