@@ -102,7 +102,7 @@ def parse_scenario(data: object) -> Scenario:
     raw_steps = data.get("steps") or []
     if not isinstance(raw_steps, list):
         raise ScenarioError("steps: expected a list of steps")
-    steps = tuple(_parse_step(s, f"steps[{i}]", topology) for i, s in enumerate(raw_steps))
+    steps = tuple(parse_step(s, topology, f"steps[{i}]") for i, s in enumerate(raw_steps))
     return Scenario(topology, config, initial, steps)
 
 
@@ -131,7 +131,8 @@ def _describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _parse_step(raw: object, where: str, topology: Topology) -> Step:
+def parse_step(raw: object, topology: Topology, where: str = "step") -> Step:
+    """One step of a scenario (``{"admit": ...}``, ``{"start": ...}``, ``{"remove": ...}``)."""
     step = _mapping(raw, where)
     if len(step) != 1:
         raise ScenarioError(
@@ -285,6 +286,19 @@ def _parse_hints(raw: object, where: str, topology: Topology) -> tuple[TopologyH
 # -- running -------------------------------------------------------------------
 
 
+def apply_step(manager: MemoryManager, step: Step) -> AdmissionResult | list[str] | bool | None:
+    """Run one step on ``manager`` as ``simulate`` does. Returns the admission's result, the
+    init containers a start released (None: the pod is not admitted), or whether a removal
+    found what it names."""
+    if isinstance(step, AdmitStep):
+        return manager.admit(step.pod)
+    if isinstance(step, StartStep):
+        return manager.start(step.pod_uid)
+    if step.container is None:
+        return manager.remove_pod(step.pod_uid)
+    return manager.remove_container(step.pod_uid, step.container)
+
+
 def run_scenario(scenario: Scenario) -> dict[str, object]:
     """Apply every step; return the report (spec/simulate.md)."""
     manager = MemoryManager(scenario.topology, scenario.config, scenario.initial_state)
@@ -360,4 +374,12 @@ def simulate_text(text: str, *, source: str = "scenario") -> dict[str, object]:
     return run_scenario(load_scenario_text(text, source=source))
 
 
-__all__ = ["InputError", "Scenario", "load_scenario_text", "run_scenario", "simulate_text"]
+__all__ = [
+    "InputError",
+    "Scenario",
+    "apply_step",
+    "load_scenario_text",
+    "parse_step",
+    "run_scenario",
+    "simulate_text",
+]

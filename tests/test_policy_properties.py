@@ -19,7 +19,14 @@ from nri_plugin.config import Config, ReservedMemory
 from nri_plugin.hint import TopologyHint
 from nri_plugin.manager import AdmissionResult, MemoryManager
 from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
-from nri_plugin.simulate import AdmitStep, Scenario, StartStep, load_scenario_text, simulate_text
+from nri_plugin.simulate import (
+    AdmitStep,
+    Scenario,
+    StartStep,
+    apply_step,
+    load_scenario_text,
+    simulate_text,
+)
 from nri_plugin.state import POLICY_STATIC, MemoryState
 from nri_plugin.topology import NumaNode, Topology
 from tests.strategies import GI, MI, scenario_mapping, scenarios
@@ -256,14 +263,9 @@ def test_simulate_report_matches_the_manager(scenario: Scenario) -> None:
     manager = MemoryManager(scenario.topology, scenario.config)
     expected_admitted: list[bool] = []
     for step in scenario.steps:
-        if isinstance(step, AdmitStep):
-            expected_admitted.append(manager.admit(step.pod).admitted)
-        elif isinstance(step, StartStep):
-            manager.start(step.pod_uid)
-        elif step.container is None:
-            manager.remove_pod(step.pod_uid)
-        else:
-            manager.remove_container(step.pod_uid, step.container)
+        result = apply_step(manager, step)
+        if isinstance(result, AdmissionResult):
+            expected_admitted.append(result.admitted)
     steps = report["steps"]
     assert isinstance(steps, list) and len(steps) == len(scenario.steps)
     assert [s["admitted"] for s in steps if s["action"] == "admit"] == expected_admitted

@@ -54,7 +54,7 @@ from nri_plugin import checkpoint
 from nri_plugin.errors import StateError
 from nri_plugin.hint import format_mems
 from nri_plugin.manager import AdmissionResult, MemoryManager
-from nri_plugin.simulate import AdmitStep, StartStep, parse_scenario
+from nri_plugin.simulate import apply_step, parse_scenario, parse_step
 from nri_plugin.state import MemoryState, blocks_mask
 from nri_plugin.topology import parse_cpulist
 
@@ -403,17 +403,9 @@ class Oracle:
 
     def _apply(self, step: Mapping[str, object]) -> object:
         """Run one step on the shadow manager, exactly as `simulate` runs it."""
-        parsed = parse_scenario(
-            {"topology": self.topology, "config": self.config, "steps": [step]}
-        ).steps[0]
+        parsed = parse_step(step, self.manager.topology, f"steps[{len(self.steps)}]")
         self.steps.append(step)
-        if isinstance(parsed, AdmitStep):
-            return self.manager.admit(parsed.pod)
-        if isinstance(parsed, StartStep):
-            return self.manager.start(parsed.pod_uid)
-        if parsed.container is None:
-            return self.manager.remove_pod(parsed.pod_uid)
-        return self.manager.remove_container(parsed.pod_uid, parsed.container)
+        return apply_step(self.manager, parsed)
 
     def scenario(self) -> dict[str, object]:
         return {"topology": self.topology, "config": self.config, "steps": list(self.steps)}
