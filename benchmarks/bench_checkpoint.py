@@ -2,7 +2,7 @@
 
 After a change the live plugin asks for a write (persistence.CheckpointWriter):
 when a write starts, a snapshot is taken on the event loop (``MemoryState.clone``)
-and a worker thread writes it (``checkpoint.write_file``: kubelet's JSON with
+and a worker thread writes it (``write_file``: kubelet's JSON with
 its checksum, temp file, fsync, rename, fsync of the directory). Changes made
 meanwhile coalesce into the next write. The snapshot is on the critical path
 (of the request being answered when a write starts); the write is not, but it
@@ -26,8 +26,10 @@ from typing import Any
 
 from benchmarks.bench_decision import fill
 from benchmarks.common import UNIFORM, fmt_us, make_config, make_topology, print_table
-from nri_plugin import checkpoint
-from nri_plugin.manager import MemoryManager
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.persist.checksum import checksum_dump, fnv1a_32
+from nri_plugin.persist.file import write_file
+from nri_plugin.persist.format import dumps
 
 NODES = 8
 COUNTS = (10, 100, 1_000, 10_000)
@@ -59,16 +61,16 @@ def run(quick: bool = False) -> dict[int, dict[str, float]]:
             fill(manager, topology, filled, count)
             filled = count
             state = manager.state
-            text = checkpoint.dumps(state)
-            dump = checkpoint.checksum_dump(state).encode()
+            text = dumps(state)
+            dump = checksum_dump(state).encode()
             results[count] = {
                 "bytes": float(len(text)),
                 "snapshot": _timed(state.clone),
-                "spew": _timed(lambda: checkpoint.checksum_dump(state)),  # noqa: B023
-                "checksum": _timed(lambda: checkpoint.fnv1a_32(dump)),  # noqa: B023
-                "dumps": _timed(lambda: checkpoint.dumps(state)),  # noqa: B023
-                "write_file": _timed(lambda: checkpoint.write_file(path, state)),  # noqa: B023
-                "peak": _peak_bytes(lambda: checkpoint.write_file(path, state.clone())),  # noqa: B023
+                "spew": _timed(lambda: checksum_dump(state)),  # noqa: B023
+                "checksum": _timed(lambda: fnv1a_32(dump)),  # noqa: B023
+                "dumps": _timed(lambda: dumps(state)),  # noqa: B023
+                "write_file": _timed(lambda: write_file(path, state)),  # noqa: B023
+                "peak": _peak_bytes(lambda: write_file(path, state.clone())),  # noqa: B023
             }
     rows = []
     for count, r in results.items():
@@ -85,7 +87,7 @@ def run(quick: bool = False) -> dict[int, dict[str, float]]:
                 f"{r['peak'] / 2**20:.1f} MiB",
             ]
         )
-    compiled = isinstance(checkpoint.fnv1a_32, types.BuiltinFunctionType)
+    compiled = isinstance(fnv1a_32, types.BuiltinFunctionType)
     print_table(
         f"Checkpoint vs containers ({NODES}-node machine; medians; checksum"
         f" {'compiled' if compiled else 'PURE PYTHON: fnv-hash-fast has no C extension here'})."

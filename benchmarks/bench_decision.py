@@ -30,10 +30,10 @@ from benchmarks.common import (
     make_topology,
     print_table,
 )
-from nri_plugin.manager import AdmissionResult, MemoryManager
-from nri_plugin.pod import PodSpec
-from nri_plugin.policy import static
-from nri_plugin.topology import Topology
+from nri_plugin.engine.manager import AdmissionResult, MemoryManager
+from nri_plugin.engine.pod import PodSpec
+from nri_plugin.engine.policy import static
+from nri_plugin.engine.topology import Topology
 
 NODE_COUNTS = (2, 4, 8, 16, 32, 64)
 CONTAINER_COUNTS = (0, 100, 1_000, 10_000)

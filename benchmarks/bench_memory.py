@@ -43,15 +43,15 @@ def child(count: int) -> dict[str, float]:
     """Runs in the child: build the state through the handler, report memory in MiB."""
     import structlog
 
-    import nri_plugin.run  # noqa: F401  (everything the live plugin imports)
+    import nri_plugin.daemon  # noqa: F401  (everything the live plugin imports)
     from benchmarks.common import UNIFORM, make_config, make_topology
     from benchmarks.nri_messages import container, pod_sandbox
+    from nri_plugin.engine.manager import MemoryManager
+    from nri_plugin.frontends.nri import MemoryPlugin
     from nri_plugin.logs import configure_logging
-    from nri_plugin.manager import MemoryManager
     from nri_plugin.metrics import Metrics
     from nri_plugin.nri.gen import nri_pb2 as api
-    from nri_plugin.persistence import CheckpointWriter
-    from nri_plugin.plugin import MemoryPlugin
+    from nri_plugin.persist.writer import CheckpointWriter
 
     def request(i: int) -> api.CreateContainerRequest:
         uid = f"{i:08x}-0000-4000-8000-000000000000"

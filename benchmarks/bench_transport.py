@@ -36,18 +36,18 @@ import structlog
 from benchmarks.bench_decision import fill
 from benchmarks.common import UNIFORM, fmt_us, make_config, make_topology, print_table
 from benchmarks.nri_messages import container, pod_sandbox
-from nri_plugin import checkpoint as checkpoint_file
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.pod import GUARANTEED, PodSpec
+from nri_plugin.frontends.nri import MemoryPlugin
+from nri_plugin.frontends.nri_convert import container_resources, pinned_cpus
 from nri_plugin.logs import configure_logging
-from nri_plugin.manager import MemoryManager
 from nri_plugin.metrics import Metrics
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.mux import PLUGIN_SERVICE_CONN
 from nri_plugin.nri.stub import PLUGIN_SERVICE, Stub
-from nri_plugin.persistence import CheckpointWriter
-from nri_plugin.plugin import MemoryPlugin
-from nri_plugin.pod import GUARANTEED, PodSpec
-from nri_plugin.workload import container_resources, pinned_cpus
+from nri_plugin.persist.format import dumps
+from nri_plugin.persist.writer import CheckpointWriter
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -267,7 +267,7 @@ def breakdown(tracked: int, reps: int) -> dict[str, float]:
     write_reps = max(3, min(reps, 20_000 // (tracked + 100)))
     state = manager.state
     out[SNAPSHOT] = _per_call(state.clone, write_reps)
-    out[SERIALISE] = _per_call(lambda: checkpoint_file.dumps(state), write_reps)
+    out[SERIALISE] = _per_call(lambda: dumps(state), write_reps)
     return out
 
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from nri_plugin.config import Config
-from nri_plugin.pod import ContainerSpec, PodSpec
-from nri_plugin.topology import NumaNode, Topology
+from nri_plugin.engine.config import Config
+from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.topology import NumaNode, Topology
 
 GI = 1 << 30
 MI = 1 << 20

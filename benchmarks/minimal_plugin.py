@@ -12,8 +12,8 @@ import argparse
 import asyncio
 import signal
 
+from nri_plugin.frontends.nri_convert import pod_qos
 from nri_plugin.nri import Stub, api
-from nri_plugin.workload import pod_qos
 
 
 class MemsOnly:

@@ -74,16 +74,20 @@ else:
 from google.protobuf.message import DecodeError, Message  # noqa: E402
 
 _instrumented.__enter__()
-from nri_plugin import checkpoint  # noqa: E402
-from nri_plugin.config import Config, parse_config, validate_for_machine  # noqa: E402
-from nri_plugin.manager import MemoryManager  # noqa: E402
+from nri_plugin.engine.bitmask import parse_cpulist  # noqa: E402
+from nri_plugin.engine.config import Config  # noqa: E402
+from nri_plugin.engine.manager import MemoryManager  # noqa: E402
+from nri_plugin.engine.restore import validate_restored  # noqa: E402
+from nri_plugin.engine.topology import Topology  # noqa: E402
+from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin  # noqa: E402
+from nri_plugin.inputs.config import parse_config, validate_for_machine  # noqa: E402
+from nri_plugin.inputs.topology import topology_from_mapping  # noqa: E402
 from nri_plugin.nri import mux, ttrpc  # noqa: E402
 from nri_plugin.nri.connection import READ_SIZE, Connection, Method, Services  # noqa: E402
 from nri_plugin.nri.gen import nri_pb2 as api  # noqa: E402
 from nri_plugin.nri.mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, ProtocolError  # noqa: E402
 from nri_plugin.nri.stub import PLUGIN_SERVICE, RUNTIME_SERVICE, Stub, _Session  # noqa: E402
-from nri_plugin.plugin import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin  # noqa: E402
-from nri_plugin.topology import Topology, parse_cpulist, topology_from_mapping  # noqa: E402
+from nri_plugin.persist.format import dumps, from_checkpoint, parse_json  # noqa: E402
 
 _instrumented.__exit__(None, None, None)
 
@@ -230,14 +234,12 @@ def check_state(manager: MemoryManager) -> None:
     """The state is what its own entries imply and survives the checkpoint file."""
     state = manager.state
     try:
-        checkpoint.validate_restored(
-            state.clone(), manager.policy.default_state(), manager.policy.name
-        )
+        validate_restored(state.clone(), manager.policy.default_state(), manager.policy.name)
     except Exception as exc:
         raise FuzzFailure(f"state no longer matches its entries: {exc}") from exc
-    text = checkpoint.dumps(state)
+    text = dumps(state)
     try:
-        back = checkpoint.from_checkpoint(checkpoint.parse_json(text, source="fuzz"), source="fuzz")
+        back = from_checkpoint(parse_json(text, source="fuzz"), source="fuzz")
     except Exception as exc:
         raise FuzzFailure(f"checkpoint of the state cannot be read back: {exc}") from exc
     if (back.policy_name, back.machine, back.entries) != (

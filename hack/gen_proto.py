@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the protobuf modules in nri_plugin/{nri,cri}/gen/ from proto/*.proto.
+"""Regenerate the protobuf modules in nri_plugin/nri/gen and nri_plugin/frontends/cri/gen from proto/*.proto.
 
 Usage: .venv/bin/python hack/gen_proto.py [--out DIR] [--cri-out DIR]
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO / "proto"
 DEFAULT_OUT = REPO / "nri_plugin" / "nri" / "gen"
 PROTOS = ("nri.proto", "ttrpc.proto")
-DEFAULT_CRI_OUT = REPO / "nri_plugin" / "cri" / "gen"
+DEFAULT_CRI_OUT = REPO / "nri_plugin" / "frontends" / "cri" / "gen"
 CRI_PROTOS = ("cri.proto",)
 # The CRI modules live outside the lint/type-check exclusions of pyproject.toml
 # (which name nri_plugin/nri/gen only), so they carry their own.

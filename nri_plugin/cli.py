@@ -101,7 +101,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_topology(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from nri_plugin.topology import discover_sysfs, load_topology_file
+    from nri_plugin.inputs.topology import discover_sysfs, load_topology_file
 
     if getattr(args, "topology_file", None):
         return load_topology_file(args.topology_file)
@@ -109,7 +109,7 @@ def _load_topology(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from nri_plugin.simulate import simulate_text
+    from nri_plugin.frontends.simulate import simulate_text
 
     source = "stdin" if args.scenario == "-" else args.scenario
     try:
@@ -130,8 +130,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from nri_plugin.config import load_config_file, validate_for_machine
-    from nri_plugin.manager import MemoryManager
+    from nri_plugin.engine.manager import MemoryManager
+    from nri_plugin.inputs.config import load_config_file, validate_for_machine
 
     topology = _load_topology(args)
     config = load_config_file(args.config)
@@ -143,38 +143,39 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  topology manager: policy {config.topology_manager_policy},"
         f" scope {config.topology_manager_scope}"
     )
-    from nri_plugin.inspect import format_machine_table
+    from nri_plugin.display import format_machine_table
 
     print(format_machine_table(manager.state))
     return EXIT_OK
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    from nri_plugin.topology import topology_to_mapping
+    from nri_plugin.inputs.topology import topology_to_mapping
 
     topology = _load_topology(args)
     if args.json:
         print(json.dumps(topology_to_mapping(topology), indent=2))
         return EXIT_OK
-    from nri_plugin.inspect import format_topology_table
+    from nri_plugin.display import format_topology_table
 
     print(format_topology_table(topology))
     return EXIT_OK
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from nri_plugin import checkpoint
-    from nri_plugin.inspect import format_state
+    from nri_plugin.display import format_state
+    from nri_plugin.persist.file import load_file
+    from nri_plugin.persist.format import to_checkpoint
 
     if args.state_file:
         path = Path(args.state_file)
     else:
         path = Path(args.state_dir or DEFAULT_STATE_DIR) / STATE_FILE_NAME
-    state = checkpoint.load_file(path)
+    state = load_file(path)
     if state is None:
         raise InputError(f"{path}: no checkpoint file")
     if args.json:
-        print(json.dumps(checkpoint.to_checkpoint(state), indent=2))
+        print(json.dumps(to_checkpoint(state), indent=2))
     else:
         print(f"checkpoint: {path}")
         print(format_state(state))
@@ -192,11 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.command == "run":
-            from nri_plugin import run as run_module
+            from nri_plugin import daemon
 
-            return run_module.main(args)
+            return daemon.main(args)
         if args.command == "cri-proxy":
-            from nri_plugin import criproxy
+            from nri_plugin.frontends.cri import proxy as criproxy
 
             return criproxy.main(args)
         return handlers[args.command](args)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from nri_plugin.manager import MemoryManager
-from nri_plugin.plugin import Observer
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.frontends.nri import Observer
 
 # kubelet's buckets for topology_manager_admission_duration_ms
 _DURATION_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from nri_plugin.simulate import simulate_text
+from nri_plugin.frontends.simulate import simulate_text
 
 GI = 1 << 30
 MI = 1 << 20

@@ -18,22 +18,31 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from nri_plugin.config import (
+from nri_plugin.engine.bitmask import format_cpulist, mask_of, nodes_of
+from nri_plugin.engine.config import (
     OPTION_PREFER_CLOSEST,
     SIGNAL_MEMORY_AVAILABLE,
     TOPOLOGY_POLICIES,
     TOPOLOGY_SCOPES,
     Config,
     ReservedMemory,
-    validate_for_machine,
 )
-from nri_plugin.hint import TopologyHint, mask_of, nodes_of
-from nri_plugin.pod import BEST_EFFORT, BURSTABLE, CPU, GUARANTEED, MEMORY, ContainerSpec, PodSpec
-from nri_plugin.policy import static
-from nri_plugin.simulate import AdmitStep, RemoveStep, Scenario, StartStep, Step
-from nri_plugin.state import POLICY_NONE, POLICY_STATIC
-from nri_plugin.topology import NumaNode, Topology, format_cpulist, hugepage_resource_name
-from nri_plugin.topology import topology_to_mapping as _topology_to_mapping
+from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.pod import (
+    BEST_EFFORT,
+    BURSTABLE,
+    CPU,
+    GUARANTEED,
+    MEMORY,
+    ContainerSpec,
+    PodSpec,
+)
+from nri_plugin.engine.policy import static
+from nri_plugin.engine.state import POLICY_NONE, POLICY_STATIC
+from nri_plugin.engine.topology import NumaNode, Topology, hugepage_resource_name
+from nri_plugin.inputs.config import validate_for_machine
+from nri_plugin.inputs.scenario import AdmitStep, RemoveStep, Scenario, StartStep, Step
+from nri_plugin.inputs.topology import topology_to_mapping as _topology_to_mapping
 
 MI = 1 << 20
 GI = 1 << 30

@@ -1,4 +1,10 @@
-"""The layering the project promises: a pure engine, a transport that knows nothing of NUMA."""
+"""The layering the project promises (README, "Development").
+
+- ``engine/`` is pure: no I/O, no asyncio, no transport, and it reaches none of the
+  other layers (inputs, persistence, front ends, the daemon);
+- ``nri/`` (the transport) knows nothing of NUMA, pods or the policy;
+- ``inputs/`` and ``persist/`` never reach the front ends or the daemon.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,50 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nri_plugin"
 
-ENGINE = [
-    "hint",
-    "pod",
-    "state",
-    "topology",
-    "quantity",
-    "config",
-    "checkpoint",
-    "topologymanager",
-    "manager",
-    "simulate",
-    "policy.static",
-    "policy.none",
-    "policy.machine",
-    "policy.base",
-]
-FORBIDDEN_IN_ENGINE = ("asyncio", "grpc", "nri_plugin.nri", "socket", "threading", "subprocess")
+
+def modules_in(package: str) -> list[str]:
+    """Dotted names (relative to nri_plugin) of every module of ``package``, generated code aside."""
+    root = PACKAGE / package
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        if "gen" in path.relative_to(PACKAGE).parts:
+            continue
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        names.append(".".join(parts))
+    return names
+
+
+ENGINE = modules_in("engine")
+TRANSPORT = modules_in("nri")
+INPUTS_AND_PERSISTENCE = modules_in("inputs") + modules_in("persist")
+
+FORBIDDEN_IN_ENGINE = (
+    "asyncio",
+    "grpc",
+    "socket",
+    "threading",
+    "subprocess",
+    "os",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "nri_plugin.nri",
+    "nri_plugin.inputs",
+    "nri_plugin.persist",
+    "nri_plugin.frontends",
+    "nri_plugin.tracker",
+    "nri_plugin.daemon",
+    "nri_plugin.metrics",
+    "nri_plugin.cli",
+)
+FORBIDDEN_BELOW_FRONT_ENDS = (
+    "nri_plugin.frontends",
+    "nri_plugin.tracker",
+    "nri_plugin.daemon",
+    "nri_plugin.cli",
+    "nri_plugin.metrics",
+)
 
 
 def module_path(name: str) -> Path:
@@ -60,17 +93,24 @@ def closure(start: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("module", ENGINE)
-def test_engine_does_no_io_and_knows_no_transport(module: str) -> None:
-    bad = sorted(
-        imp
-        for imp in closure(module)
-        if any(imp == f or imp.startswith(f + ".") for f in FORBIDDEN_IN_ENGINE)
+def reaches(module: str, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        imp for imp in closure(module) if any(imp == f or imp.startswith(f + ".") for f in forbidden)
     )
-    assert bad == [], f"nri_plugin.{module} reaches {bad}"
 
 
-@pytest.mark.parametrize("module", ["nri.mux", "nri.ttrpc", "nri.connection", "nri.stub"])
+def test_the_layers_are_found() -> None:
+    assert "engine.policy.static" in ENGINE and "engine.manager" in ENGINE
+    assert "nri.stub" in TRANSPORT
+    assert "persist.format" in INPUTS_AND_PERSISTENCE
+
+
+@pytest.mark.parametrize("module", ENGINE)
+def test_engine_does_no_io_and_knows_no_other_layer(module: str) -> None:
+    assert reaches(module, FORBIDDEN_IN_ENGINE) == [], f"nri_plugin.{module}"
+
+
+@pytest.mark.parametrize("module", TRANSPORT)
 def test_transport_imports_nothing_of_the_policy(module: str) -> None:
     ours = {
         imp
@@ -82,3 +122,8 @@ def test_transport_imports_nothing_of_the_policy(module: str) -> None:
         "nri_plugin.errors.ConfigError",
         "nri_plugin.errors.InputError",
     }, ours
+
+
+@pytest.mark.parametrize("module", INPUTS_AND_PERSISTENCE)
+def test_inputs_and_persistence_do_not_reach_the_front_ends(module: str) -> None:
+    assert reaches(module, FORBIDDEN_BELOW_FRONT_ENDS) == [], f"nri_plugin.{module}"

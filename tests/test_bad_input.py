@@ -23,25 +23,22 @@ from typing import Any
 
 import pytest
 
-from nri_plugin import checkpoint
-from nri_plugin import run as run_module
+from nri_plugin import daemon as run_module
 from nri_plugin.cli import main as cli_main
-from nri_plugin.config import parse_config
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.rebase import OUTCOME_NONE, OUTCOME_POLICY_CHANGED, OUTCOME_UNTRUSTED
+from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
-from nri_plugin.manager import MemoryManager
+from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
+from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.stub import PLUGIN_SERVICE, Stub
-from nri_plugin.plugin import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
-from nri_plugin.pod import ContainerSpec, PodSpec
-from nri_plugin.recovery import (
-    OUTCOME_NONE,
-    OUTCOME_POLICY_CHANGED,
-    OUTCOME_UNTRUSTED,
-    recover,
-)
-from nri_plugin.state import MemoryState
-from nri_plugin.topology import topology_from_mapping
+from nri_plugin.persist.file import write_file
+from nri_plugin.persist.format import MAX_FILE_BYTES, dumps
+from nri_plugin.persist.recovery import recover
 from tests.nri.fake_runtime import FakeRuntime
 from tests.nri_builders import container, pod
 
@@ -779,7 +776,7 @@ def sparse_file(path: Path, size: int) -> None:
 
 
 def reseal(state: MemoryState) -> str:
-    return checkpoint.dumps(state)
+    return dumps(state)
 
 
 STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
@@ -828,9 +825,9 @@ STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
     ),
     (
         "state-too-large",
-        lambda p: sparse_file(p, checkpoint.MAX_FILE_BYTES + 1),
+        lambda p: sparse_file(p, MAX_FILE_BYTES + 1),
         OUTCOME_UNTRUSTED,
-        rf".*: checkpoint is larger than {checkpoint.MAX_FILE_BYTES} bytes",
+        rf".*: checkpoint is larger than {MAX_FILE_BYTES} bytes",
     ),
     (
         "state-not-utf8",
@@ -935,7 +932,7 @@ def test_state_file_naming_a_node_the_machine_lost_refuses_the_start(tmp_path: P
     manager = MemoryManager(big, CONFIG)
     assert manager.admit(guaranteed("app", GI, frozenset({8}))).admitted
     assert manager.state.blocks("uid-1", "app")[0].numa_affinity == (2,)  # type: ignore[index]
-    checkpoint.write_file(path, manager.state)
+    write_file(path, manager.state)
     small = topology_from_mapping(
         {
             "nodes": [

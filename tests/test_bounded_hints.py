@@ -20,26 +20,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nri_plugin.config import Config, ReservedMemory
-from nri_plugin.hint import ProviderHints, TopologyHint
-from nri_plugin.manager import AdmissionResult, MemoryManager
-from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
-from nri_plugin.policy.base import AllocationError
-from nri_plugin.policy.machine import build_machine_state
-from nri_plugin.policy.static import (
+from nri_plugin.engine.config import Config, ReservedMemory
+from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.machine import build_machine_state
+from nri_plugin.engine.manager import AdmissionResult, MemoryManager
+from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
+from nri_plugin.engine.policy.base import AllocationError
+from nri_plugin.engine.policy.bounded import (
     MergeFocus,
-    StaticPolicy,
-    _best_of,
     _bounded_default,
     _bounded_extension,
     _bounded_masks,
-    _exhaustive_masks,
-    _hint_lists,
 )
-from nri_plugin.simulate import AdmitStep, Scenario, StartStep, Step
-from nri_plugin.state import MEMORY, POLICY_STATIC, Block, MemoryState
-from nri_plugin.topology import NumaNode, Topology, hugepage_resource_name
-from nri_plugin.topologymanager import POLICIES, POLICY_BEST_EFFORT, NUMAInfo, merge
+from nri_plugin.engine.policy.exhaustive import _exhaustive_masks
+from nri_plugin.engine.policy.static import StaticPolicy, _best_of, _hint_lists
+from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, MemoryState
+from nri_plugin.engine.topology import NumaNode, Topology, hugepage_resource_name
+from nri_plugin.engine.topologymanager import POLICIES, POLICY_BEST_EFFORT, NUMAInfo, merge
+from nri_plugin.inputs.scenario import AdmitStep, Scenario, StartStep, Step
 from tests.strategies import (
     GI,
     STEP,

@@ -16,24 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nri_plugin import checkpoint
-from nri_plugin.checkpoint import (
-    checksum,
-    checksum_dump,
-    dumps,
-    expected_state,
-    fnv1a_32,
-    from_checkpoint,
-    load_file,
-    to_checkpoint,
-    validate_restored,
-    write_file,
-)
-from nri_plugin.errors import StateError
-from nri_plugin.manager import MemoryManager
-from nri_plugin.persistence import CheckpointWriter
-from nri_plugin.simulate import AdmitStep, parse_scenario
-from nri_plugin.state import (
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.restore import expected_state, validate_restored
+from nri_plugin.engine.state import (
     POLICY_NONE,
     POLICY_STATIC,
     Block,
@@ -41,6 +26,12 @@ from nri_plugin.state import (
     MemoryTable,
     NodeState,
 )
+from nri_plugin.errors import StateError
+from nri_plugin.inputs.scenario import AdmitStep, parse_scenario
+from nri_plugin.persist.checksum import checksum, checksum_dump, fnv1a_32
+from nri_plugin.persist.file import load_file, write_file
+from nri_plugin.persist.format import MAX_UINT64, dumps, from_checkpoint, to_checkpoint
+from nri_plugin.persist.writer import CheckpointWriter
 
 DATA = Path(__file__).parent / "data"
 KUBERNETES_IO_EXAMPLE = DATA / "kubernetes-io-memory-manager-state.json"
@@ -378,13 +369,13 @@ def test_writer_pause_grows_with_the_write_time(
 ) -> None:
     path = tmp_path / "state"
     state = large_state(3)
-    real_write = checkpoint.write_file
+    real_write = write_file
 
     def slow_write(target: Path, snapshot: MemoryState) -> None:
         time.sleep(0.05)
         real_write(target, snapshot)
 
-    monkeypatch.setattr(checkpoint, "write_file", slow_write)
+    monkeypatch.setattr("nri_plugin.persist.writer.write_file", slow_write)
 
     async def scenario() -> None:
         # at least 0.05 s per write, times 200: a pause of 10 s or more
@@ -428,7 +419,7 @@ def test_round_trip() -> None:
 
 
 memory_types = st.sampled_from(["memory", "hugepages-2Mi", "hugepages-1Gi"])
-uint64 = st.integers(min_value=0, max_value=checkpoint.MAX_UINT64)
+uint64 = st.integers(min_value=0, max_value=MAX_UINT64)
 names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
 
 

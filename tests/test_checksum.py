@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nri_plugin import checkpoint
-from nri_plugin.checkpoint import checksum_dump, fnv1a_32
-from nri_plugin.state import POLICY_STATIC, Block, MemoryState, MemoryTable, NodeState
+from nri_plugin.engine.state import POLICY_STATIC, Block, MemoryState, MemoryTable, NodeState
+from nri_plugin.persist.checksum import checksum, checksum_dump, fnv1a_32
+from nri_plugin.persist.file import load_file
 
 KUBERNETES_IO_EXAMPLE = "kubernetes-io-memory-manager-state.json"
 FNV32_OFFSET_BASIS = 2166136261
@@ -53,12 +53,12 @@ def test_kubelet_checksums_with_both() -> None:
     )
     dump = checksum_dump(state).encode()
     assert fnv1a_32(dump) == reference_fnv1a_32(dump) == 4215593881
-    assert checkpoint.checksum(state) == 4215593881
+    assert checksum(state) == 4215593881
 
 
 def test_kubernetes_io_example_checksum_with_both() -> None:
     # made by kubelet's first implementation: "static", state.NodeMap, field Nodes
-    state = checkpoint.load_file(Path(__file__).parent / "data" / KUBERNETES_IO_EXAMPLE)
+    state = load_file(Path(__file__).parent / "data" / KUBERNETES_IO_EXAMPLE)
     assert state is not None
     state.policy_name = "static"
     dump = checksum_dump(state, legacy_names=True).encode()
@@ -73,7 +73,7 @@ def test_large_state_checksum_with_both() -> None:
         {f"pod-{i}": {"app": [Block((i % 8,), "memory", 4 << 20)]} for i in range(500)},
     )
     dump = checksum_dump(state).encode()
-    assert checkpoint.checksum(state) == reference_fnv1a_32(dump)
+    assert checksum(state) == reference_fnv1a_32(dump)
 
 
 def test_the_compiled_implementation_is_in_use() -> None:

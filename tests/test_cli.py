@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nri_plugin.checkpoint import from_checkpoint
+from nri_plugin.persist.format import from_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "tests" / "scenarios"

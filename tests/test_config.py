@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from nri_plugin.config import (
-    Config,
-    ReservedMemory,
+from nri_plugin.engine.config import Config, ReservedMemory
+from nri_plugin.engine.state import POLICY_NONE, POLICY_STATIC
+from nri_plugin.engine.topology import Topology
+from nri_plugin.errors import ConfigError, InputError
+from nri_plugin.inputs.config import (
     load_config_file,
     node_allocatable_reservation,
     parse_config,
@@ -16,9 +18,7 @@ from nri_plugin.config import (
     validate_for_machine,
     validate_reserved_memory,
 )
-from nri_plugin.errors import ConfigError, InputError
-from nri_plugin.state import POLICY_NONE, POLICY_STATIC
-from nri_plugin.topology import Topology, topology_from_mapping
+from nri_plugin.inputs.topology import topology_from_mapping
 
 GI = 1 << 30
 MI = 1 << 20

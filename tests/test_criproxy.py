@@ -29,16 +29,23 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from nri_plugin import checkpoint
-from nri_plugin.config import parse_config
-from nri_plugin.cri import convert
-from nri_plugin.cri.gen import cri_pb2 as cri
-from nri_plugin.criproxy import REFUSAL_CODE, CRIProxy, endpoint_path, endpoint_target, start_server
-from nri_plugin.manager import MemoryManager
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.frontends.cri import convert
+from nri_plugin.frontends.cri.gen import cri_pb2 as cri
+from nri_plugin.frontends.cri.proxy import (
+    REFUSAL_CODE,
+    CRIProxy,
+    endpoint_path,
+    endpoint_target,
+    start_server,
+)
+from nri_plugin.frontends.nri import MemoryPlugin
+from nri_plugin.frontends.nri_convert import pod_qos
+from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
-from nri_plugin.plugin import MemoryPlugin
-from nri_plugin.topology import topology_from_mapping
-from nri_plugin.workload import pod_qos
+from nri_plugin.persist.file import load_file
+from nri_plugin.persist.format import to_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 GI = 1 << 30
@@ -430,7 +437,7 @@ def test_generated_cri_modules_are_up_to_date(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    committed_dir = REPO / "nri_plugin" / "cri" / "gen"
+    committed_dir = REPO / "nri_plugin" / "frontends" / "cri" / "gen"
     fresh = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     committed = {p.name: p.read_bytes() for p in committed_dir.iterdir() if p.is_file()}
     assert sorted(fresh) == sorted(committed)
@@ -792,7 +799,7 @@ def test_a_running_sidecar_keeps_its_own_memory() -> None:
 
 
 def test_state_changes_are_persisted(tmp_path: Path) -> None:
-    from nri_plugin.persistence import CheckpointWriter
+    from nri_plugin.persist.writer import CheckpointWriter
 
     async def scenario() -> None:
         manager = new_manager()
@@ -802,7 +809,7 @@ def test_state_changes_are_persisted(tmp_path: Path) -> None:
             sid = await env.run_pod("u1")
             await env.create(sid, container_config("app", memory=GI, cpus="12"))
             await writer.flush()
-        saved = checkpoint.load_file(path)
+        saved = load_file(path)
         assert saved is not None and saved.blocks("u1", "app") is not None
         assert saved.machine[3].memory_map["memory"].reserved == GI
 
@@ -861,9 +868,9 @@ def test_recovery_from_nothing_matches_the_state_it_replaces() -> None:
             sid = await env.run_pod("u1")
             await env.create(sid, container_config("a", memory=3 * GI, cpus="4"))
             await env.create(sid, container_config("b", memory=12 * GI))  # a group
-            before = checkpoint.to_checkpoint(env.manager.state)
+            before = to_checkpoint(env.manager.state)
         async with proxied(runtime=runtime, policy="best-effort") as env:
-            assert checkpoint.to_checkpoint(env.manager.state) == before
+            assert to_checkpoint(env.manager.state) == before
             assert env.runtime.received("UpdateContainerResources") == []
 
     run(scenario)
@@ -990,7 +997,7 @@ def test_cli_serves_persists_and_stops_cleanly(tmp_path: Path) -> None:
             assert await asyncio.wait_for(proc.wait(), 15) == 0
             await server.stop(None)
             shutil.rmtree(sockets, ignore_errors=True)
-        saved = checkpoint.load_file(tmp_path / "state" / "memory_manager_state")
+        saved = load_file(tmp_path / "state" / "memory_manager_state")
         assert saved is not None and saved.machine[1].memory_map["memory"].reserved == GI
 
     run(scenario)

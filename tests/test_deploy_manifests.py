@@ -30,11 +30,11 @@ import pytest
 import yaml
 
 from nri_plugin.cli import build_parser
-from nri_plugin.config import parse_config, validate_for_machine
-from nri_plugin.kubeletconfig import align_with_kubelet
+from nri_plugin.frontends.simulate import simulate_text
+from nri_plugin.inputs.config import parse_config, validate_for_machine
+from nri_plugin.inputs.kubeletconfig import align_with_kubelet
+from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.quantity import parse_bytes
-from nri_plugin.simulate import simulate_text
-from nri_plugin.topology import topology_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -24,13 +24,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from nri_plugin.config import parse_config
-from nri_plugin.manager import MemoryManager
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
+from nri_plugin.inputs.config import parse_config
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.connection import Connection
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.mux import FrameDecoder, ProtocolError
-from nri_plugin.plugin import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
 
 ROOT = Path(__file__).resolve().parent.parent
 GI = 1 << 30

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
-from nri_plugin.config import Config, ReservedMemory, load_config_file, validate_for_machine
+from nri_plugin.daemon import load_machine
+from nri_plugin.engine.config import Config, ReservedMemory
 from nri_plugin.errors import ConfigError
-from nri_plugin.kubeletconfig import align_with_kubelet, read_kubelet_config
+from nri_plugin.inputs.config import load_config_file, validate_for_machine
+from nri_plugin.inputs.kubeletconfig import align_with_kubelet, read_kubelet_config
+from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.logs import configure_logging
-from nri_plugin.run import load_machine
-from nri_plugin.topology import topology_from_mapping
 
 MI = 1 << 20
 GI = 1 << 30

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nri_plugin.hint import ProviderHints, TopologyHint
-from nri_plugin.topologymanager import (
+from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.topologymanager import (
     POLICIES,
     POLICY_BEST_EFFORT,
     POLICY_NONE,

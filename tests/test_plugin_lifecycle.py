@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from nri_plugin.config import parse_config
-from nri_plugin.manager import MemoryManager
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.frontends.nri import AdmissionRefused, MemoryPlugin
+from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
-from nri_plugin.plugin import AdmissionRefused, MemoryPlugin
-from nri_plugin.topology import topology_from_mapping
 from tests.nri_builders import GI, container, pod
 
 TOPOLOGY = {

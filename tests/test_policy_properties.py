@@ -14,21 +14,16 @@ from fractions import Fraction
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 
-from nri_plugin.checkpoint import from_checkpoint, to_checkpoint, validate_restored
-from nri_plugin.config import Config, ReservedMemory
-from nri_plugin.hint import TopologyHint
-from nri_plugin.manager import AdmissionResult, MemoryManager
-from nri_plugin.pod import GUARANTEED, ContainerSpec, PodSpec
-from nri_plugin.simulate import (
-    AdmitStep,
-    Scenario,
-    StartStep,
-    apply_step,
-    load_scenario_text,
-    simulate_text,
-)
-from nri_plugin.state import POLICY_STATIC, MemoryState
-from nri_plugin.topology import NumaNode, Topology
+from nri_plugin.engine.config import Config, ReservedMemory
+from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.manager import AdmissionResult, MemoryManager
+from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
+from nri_plugin.engine.restore import validate_restored
+from nri_plugin.engine.state import POLICY_STATIC, MemoryState
+from nri_plugin.engine.topology import NumaNode, Topology
+from nri_plugin.frontends.simulate import apply_step, simulate_text
+from nri_plugin.inputs.scenario import AdmitStep, Scenario, StartStep, load_scenario_text
+from nri_plugin.persist.format import from_checkpoint, to_checkpoint
 from tests.strategies import GI, MI, scenario_mapping, scenarios
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

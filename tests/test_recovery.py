@@ -16,25 +16,28 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nri_plugin import checkpoint, cli
-from nri_plugin.config import Config, parse_config
-from nri_plugin.errors import StateError
-from nri_plugin.manager import MemoryManager
-from nri_plugin.nri.gen import nri_pb2 as api
-from nri_plugin.persistence import CheckpointWriter
-from nri_plugin.plugin import AdmissionRefused, MemoryPlugin
-from nri_plugin.recovery import (
+from nri_plugin import cli
+from nri_plugin.engine.config import Config
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.rebase import (
     OUTCOME_NONE,
     OUTCOME_POLICY_CHANGED,
     OUTCOME_REBASED,
     OUTCOME_RESTORED,
     OUTCOME_UNTRUSTED,
-    Recovery,
-    recover,
-    restore,
 )
-from nri_plugin.state import POLICY_NONE, POLICY_STATIC, Block, MemoryState
-from nri_plugin.topology import Topology, topology_from_mapping
+from nri_plugin.engine.restore import expected_state
+from nri_plugin.engine.state import POLICY_NONE, POLICY_STATIC, Block, MemoryState
+from nri_plugin.engine.topology import Topology
+from nri_plugin.errors import StateError
+from nri_plugin.frontends.nri import AdmissionRefused, MemoryPlugin
+from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.topology import topology_from_mapping
+from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.persist.file import write_file
+from nri_plugin.persist.format import dumps, to_checkpoint
+from nri_plugin.persist.recovery import Recovery, recover, restore
+from nri_plugin.persist.writer import CheckpointWriter
 from tests.nri_builders import GI, container, pod
 
 MI = 1 << 20
@@ -175,7 +178,7 @@ def busy_node(topology: Topology | None = None, config: Config | None = None) ->
 
 
 def as_json(state: MemoryState) -> dict[str, Any]:
-    return json.loads(checkpoint.dumps(state))  # type: ignore[no-any-return]
+    return json.loads(dumps(state))  # type: ignore[no-any-return]
 
 
 def tables(state: MemoryState) -> dict[tuple[int, str], tuple[int, int, int, int, int]]:
@@ -192,7 +195,7 @@ def state_path(tmp_path: Path) -> Path:
 
 
 def write(path: Path, state: MemoryState) -> bytes:
-    checkpoint.write_file(path, state)
+    write_file(path, state)
     return path.read_bytes()
 
 
@@ -223,13 +226,13 @@ def _edited_value(path: Path, content: bytes, _: MemoryState) -> None:
 def _foreign_policy(path: Path, _: bytes, state: MemoryState) -> None:
     foreign = state.clone()
     foreign.policy_name = "Dynamic"  # checksum right, policy not ours
-    path.write_text(json.dumps(checkpoint.to_checkpoint(foreign)))
+    path.write_text(json.dumps(to_checkpoint(foreign)))
 
 
 def _inconsistent(path: Path, _: bytes, state: MemoryState) -> None:
     broken = state.clone()
     broken.machine[3].memory_map["memory"].free += GI  # checksum right, numbers wrong
-    path.write_text(checkpoint.dumps(broken))
+    path.write_text(dumps(broken))
 
 
 def _empty(path: Path, _: bytes, __: MemoryState) -> None:
@@ -683,7 +686,7 @@ def test_blocks_breaking_the_group_rule_are_kept_and_reported(state_path: Path) 
         "solo": {"app": [Block((0,), "memory", GI)]},
         "wide": {"app": [Block((0, 1), "memory", 2 * GI)]},
     }
-    write(state_path, checkpoint.expected_state(manager.state, entries))
+    write(state_path, expected_state(manager.state, entries))
     recovery = recover(topo(), cfg(), state_path, Log())
     assert recovery.manager.state.entries == entries
     reported = sorted((c.pod_uid, c.nodes) for c in recovery.report.conflicts)
@@ -767,7 +770,7 @@ def test_the_package_starts_no_processes() -> None:
 FILE_MODULES = {"os", "pathlib", "shutil", "tempfile", "io", "glob", "fileinput"}
 
 
-@pytest.mark.parametrize("module", ["plugin.py", "workload.py"])
+@pytest.mark.parametrize("module", ["frontends/nri.py", "frontends/nri_convert.py"])
 def test_code_reading_pod_data_never_touches_paths(module: str) -> None:
     """Pod data (names, annotations, mounts, cgroup paths) is never used as a file path."""
     tree = ast.parse((PACKAGE / module).read_text())
@@ -828,8 +831,8 @@ def test_restore_never_forgets_memory_in_use(
 ) -> None:
     import tempfile
 
-    from nri_plugin.pod import ContainerSpec, PodSpec
-    from nri_plugin.recovery import settle
+    from nri_plugin.engine.pod import ContainerSpec, PodSpec
+    from nri_plugin.engine.rebase import settle
 
     topology = topo()
     manager = MemoryManager(topology, cfg())
@@ -847,7 +850,7 @@ def test_restore_never_forgets_memory_in_use(
     config = cfg(reservedMemory=[f"0:memory={1024 * MI + reserved}"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / STATE
-        checkpoint.write_file(path, manager.state)
+        write_file(path, manager.state)
         try:
             recovery = recover(moved, config, path, Log())
         except StateError as exc:

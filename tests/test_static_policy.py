@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from nri_plugin import checkpoint
 from nri_plugin.errors import StateError
+from nri_plugin.persist.format import from_checkpoint, to_checkpoint
 from tests.helpers import GI, MI, admit, blocks, container, node, simulate, table
 
 
@@ -622,12 +622,10 @@ def test_a_node_left_by_its_single_node_blocks_rejoins_its_group() -> None:
     decision = again["steps"][0]["containers"][0]
     assert [1] not in [h["nodes"] for h in decision["hints"]["memory"]]
     assert decision["affinity"] == {"nodes": [1], "preferred": False}
-    moved = checkpoint.from_checkpoint(first["state"])  # 1Gi moved to node 2: refused
+    moved = from_checkpoint(first["state"])  # 1Gi moved to node 2: refused
     moved.machine[1].memory_map["memory"].reserved -= GI
     moved.machine[1].memory_map["memory"].free += GI
     moved.machine[2].memory_map["memory"].reserved += GI
     moved.machine[2].memory_map["memory"].free -= GI
     with pytest.raises(StateError, match="expected machine state is different"):
-        simulate(
-            {"topology": topology, "config": cfg, "initialState": checkpoint.to_checkpoint(moved)}
-        )
+        simulate({"topology": topology, "config": cfg, "initialState": to_checkpoint(moved)})

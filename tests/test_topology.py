@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 
+from nri_plugin.engine.bitmask import format_cpulist, parse_cpulist
+from nri_plugin.engine.topology import NumaNode, Topology
 from nri_plugin.errors import TopologyError
-from nri_plugin.topology import (
-    NumaNode,
-    Topology,
+from nri_plugin.inputs.topology import (
     discover_sysfs,
-    format_cpulist,
     load_topology_file,
-    parse_cpulist,
     topology_from_mapping,
     topology_to_mapping,
 )

@@ -7,9 +7,7 @@ from fractions import Fraction
 import pytest
 
 from nri_plugin.errors import InputError
-from nri_plugin.nri.gen import nri_pb2 as api
-from nri_plugin.topology import topology_from_mapping
-from nri_plugin.workload import (
+from nri_plugin.frontends.nri_convert import (
     container_resources,
     page_size_bytes,
     pinned_cpus,
@@ -17,6 +15,8 @@ from nri_plugin.workload import (
     pod_qos,
     qos_from_cgroup,
 )
+from nri_plugin.inputs.topology import topology_from_mapping
+from nri_plugin.nri.gen import nri_pb2 as api
 from tests.nri_builders import GI, container, pod
 
 UID = "3f5d0c4e-1111-2222-3333-444455556666"

@@ -50,13 +50,15 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from nri_plugin import checkpoint
+from nri_plugin.engine.bitmask import format_mems, parse_cpulist
+from nri_plugin.engine.manager import AdmissionResult, MemoryManager
+from nri_plugin.engine.restore import validate_restored
+from nri_plugin.engine.state import MemoryState, blocks_mask
 from nri_plugin.errors import StateError
-from nri_plugin.hint import format_mems
-from nri_plugin.manager import AdmissionResult, MemoryManager
-from nri_plugin.simulate import apply_step, parse_scenario, parse_step
-from nri_plugin.state import MemoryState, blocks_mask
-from nri_plugin.topology import parse_cpulist
+from nri_plugin.frontends.simulate import apply_step
+from nri_plugin.inputs.scenario import parse_scenario, parse_step
+from nri_plugin.persist.file import load_file
+from nri_plugin.persist.format import from_checkpoint
 
 from .harness import (
     FLAVOR_TAG,
@@ -511,7 +513,7 @@ def accounting_error(state: MemoryState, default: MemoryState) -> str | None:
     """Bytes leaked or counted twice: the machine state must be what its blocks imply
     (kubelet's restore check: assignments, groups, reserved and free per group)."""
     try:
-        checkpoint.validate_restored(state, default, state.policy_name)
+        validate_restored(state, default, state.policy_name)
     except StateError as exc:
         return str(exc)
     return None
@@ -1036,7 +1038,7 @@ class FaultInjection:
         scenario_path = self.work / "scenario.json"
         scenario_path.write_text(json.dumps(self.oracle.scenario(), indent=1))
         report = run_simulate(scenario_path)
-        simulated = checkpoint.from_checkpoint(report["state"], source=str(scenario_path))
+        simulated = from_checkpoint(report["state"], source=str(scenario_path))
         self._check_replay(report)
         mismatches = list(self.mismatches)
         mismatches += state_differences(plugin_state, simulated)
@@ -1050,7 +1052,7 @@ class FaultInjection:
             self.oracle.topology, self.oracle.config, list(self.pods.values())
         )
         alive_path.write_text(json.dumps(alive, indent=1))
-        alive_state = checkpoint.from_checkpoint(run_simulate(alive_path)["state"])
+        alive_state = from_checkpoint(run_simulate(alive_path)["state"])
         alive_differences = len(state_differences(plugin_state, alive_state))
 
         logs = PluginLogs.read([p.log_path for p in self.procs])
@@ -1092,7 +1094,7 @@ class FaultInjection:
                     f"simulate step {e.step} decided {got['admitted']}/{mems!r}, the shadow"
                     f" manager {e.admitted}/{e.mems!r}"
                 )
-        if checkpoint.from_checkpoint(report["state"]) != self.oracle.manager.state:
+        if from_checkpoint(report["state"]) != self.oracle.manager.state:
             raise HarnessError("simulate's final state differs from the shadow manager's")
 
     def _check_pinned(self, plugin_state: MemoryState) -> list[str]:
@@ -1136,7 +1138,7 @@ def settled_state(plugin: MemoryManagerPlugin, timeout: float = 10.0) -> MemoryS
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        state = checkpoint.load_file(path)
+        state = load_file(path)
         if state is not None and state == last:
             return state
         last = state

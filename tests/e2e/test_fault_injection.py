@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nri_plugin import checkpoint
+from nri_plugin.persist.format import to_checkpoint
 
 from .faults import (
     FAULTS,
@@ -107,7 +107,7 @@ def _restart(plugin: MemoryManagerPlugin) -> None:
 
 def _state(plugin: MemoryManagerPlugin) -> dict[str, Any]:
     """The checkpoint after the plugin's asynchronous writes (a restart's sync included)."""
-    return checkpoint.to_checkpoint(settled_state(plugin))
+    return to_checkpoint(settled_state(plugin))
 
 
 def test_restart_trusts_the_checkpoint_it_wrote(ctrd: Containerd, tmp_path: Path) -> None:

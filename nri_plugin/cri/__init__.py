@@ -1,1 +1,0 @@
-"""The CRI side of the proxy: our runtime.v1 message subset and conversions to NRI."""

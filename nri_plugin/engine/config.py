@@ -1,0 +1,72 @@
+"""The engine's settings: memory manager and topology manager, as kubelet names them.
+
+Read and validated by :mod:`nri_plugin.inputs.config` (and
+:mod:`nri_plugin.inputs.kubeletconfig`); the engine only reads these values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nri_plugin.engine.state import POLICY_STATIC
+
+TOPOLOGY_POLICIES = ("none", "best-effort", "restricted", "single-numa-node")
+
+
+TOPOLOGY_SCOPES = ("container", "pod")
+
+
+OPTION_PREFER_CLOSEST = "prefer-closest-numa-nodes"
+
+
+OPTION_MAX_ALLOWABLE = "max-allowable-numa-nodes"
+
+
+# Kubelet's limit; the option may only raise it.
+DEFAULT_MAX_ALLOWABLE_NUMA_NODES = 8
+
+
+DEFAULT_MEMORY_DRIFT_TOLERANCE = 64 << 20
+
+
+SIGNAL_MEMORY_AVAILABLE = "memory.available"
+
+
+# Kubelet's default hard eviction threshold for memory.
+DEFAULT_EVICTION_HARD: Mapping[str, str] = {SIGNAL_MEMORY_AVAILABLE: "100Mi"}
+
+
+@dataclass(frozen=True)
+class ReservedMemory:
+    """One (NUMA node, memory type) reservation of ``reservedMemory``, in bytes."""
+
+    numa_node: int
+    type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """Memory manager and topology manager settings (kubelet's names in snake case)."""
+
+    policy: str = POLICY_STATIC
+    topology_manager_policy: str = "none"
+    topology_manager_scope: str = "container"
+    prefer_closest_numa_nodes: bool = False
+    max_allowable_numa_nodes: int = DEFAULT_MAX_ALLOWABLE_NUMA_NODES
+    reserved_memory: tuple[ReservedMemory, ...] = ()
+    # resource -> amount: bytes, except cpu (millicores) and pid (a count)
+    kube_reserved: Mapping[str, int] | None = None
+    system_reserved: Mapping[str, int] | None = None
+    # eviction signal -> threshold text ("100Mi" or "10%")
+    eviction_hard: Mapping[str, str] | None = None
+    # how far a NUMA node's memory total (or a hugepage pool) may move between restarts
+    # and still be accepted with the checkpoint (recovery.py)
+    memory_drift_tolerance: int = DEFAULT_MEMORY_DRIFT_TOLERANCE
+
+    def reserved(self, numa_node: int, type: str) -> int:
+        """Bytes of ``type`` reserved on ``numa_node`` (0 if none)."""
+        return sum(
+            r.size for r in self.reserved_memory if r.numa_node == numa_node and r.type == type
+        )

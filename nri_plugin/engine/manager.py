@@ -1,0 +1,380 @@
+"""Pod admission as kubelet runs it: topology manager + memory manager over one state.
+
+This is the piece both front ends call: the simulator feeds it whole pods
+from a scenario, the live plugin feeds it containers as NRI reports them.
+Pure: no I/O; the caller persists ``manager.state`` after each change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nri_plugin.engine.bitmask import format_mems, mask_of
+from nri_plugin.engine.config import Config
+from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.machine import build_machine_state
+from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
+from nri_plugin.engine.policy.base import AllocationError, Policy
+from nri_plugin.engine.policy.bounded import MergeFocus
+from nri_plugin.engine.policy.none import NonePolicy
+from nri_plugin.engine.policy.static import StaticPolicy
+from nri_plugin.engine.state import POLICY_STATIC, Block, MemoryState, blocks_mask
+from nri_plugin.engine.topology import Topology
+from nri_plugin.engine.topologymanager import (
+    EMPTY_AFFINITY,
+    POLICY_NONE,
+    SCOPE_POD,
+    TOPOLOGY_AFFINITY_ERROR,
+    TOPOLOGY_AFFINITY_MESSAGE,
+    UNEXPECTED_ADMISSION_ERROR,
+    NUMAInfo,
+    merge,
+)
+
+# Hint providers in kubelet's registration order.
+PROVIDER_CPU = "cpu"
+PROVIDER_MEMORY = "memory"
+PROVIDER_DEVICES = "devices"
+
+
+@dataclass(frozen=True)
+class ContainerDecision:
+    """What admission decided for one container."""
+
+    name: str
+    init: bool
+    # the memory manager's hints (what the static policy generated)
+    hints: ProviderHints
+    # every provider's answer, for decision logs
+    provider_hints: dict[str, ProviderHints]
+    affinity: TopologyHint
+    allocations: tuple[Block, ...]
+
+    @property
+    def cpuset_mems(self) -> str:
+        """``cpuset.mems`` as kubelet sets it: the union of the blocks' masks ("" = untouched)."""
+        return format_mems(blocks_mask(self.allocations))
+
+
+@dataclass(frozen=True)
+class AdmissionResult:
+    pod_uid: str
+    qos_class: str
+    admitted: bool
+    containers: tuple[ContainerDecision, ...] = ()
+    reason: str | None = None
+    message: str | None = None
+    # the container whose hints or allocation failed
+    failed_container: str | None = None
+    failed_hints: dict[str, ProviderHints] = field(default_factory=dict)
+    failed_affinity: TopologyHint | None = None
+
+
+class MemoryManager:
+    """kubelet's memory manager with its topology manager, over one machine."""
+
+    def __init__(
+        self, topology: Topology, config: Config, restored: MemoryState | None = None
+    ) -> None:
+        self.topology = topology
+        self.config = config
+        self.numa = NUMAInfo(topology.node_ids, topology.distances)
+        self.policy: Policy
+        if config.policy == POLICY_STATIC:
+            self.policy = StaticPolicy(build_machine_state(topology, config.reserved))
+        else:
+            self.policy = NonePolicy()
+        self.state = self.policy.default_state()
+        if restored is not None:
+            self._restore(restored)
+        # specs of admitted pods (the simulator knows them; the plugin fills what NRI shows)
+        self.pods: dict[str, PodSpec] = {}
+        # containers of admitted pods that were removed one by one
+        self._removed: dict[str, set[str]] = {}
+
+    def _restore(self, restored: MemoryState) -> None:
+        from nri_plugin.engine.restore import validate_restored
+
+        validate_restored(restored, self.policy.default_state(), self.policy.name)
+        self.state = restored
+        self.policy.start(self.state)
+
+    # -- admission -----------------------------------------------------------
+
+    def admit(self, pod: PodSpec) -> AdmissionResult:
+        """Admit a whole pod: init containers then app containers (section 6.5)."""
+        # Reusable init-container memory is per admission: memory of init containers
+        # released since an earlier admission of the same pod must not be reused again
+        # (kubelet never admits a pod UID twice without a restart emptying this).
+        self.policy.forget_pod(pod.uid)
+        qos = pod.qos()
+        tm_policy = self.config.topology_manager_policy
+        decisions: list[ContainerDecision] = []
+        if tm_policy != POLICY_NONE and self.config.topology_manager_scope == SCOPE_POD:
+            affinity, admit, providers = self.pod_affinity(pod)
+            if not admit:
+                return self._reject(
+                    pod,
+                    qos,
+                    TOPOLOGY_AFFINITY_ERROR,
+                    f"pod {pod.uid}: {TOPOLOGY_AFFINITY_MESSAGE}",
+                    None,
+                    providers,
+                    affinity,
+                )
+            for c in pod.all_containers():
+                failure = self._allocate(pod, c, affinity)
+                if failure is not None:
+                    return self._reject(
+                        pod, qos, UNEXPECTED_ADMISSION_ERROR, failure, c.name, providers, affinity
+                    )
+                decisions.append(self._decision(pod, c, providers, affinity))
+        else:
+            for c in pod.all_containers():
+                decision_or_error = self.admit_container(pod, c)
+                if isinstance(decision_or_error, AdmissionResult):
+                    return decision_or_error
+                decisions.append(decision_or_error)
+        self.pods[pod.uid] = pod
+        self._removed.pop(pod.uid, None)
+        return AdmissionResult(pod.uid, qos, True, tuple(decisions))
+
+    def admit_container(
+        self, pod: PodSpec, container: ContainerSpec, *, release_pod_on_reject: bool = True
+    ) -> ContainerDecision | AdmissionResult:
+        """Container scope: hints, merge, allocate one container (the pod may be partial).
+
+        On refusal an AdmissionResult with the reason is returned; the pod's
+        containers allocated so far are released (kubelet rejects the whole
+        pod) unless ``release_pod_on_reject`` is false: the live plugin sees
+        containers one by one, and earlier ones may already be running.
+        """
+        qos = pod.qos()
+        tm_policy = self.config.topology_manager_policy
+        if tm_policy == POLICY_NONE:
+            providers: dict[str, ProviderHints] = {}
+            affinity = EMPTY_AFFINITY
+        else:
+            providers, merged_lists = self._container_providers(pod, container)
+            affinity, admit = merge(
+                tm_policy,
+                merged_lists,
+                self.numa,
+                self.config.prefer_closest_numa_nodes,
+            )
+            if not admit:
+                return self._reject(
+                    pod,
+                    qos,
+                    TOPOLOGY_AFFINITY_ERROR,
+                    f"container {container.name}: {TOPOLOGY_AFFINITY_MESSAGE}",
+                    container.name,
+                    providers,
+                    affinity,
+                    release=release_pod_on_reject,
+                )
+        return self.allocate_container(
+            pod, container, affinity, providers, release_pod_on_reject=release_pod_on_reject
+        )
+
+    def allocate_container(
+        self,
+        pod: PodSpec,
+        container: ContainerSpec,
+        affinity: TopologyHint,
+        providers: dict[str, ProviderHints] | None = None,
+        *,
+        release_pod_on_reject: bool = True,
+    ) -> ContainerDecision | AdmissionResult:
+        """Allocate one container on an affinity already chosen (pod scope, or after merge)."""
+        providers = providers if providers is not None else {}
+        failure = self._allocate(pod, container, affinity)
+        if failure is not None:
+            return self._reject(
+                pod,
+                pod.qos(),
+                UNEXPECTED_ADMISSION_ERROR,
+                failure,
+                container.name,
+                providers,
+                affinity,
+                release=release_pod_on_reject,
+            )
+        return self._decision(pod, container, providers, affinity)
+
+    def pod_affinity(self, pod: PodSpec) -> tuple[TopologyHint, bool, dict[str, ProviderHints]]:
+        """Pod scope: the pod-level hints merged once; (affinity, admit, providers)."""
+        if self.config.topology_manager_policy == POLICY_NONE:
+            return EMPTY_AFFINITY, True, {}
+        providers, merged_lists = self._pod_providers(pod)
+        affinity, admit = merge(
+            self.config.topology_manager_policy,
+            merged_lists,
+            self.numa,
+            self.config.prefer_closest_numa_nodes,
+        )
+        return affinity, admit, providers
+
+    def refresh(self, pod: PodSpec, container: ContainerSpec) -> ContainerDecision | None:
+        """A container that already holds blocks (restarted, or an earlier init container).
+
+        Nothing is allocated; only the reuse bookkeeping is refreshed, as
+        kubelet's Allocate does for a container it already knows.
+        """
+        blocks = self.state.blocks(pod.uid, container.name)
+        if blocks is None:
+            return None
+        self.policy.allocate(self.state, pod, container, EMPTY_AFFINITY)
+        return ContainerDecision(
+            container.name,
+            container.init,
+            None,
+            {},
+            TopologyHint(blocks_mask(blocks), True),
+            tuple(blocks),
+        )
+
+    def _allocate(self, pod: PodSpec, c: ContainerSpec, affinity: TopologyHint) -> str | None:
+        try:
+            self.policy.allocate(self.state, pod, c, affinity)
+        except AllocationError as exc:
+            return f"container {c.name}: Allocate failed due to {exc}, which is unexpected"
+        return None
+
+    def _decision(
+        self,
+        pod: PodSpec,
+        c: ContainerSpec,
+        providers: dict[str, ProviderHints],
+        affinity: TopologyHint,
+    ) -> ContainerDecision:
+        blocks = self.state.blocks(pod.uid, c.name) or []
+        return ContainerDecision(
+            c.name, c.init, providers.get(PROVIDER_MEMORY), providers, affinity, tuple(blocks)
+        )
+
+    def _reject(
+        self,
+        pod: PodSpec,
+        qos: str,
+        reason: str,
+        message: str,
+        container: str | None,
+        providers: dict[str, ProviderHints],
+        affinity: TopologyHint,
+        *,
+        release: bool = True,
+    ) -> AdmissionResult:
+        if release:
+            # kubelet's stale-state cleanup: a rejected pod keeps nothing
+            for c in pod.all_containers():
+                self.policy.remove_container(self.state, pod.uid, c.name)
+            self.policy.forget_pod(pod.uid)
+            self.pods.pop(pod.uid, None)
+        return AdmissionResult(
+            pod.uid, qos, False, (), reason, message, container, providers, affinity
+        )
+
+    # -- hint providers ------------------------------------------------------
+
+    def _cpu_hint(self, cpusets: Sequence[frozenset[int]]) -> ProviderHints:
+        if not cpusets:
+            return None
+        cpus: frozenset[int] = frozenset().union(*cpusets)
+        return {"cpu": [TopologyHint(mask_of(self.topology.nodes_of_cpus(cpus)), True)]}
+
+    def _container_providers(
+        self, pod: PodSpec, c: ContainerSpec
+    ) -> tuple[dict[str, ProviderHints], list[ProviderHints]]:
+        """Every provider's hints as reported, and the hint lists to merge (same outcome)."""
+        guaranteed = pod.qos() == GUARANTEED
+        cpusets = [c.cpuset] if guaranteed and c.cpuset is not None else []
+        devices: ProviderHints = None
+        if c.device_hints is not None:
+            devices = {"devices": list(c.device_hints)}
+        cpu = self._cpu_hint(cpusets)
+        if isinstance(self.policy, StaticPolicy):
+            focus = self._focus(cpu, devices)
+            memory, to_merge = self.policy.focused_container_hints(self.state, pod, c, focus)
+        else:
+            memory = to_merge = self.policy.container_hints(self.state, pod, c)
+        providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: devices}
+        return providers, [cpu, to_merge, devices]
+
+    def _pod_providers(self, pod: PodSpec) -> tuple[dict[str, ProviderHints], list[ProviderHints]]:
+        guaranteed = pod.qos() == GUARANTEED
+        cpusets = [c.cpuset for c in pod.all_containers() if guaranteed and c.cpuset is not None]
+        devices = {
+            f"devices/{c.name}": list(c.device_hints)
+            for c in pod.all_containers()
+            if c.device_hints is not None
+        }
+        cpu = self._cpu_hint(cpusets)
+        device_hints: ProviderHints = dict(devices) if devices else None
+        if isinstance(self.policy, StaticPolicy):
+            focus = self._focus(cpu, device_hints)
+            memory, to_merge = self.policy.focused_pod_hints(self.state, pod, focus)
+        else:
+            memory = to_merge = self.policy.pod_hints(self.state, pod)
+        providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: device_hints}
+        return providers, [cpu, to_merge, device_hints]
+
+    def _focus(self, *others: ProviderHints) -> MergeFocus:
+        """The other providers' hints, so the memory hints to merge can be few."""
+        return MergeFocus(
+            self.config.topology_manager_policy,
+            others,
+            self.numa,
+            self.config.prefer_closest_numa_nodes,
+        )
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, pod_uid: str) -> list[str] | None:
+        """The pod's containers start: release its finished regular init containers.
+
+        Returns the released init containers' names, or None when the pod is
+        not an admitted pod.
+        """
+        pod = self.pods.get(pod_uid)
+        if pod is None:
+            return None
+        released = []
+        for c in pod.init_containers:
+            if c.restartable:
+                continue
+            if self.policy.remove_container(self.state, pod_uid, c.name):
+                released.append(c.name)
+        return released
+
+    def remove_pod(self, pod_uid: str) -> bool:
+        pod = self.pods.pop(pod_uid, None)
+        self._removed.pop(pod_uid, None)
+        known = pod is not None or pod_uid in self.state.entries
+        names = [c.name for c in pod.all_containers()] if pod is not None else []
+        names += [n for n in self.state.entries.get(pod_uid, {}) if n not in names]
+        for name in names:
+            self.policy.remove_container(self.state, pod_uid, name)
+        self.policy.forget_pod(pod_uid)
+        return known
+
+    def adopt(self, pod: PodSpec, container: ContainerSpec, mask: int) -> tuple[Block, ...]:
+        """Record a running container that already carries ``cpuset.mems`` = ``mask``.
+
+        Used when the checkpoint is lost: the blocks are rebuilt from what the
+        runtime shows, applied as an allocation on exactly that mask.
+        """
+        if isinstance(self.policy, StaticPolicy):
+            self.policy.adopt(self.state, pod, container, mask)
+        return tuple(self.state.blocks(pod.uid, container.name) or [])
+
+    def remove_container(self, pod_uid: str, name: str) -> bool:
+        pod = self.pods.get(pod_uid)
+        removed = self._removed.setdefault(pod_uid, set()) if pod is not None else set()
+        known = self.state.blocks(pod_uid, name) is not None or (
+            pod is not None and pod.container(name) is not None and name not in removed
+        )
+        self.policy.remove_container(self.state, pod_uid, name)
+        removed.add(name)
+        return known

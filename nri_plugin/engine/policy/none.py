@@ -1,0 +1,36 @@
+"""kubelet's Memory Manager ``None`` policy: no hints, no allocation, nothing pinned."""
+
+from __future__ import annotations
+
+from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.state import POLICY_NONE, MemoryState
+
+
+class NonePolicy:
+    name = POLICY_NONE
+
+    def default_state(self) -> MemoryState:
+        return MemoryState(POLICY_NONE)
+
+    def start(self, state: MemoryState) -> None:
+        return None
+
+    def container_hints(
+        self, state: MemoryState, pod: PodSpec, container: ContainerSpec
+    ) -> ProviderHints:
+        return None
+
+    def pod_hints(self, state: MemoryState, pod: PodSpec) -> ProviderHints:
+        return None
+
+    def allocate(
+        self, state: MemoryState, pod: PodSpec, container: ContainerSpec, affinity: TopologyHint
+    ) -> None:
+        return None
+
+    def remove_container(self, state: MemoryState, pod_uid: str, container: str) -> bool:
+        return False
+
+    def forget_pod(self, pod_uid: str) -> None:
+        return None

@@ -1,0 +1,474 @@
+"""Starting from a checkpoint on a machine or configuration that changed since it was written.
+
+kubelet refuses to start whenever its state file disagrees with the machine or
+the configuration (drain the node, delete the file). :func:`plan` decides
+instead what to keep (docs/recovery.md): memory totals that drifted, changed
+reservations and policies; every recorded block is re-applied; bytes that no
+longer fit are counted on top of the node's allocatable memory as *overflow*
+and given back by :func:`settle` as blocks go. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from nri_plugin.engine.bitmask import format_mems, mask_of
+from nri_plugin.engine.config import Config
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.restore import expected_state, validate_restored
+from nri_plugin.engine.state import (
+    POLICY_NONE,
+    POLICY_STATIC,
+    Block,
+    MemoryState,
+    MemoryTable,
+    NodeState,
+)
+from nri_plugin.errors import StateError
+from nri_plugin.quantity import format_bytes_human
+
+# What restore did with the checkpoint.
+OUTCOME_NONE = "no-checkpoint"  # no file: the state is built at Synchronize
+
+
+OUTCOME_RESTORED = "restored"  # trusted and used as it is
+
+
+OUTCOME_REBASED = "rebased"  # trusted; its blocks re-applied onto a changed machine/config
+
+
+OUTCOME_UNTRUSTED = "untrusted"  # set aside; the state is rebuilt at Synchronize
+
+
+OUTCOME_POLICY_CHANGED = "policy-changed"  # another memory manager policy: start from defaults
+
+
+TOPOLOGY_SINGLE_NUMA_NODE = "single-numa-node"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A memory total (``memory`` or a hugepage pool) of one node that moved since the checkpoint.
+
+    Within the tolerance means at most ``tolerance`` bytes apart, either way.
+    """
+
+    node: int
+    type: str
+    old_total: int
+    new_total: int
+    tolerance: int
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.new_total - self.old_total) <= self.tolerance
+
+    def describe(self) -> str:
+        return (
+            f"NUMA node {self.node} {self.type} total was {_bytes(self.old_total)},"
+            f" is now {_bytes(self.new_total)}"
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """A reservation (``reservedMemory`` or the node's reserved total) that changed."""
+
+    node: int
+    type: str
+    old_reserved: int
+    new_reserved: int
+
+    def describe(self) -> str:
+        return (
+            f"NUMA node {self.node} {self.type} systemReserved was {_bytes(self.old_reserved)},"
+            f" is now {_bytes(self.new_reserved)}"
+        )
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A recorded container whose blocks the new machine or configuration would not give.
+
+    Its blocks are kept as recorded (the container runs and uses the memory);
+    ``shortfall`` is what its group lacks for every recorded block to fit.
+    """
+
+    pod_uid: str
+    container: str
+    nodes: tuple[int, ...]
+    type: str
+    shortfall: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to start from, decided from a loaded checkpoint and this start's defaults."""
+
+    outcome: str
+    # the state to hand to the manager; None: start from the policy's defaults
+    state: MemoryState | None
+    drifts: tuple[Drift, ...] = ()
+    changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    # why the file is not used (untrusted, or another policy)
+    reason: str | None = None
+    # containers whose blocks are dropped (the new policy keeps no blocks)
+    dropped: tuple[str, ...] = ()
+    # (node, type) -> bytes of recorded blocks beyond the new allocatable memory,
+    # counted as reserved anyway (see _lend); ``state`` does not include them yet
+    lent: Mapping[tuple[int, str], int] = field(default_factory=dict)
+
+
+def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
+    """Decide how to start from ``saved`` given ``default``, this start's empty state.
+
+    Raises StateError (one line: node, old and new totals, shortfall) when a
+    node's memory changed beyond ``config.memory_drift_tolerance`` and the
+    recorded allocations no longer fit it, or when a block uses a NUMA node
+    or memory type the machine no longer has.
+    """
+    if saved.policy_name != default.policy_name:
+        dropped = tuple(
+            sorted(f"{uid}/{name}" for uid, names in saved.entries.items() for name in names)
+        )
+        return Plan(
+            OUTCOME_POLICY_CHANGED,
+            None,
+            reason=(
+                f"memory manager policy changed from {saved.policy_name} to {default.policy_name}"
+            ),
+            dropped=dropped,
+        )
+    if default.policy_name == POLICY_NONE:
+        return Plan(OUTCOME_RESTORED, saved)
+    if not saved.machine:
+        if saved.entries:
+            return _untrusted(
+                "[memorymanager] machine state can not be empty when it has memory assignments"
+            )
+        return Plan(OUTCOME_RESTORED, saved)  # the manager installs the default machine state
+    try:
+        # The file must agree with the machine it recorded before any comparison
+        # with this machine means anything (kubelet's validation, on its own totals).
+        validate_restored(saved, _recorded_default(saved.machine), POLICY_STATIC)
+    except StateError as exc:
+        return _untrusted(f"checkpoint inconsistent with its own machine state: {exc}")
+
+    drifts, changes = _compare(saved.machine, default.machine, config.memory_drift_tolerance)
+    same_machine = not drifts and not changes and _same_tables(saved.machine, default.machine)
+    if same_machine:
+        state = saved
+        shortfall_conflicts: list[Conflict] = []
+        lacking: dict[tuple[int, str], int] = {}
+    else:
+        _refuse_missing(saved, default.machine)
+        lacking = _overflow(default, saved.entries)
+        shortfall_conflicts = _shortfalls(saved, default.machine, lacking)
+        _refuse_beyond_tolerance(shortfall_conflicts, drifts)
+        state = expected_state(default, saved.entries)
+    conflicts = shortfall_conflicts + _group_conflicts(saved) + _policy_conflicts(saved, config)
+    return Plan(
+        OUTCOME_RESTORED if same_machine else OUTCOME_REBASED,
+        state,
+        tuple(drifts),
+        tuple(changes),
+        tuple(conflicts),
+        lent=lacking,
+    )
+
+
+def _untrusted(reason: str) -> Plan:
+    return Plan(OUTCOME_UNTRUSTED, None, reason=reason)
+
+
+def _recorded_default(machine: Mapping[int, NodeState]) -> MemoryState:
+    """The empty machine state the checkpoint's own totals and reservations describe."""
+    nodes = {
+        node_id: NodeState(
+            0,
+            {
+                t: MemoryTable(m.total, m.system_reserved, m.allocatable, 0, m.allocatable)
+                for t, m in node.memory_map.items()
+            },
+            [node_id],
+        )
+        for node_id, node in machine.items()
+    }
+    return MemoryState(POLICY_STATIC, nodes)
+
+
+def _compare(
+    old: Mapping[int, NodeState], new: Mapping[int, NodeState], tolerance: int
+) -> tuple[list[Drift], list[Change]]:
+    tolerance = max(0, tolerance)
+    drifts: list[Drift] = []
+    changes: list[Change] = []
+    for node_id in sorted(set(old) | set(new)):
+        old_map = old[node_id].memory_map if node_id in old else {}
+        new_map = new[node_id].memory_map if node_id in new else {}
+        for t in sorted(set(old_map) | set(new_map)):
+            o, n = old_map.get(t), new_map.get(t)
+            old_total = o.total if o is not None else 0
+            new_total = n.total if n is not None else 0
+            if old_total != new_total:
+                drifts.append(Drift(node_id, t, old_total, new_total, tolerance))
+            old_reserved = o.system_reserved if o is not None else 0
+            new_reserved = n.system_reserved if n is not None else 0
+            if old_reserved != new_reserved:
+                changes.append(Change(node_id, t, old_reserved, new_reserved))
+    return drifts, changes
+
+
+def _same_tables(old: Mapping[int, NodeState], new: Mapping[int, NodeState]) -> bool:
+    if set(old) != set(new):
+        return False
+    for node_id, node in old.items():
+        other = new[node_id].memory_map
+        if set(node.memory_map) != set(other):
+            return False
+        for t, m in node.memory_map.items():
+            n = other[t]
+            if (m.total, m.system_reserved, m.allocatable) != (
+                n.total,
+                n.system_reserved,
+                n.allocatable,
+            ):
+                return False
+    return True
+
+
+def _refuse_missing(saved: MemoryState, machine: Mapping[int, NodeState]) -> None:
+    """A block on a node or memory type that no longer exists cannot be kept or moved."""
+    for uid, name, block in saved.iter_blocks():
+        for node_id in block.numa_affinity:
+            node = machine.get(node_id)
+            if node is None:
+                raise StateError(
+                    f"pod {uid} container {name} holds {_bytes(block.size)} of {block.type} on"
+                    f" NUMA node {node_id}, which this machine no longer has; drain the node"
+                    " or bring the node back, then restart"
+                )
+            if block.type not in node.memory_map:
+                raise StateError(
+                    f"pod {uid} container {name} holds {_bytes(block.size)} of {block.type} on"
+                    f" NUMA node {node_id}, which no longer has {block.type}; drain the node"
+                    " or configure the pool again, then restart"
+                )
+
+
+def _components(saved: MemoryState) -> list[set[int]]:
+    """Sets of nodes whose memory is fungible: masks joined where they share a node.
+
+    With the group rules intact these are exactly the groups; when a node
+    serves overlapping masks, fit can only be judged over their union.
+    """
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for _, _, block in saved.iter_blocks():
+        nodes = list(block.numa_affinity)
+        for n in nodes[1:]:
+            parent[find(n)] = find(nodes[0])
+        find(nodes[0])
+    groups: dict[int, set[int]] = {}
+    for n in parent:
+        groups.setdefault(find(n), set()).add(n)
+    return sorted(groups.values(), key=min)
+
+
+def _overflow(
+    default: MemoryState, entries: Mapping[str, Mapping[str, Iterable[Block]]]
+) -> dict[tuple[int, str], int]:
+    """Bytes that re-applying ``entries`` onto ``default`` cannot place, by (node, type).
+
+    Follows :func:`expected_state` exactly (same order, same
+    ``min(free, remaining)`` per node); what a block still lacks after the last
+    node of its mask is counted on that last node.
+    """
+    free = {
+        (n, t): m.free for n, node in default.machine.items() for t, m in node.memory_map.items()
+    }
+    lacking: dict[tuple[int, str], int] = {}
+    for containers in entries.values():
+        for blocks in containers.values():
+            for block in blocks:
+                remaining = block.size
+                for n in block.numa_affinity:
+                    take = min(free.get((n, block.type), 0), remaining)
+                    free[(n, block.type)] = free.get((n, block.type), 0) - take
+                    remaining -= take
+                if remaining:
+                    key = (block.numa_affinity[-1], block.type)
+                    lacking[key] = lacking.get(key, 0) + remaining
+    return lacking
+
+
+def _shortfalls(
+    saved: MemoryState, machine: Mapping[int, NodeState], lacking: Mapping[tuple[int, str], int]
+) -> list[Conflict]:
+    """The containers of every group where recorded blocks exceed the new allocatable memory."""
+    conflicts: list[Conflict] = []
+    for component in _components(saved):
+        nodes = tuple(sorted(component))
+        for t in sorted({t for n, t in lacking if n in component}):
+            short = sum(v for (n, tt), v in lacking.items() if tt == t and n in component)
+            need = 0
+            holders: list[tuple[str, str]] = []
+            for uid, name, block in saved.iter_blocks():
+                if block.type == t and block.numa_affinity[0] in component:
+                    need += block.size
+                    if (uid, name) not in holders:
+                        holders.append((uid, name))
+            allocatable = sum(
+                m.allocatable for n in nodes if (m := machine[n].memory_map.get(t)) is not None
+            )
+            reason = (
+                f"{t} on NUMA node{'s' if len(nodes) > 1 else ''} {format_mems(mask_of(nodes))}:"
+                f" the recorded blocks need {_bytes(need)}, {_bytes(allocatable)} is"
+                f" allocatable now, short by {_bytes(short)}"
+            )
+            conflicts.extend(Conflict(uid, name, nodes, t, short, reason) for uid, name in holders)
+    return conflicts
+
+
+def _lend(state: MemoryState, lacking: Mapping[tuple[int, str], int]) -> None:
+    """Count bytes that do not fit as reserved anyway, on top of the node's allocatable.
+
+    The containers run and use that memory: it must stay counted, and
+    kubelet's unsigned ``free`` cannot go below zero. :func:`settle` gives the
+    lent bytes back as the blocks are released.
+    """
+    for (n, t), extra in lacking.items():
+        table = state.machine[n].memory_map[t]
+        table.allocatable += extra
+        table.reserved += extra
+
+
+# manager -> (node, type) -> allocatable bytes of its configured default state
+_DEFAULT_ALLOCATABLE: weakref.WeakKeyDictionary[MemoryManager, dict[tuple[int, str], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def settle(manager: MemoryManager) -> bool:
+    """Return allocatable memory lent at restore (see :func:`_lend`) once it is free again.
+
+    Meant to run after every state change: a few dict look-ups when nothing
+    was lent. Free bytes inside a group move to the node that holds the loan
+    (only group sums are meaningful, as in kubelet). True when anything changed.
+    """
+    if manager.config.policy != POLICY_STATIC:
+        return False
+    defaults = _DEFAULT_ALLOCATABLE.get(manager)
+    if defaults is None:
+        defaults = {
+            (n, t): m.allocatable
+            for n, node in manager.policy.default_state().machine.items()
+            for t, m in node.memory_map.items()
+        }
+        _DEFAULT_ALLOCATABLE[manager] = defaults
+    state = manager.state
+    changed = False
+    for node_id, node in state.machine.items():
+        for t, table in node.memory_map.items():
+            excess = table.allocatable - defaults.get((node_id, t), table.allocatable)
+            if excess <= 0:
+                continue
+            for other_id in node.cells:
+                other = state.machine[other_id].memory_map.get(t)
+                if other_id == node_id or other is None:
+                    continue
+                move = min(other.free, table.reserved, max(0, excess - table.free))
+                other.free -= move
+                other.reserved += move
+                table.reserved -= move
+                table.free += move
+            give = min(excess, table.free)
+            if give > 0:
+                table.allocatable -= give
+                table.free -= give
+                changed = True
+    return changed
+
+
+def _refuse_beyond_tolerance(conflicts: Iterable[Conflict], drifts: Iterable[Drift]) -> None:
+    """A node whose memory shrank beyond the tolerance under allocations that no longer fit.
+
+    kubelet refuses any change; here only this one refuses: the memory the
+    running containers hold may really be gone. A shortfall from a changed
+    reservation or hugepage pool is the operator's choice and only reported.
+    """
+    # growth never causes a shortfall; only memory that went missing refuses
+    beyond = [d for d in drifts if not d.within_tolerance and d.new_total < d.old_total]
+    for c in conflicts:
+        for d in beyond:
+            if d.node in c.nodes:
+                raise StateError(
+                    f"{d.describe()}, more than the memoryDriftTolerance of"
+                    f" {_bytes(d.tolerance)}, and the running allocations no longer fit:"
+                    f" {c.reason}; drain the node (or raise memoryDriftTolerance), then restart"
+                )
+
+
+def _group_conflicts(saved: MemoryState) -> list[Conflict]:
+    """Blocks breaking the group rule: a node serves one mask (one node, or one group)."""
+    masks: dict[int, list[tuple[tuple[int, ...], str, str, str]]] = {}
+    for uid, name, block in saved.iter_blocks():
+        for n in block.numa_affinity:
+            masks.setdefault(n, []).append(
+                (tuple(sorted(block.numa_affinity)), uid, name, block.type)
+            )
+    conflicts: list[Conflict] = []
+    for n in sorted(masks):
+        distinct = sorted({m for m, *_ in masks[n]})
+        if len(distinct) < 2:
+            continue
+        shown = " and ".join(f"[{format_mems(mask_of(m))}]" for m in distinct)
+        reason = (
+            f"NUMA node {n} serves the masks {shown}; a node serves either single-node"
+            " allocations or exactly one group"
+        )
+        seen: set[tuple[str, str]] = set()
+        for m, uid, name, t in masks[n]:
+            if (uid, name) not in seen:
+                seen.add((uid, name))
+                conflicts.append(Conflict(uid, name, m, t, 0, reason))
+    return conflicts
+
+
+def _policy_conflicts(saved: MemoryState, config: Config) -> list[Conflict]:
+    """Blocks the configured topology manager policy would never have admitted."""
+    if config.topology_manager_policy != TOPOLOGY_SINGLE_NUMA_NODE:
+        return []
+    conflicts = []
+    seen: set[tuple[str, str]] = set()
+    for uid, name, block in saved.iter_blocks():
+        if len(block.numa_affinity) > 1 and (uid, name) not in seen:
+            seen.add((uid, name))
+            nodes = tuple(sorted(block.numa_affinity))
+            conflicts.append(
+                Conflict(
+                    uid,
+                    name,
+                    nodes,
+                    block.type,
+                    0,
+                    f"topology manager policy {TOPOLOGY_SINGLE_NUMA_NODE} would not admit a"
+                    f" block over NUMA nodes {format_mems(mask_of(nodes))}",
+                )
+            )
+    return conflicts
+
+
+def _bytes(n: int) -> str:
+    human = format_bytes_human(n)
+    return human if human == str(n) else f"{human} ({n} bytes)"

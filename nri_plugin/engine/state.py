@@ -1,0 +1,164 @@
+"""The memory manager's state: per-NUMA-node memory maps and container blocks.
+
+This is kubelet's ``state`` package in Python: a plain, mutable model with a
+small set of mutating methods. The policy mutates it; persistence (the
+checkpoint file, :mod:`nri_plugin.checkpoint`) reads and writes it and knows
+nothing of the policy.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+MEMORY = "memory"
+HUGEPAGES_PREFIX = "hugepages-"
+
+POLICY_STATIC = "Static"
+POLICY_NONE = "None"
+
+
+@dataclass(slots=True)
+class MemoryTable:
+    """Byte counters of one memory type on one NUMA node (kubelet's MemoryTable)."""
+
+    total: int
+    system_reserved: int
+    allocatable: int
+    reserved: int
+    free: int
+
+
+@dataclass(slots=True)
+class NodeState:
+    """One NUMA node of the machine state (kubelet's NUMANodeState)."""
+
+    number_of_assignments: int
+    memory_map: dict[str, MemoryTable]
+    cells: list[int]
+
+    def table(self, type_: str) -> MemoryTable:
+        """The node's table of ``type_``; an all-zero one when the node has none.
+
+        A real machine lists every supported page size, with zero pages when none
+        are set up, so a type the node has no table for counts as zero capacity.
+        """
+        return self.memory_map.get(type_, _ZERO_TABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One allocation record of a container: a mask, a memory type and a size."""
+
+    numa_affinity: tuple[int, ...]
+    type: str
+    size: int
+
+    def __post_init__(self) -> None:
+        # One is kept per tracked container, and the masks and types repeat: blocks
+        # share equal ones (both immutable) instead of holding a copy each.
+        object.__setattr__(self, "numa_affinity", _shared(self.numa_affinity))
+        object.__setattr__(self, "type", sys.intern(self.type))
+
+
+_ZERO_TABLE = MemoryTable(0, 0, 0, 0, 0)
+
+
+def blocks_mask(blocks: Iterable[Block]) -> int:
+    """The union of the blocks' NUMA masks (bit n for node n): what ``cpuset.mems`` pins."""
+    mask = 0
+    for b in blocks:
+        for n in b.numa_affinity:
+            mask |= 1 << n
+    return mask
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared(value: tuple[int, ...]) -> tuple[int, ...]:
+    """The first-seen tuple equal to ``value`` (among the last 1024 distinct ones)."""
+    return value
+
+
+def sort_blocks(blocks: Iterable[Block]) -> list[Block]:
+    """Blocks of one container in the order we store them: by type name, byte order."""
+    return sorted(blocks, key=lambda b: b.type.encode())
+
+
+@dataclass(slots=True)
+class MemoryState:
+    """Everything the static policy remembers: machine state and assignments.
+
+    ``machine`` maps NUMA node id to its state (empty for the None policy);
+    ``entries`` maps pod UID -> container name -> blocks.
+    """
+
+    policy_name: str
+    machine: dict[int, NodeState] = field(default_factory=dict)
+    entries: dict[str, dict[str, list[Block]]] = field(default_factory=dict)
+
+    # -- queries -----------------------------------------------------------
+
+    def blocks(self, pod_uid: str, container: str) -> list[Block] | None:
+        """The container's stored blocks; never change the list in place (see ``clone``)."""
+        pod = self.entries.get(pod_uid)
+        if pod is None:
+            return None
+        return pod.get(container)
+
+    def iter_blocks(self) -> Iterator[tuple[str, str, Block]]:
+        for pod_uid, containers in self.entries.items():
+            for name, blocks in containers.items():
+                for block in blocks:
+                    yield pod_uid, name, block
+
+    def clone(self) -> MemoryState:
+        """A copy that shares each pod's entries (much cheaper than deepcopy).
+
+        Taken on the event loop before every checkpoint write, so kept lean: one dict
+        in all. Blocks are immutable, and neither a pod's dict of containers nor a
+        container's block list is changed in place once stored (``set_blocks`` and
+        ``delete_blocks`` replace the pod's dict), so sharing them is safe.
+        """
+        entries = dict(self.entries)
+        return MemoryState(
+            self.policy_name,
+            {
+                n: NodeState(
+                    s.number_of_assignments,
+                    {
+                        t: MemoryTable(
+                            m.total, m.system_reserved, m.allocatable, m.reserved, m.free
+                        )
+                        for t, m in s.memory_map.items()
+                    },
+                    list(s.cells),
+                )
+                for n, s in self.machine.items()
+            },
+            entries,
+        )
+
+    # -- mutations ---------------------------------------------------------
+
+    def set_blocks(self, pod_uid: str, container: str, blocks: list[Block]) -> None:
+        # a new dict for the pod: a clone may share the old one
+        self.entries[pod_uid] = {**self.entries.get(pod_uid, {}), container: blocks}
+
+    def delete_blocks(self, pod_uid: str, container: str) -> list[Block] | None:
+        pod = self.entries.get(pod_uid)
+        if pod is None or container not in pod:
+            return None
+        blocks = pod[container]
+        rest = {name: b for name, b in pod.items() if name != container}  # a clone may share pod
+        if rest:
+            self.entries[pod_uid] = rest
+        else:
+            del self.entries[pod_uid]
+        return blocks
+
+
+def is_memory_type(name: str) -> bool:
+    """True for ``memory`` and ``hugepages-*`` resource names (a prefix check, as kubelet)."""
+    return name == MEMORY or name.startswith(HUGEPAGES_PREFIX)

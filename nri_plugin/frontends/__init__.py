@@ -1,0 +1,1 @@
+"""The ways in: the NRI plugin's handler, the CRI proxy and ``simulate``."""

@@ -1,0 +1,1 @@
+"""What users hand us, read one way: config, kubelet config, topology, scenarios."""

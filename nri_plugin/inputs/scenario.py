@@ -1,0 +1,289 @@
+"""A simulate scenario read into values: topology, config, initial state and steps.
+
+The contract is docs/simulate.md; every malformed value is a ScenarioError
+naming its key path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import yaml
+
+from nri_plugin.engine.bitmask import mask_of, parse_cpulist
+from nri_plugin.engine.config import Config
+from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.pod import QOS_CLASSES, ContainerSpec, PodSpec
+from nri_plugin.engine.state import MemoryState, is_memory_type
+from nri_plugin.engine.topology import Topology
+from nri_plugin.errors import ScenarioError
+from nri_plugin.inputs.config import parse_config, validate_for_machine
+from nri_plugin.inputs.topology import topology_from_mapping
+from nri_plugin.persist.format import from_checkpoint
+from nri_plugin.quantity import parse_quantity
+
+_SCENARIO_KEYS = ("topology", "config", "initialState", "steps")
+
+
+_POD_KEYS = ("uid", "name", "namespace", "qosClass")
+
+
+_CONTAINER_KEYS = ("name", "resources", "cpuset", "deviceHints", "restartPolicy")
+
+
+_RESOURCES_KEYS = ("requests", "limits")
+
+
+_HINT_KEYS = ("nodes", "preferred")
+
+
+@dataclass(frozen=True)
+class AdmitStep:
+    pod: PodSpec
+
+
+@dataclass(frozen=True)
+class StartStep:
+    pod_uid: str
+
+
+@dataclass(frozen=True)
+class RemoveStep:
+    pod_uid: str
+    container: str | None
+
+
+Step = AdmitStep | StartStep | RemoveStep
+
+
+@dataclass(frozen=True)
+class Scenario:
+    topology: Topology
+    config: Config
+    initial_state: MemoryState | None
+    steps: tuple[Step, ...]
+
+
+def load_scenario_text(text: str, *, source: str = "scenario") -> Scenario:
+    """Parse scenario text (YAML, or JSON, which is read with the faster JSON parser)."""
+    data: object
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith("{"):
+            data = json.loads(text)
+        else:
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            data = yaml.load(text, Loader=loader)
+    except json.JSONDecodeError as exc:
+        raise ScenarioError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{source}: invalid YAML{where}: {problem}") from None
+    except ValueError as exc:
+        # a number of more than 4300 digits, or a YAML timestamp with a 13th month
+        raise ScenarioError(f"{source}: invalid YAML or JSON: {str(exc)[:80]}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: invalid YAML or JSON: nested too deeply") from None
+    return parse_scenario(data)
+
+
+def parse_scenario(data: object) -> Scenario:
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"scenario: expected a mapping with keys {', '.join(_SCENARIO_KEYS)}")
+    _check_keys(data, _SCENARIO_KEYS, "scenario")
+    if "topology" not in data:
+        raise ScenarioError("scenario: missing key 'topology'")
+    topology = topology_from_mapping(data["topology"], source="topology")
+    config = parse_config(data.get("config") or {}, source="config")
+    validate_for_machine(config, topology, source="config")
+    initial: MemoryState | None = None
+    if data.get("initialState"):
+        initial = from_checkpoint(data["initialState"], source="initialState")
+    raw_steps = data.get("steps") or []
+    if not isinstance(raw_steps, list):
+        raise ScenarioError("steps: expected a list of steps")
+    steps = tuple(parse_step(s, topology, f"steps[{i}]") for i, s in enumerate(raw_steps))
+    return Scenario(topology, config, initial, steps)
+
+
+def _check_keys(data: Mapping[Any, Any], known: Sequence[str], where: str) -> None:
+    for key in data:
+        if key not in known:
+            raise ScenarioError(
+                f"{where}: unknown key {key!r} (expected one of: {', '.join(known)})"
+            )
+
+
+def _mapping(value: object, where: str) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ScenarioError(f"{where}: expected a mapping, got {_describe(value)}")
+    return value
+
+
+def _string(value: object, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise ScenarioError(f"{where}: expected a non-empty string, got {_describe(value)}")
+    return str(value)
+
+
+def _describe(value: object) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_step(raw: object, topology: Topology, where: str = "step") -> Step:
+    """One step of a scenario (``{"admit": ...}``, ``{"start": ...}``, ``{"remove": ...}``)."""
+    step = _mapping(raw, where)
+    if len(step) != 1:
+        raise ScenarioError(
+            f"{where}: a step has exactly one of the keys admit, start, remove; got {sorted(step)}"
+        )
+    kind, body = next(iter(step.items()))
+    if kind == "admit":
+        return AdmitStep(_parse_pod(body, f"{where}.admit", topology))
+    if kind == "start":
+        b = _mapping(body, f"{where}.start")
+        _check_keys(b, ("pod",), f"{where}.start")
+        return StartStep(_string(b.get("pod"), f"{where}.start.pod"))
+    if kind == "remove":
+        b = _mapping(body, f"{where}.remove")
+        _check_keys(b, ("pod", "container"), f"{where}.remove")
+        container = b.get("container")
+        return RemoveStep(
+            _string(b.get("pod"), f"{where}.remove.pod"),
+            None if container is None else _string(container, f"{where}.remove.container"),
+        )
+    raise ScenarioError(f"{where}: unknown step {kind!r} (expected admit, start or remove)")
+
+
+def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
+    body = _mapping(raw, where)
+    _check_keys(body, ("pod", "initContainers", "containers"), where)
+    meta = _mapping(body.get("pod"), f"{where}.pod")
+    _check_keys(meta, _POD_KEYS, f"{where}.pod")
+    uid = _string(meta.get("uid"), f"{where}.pod.uid")
+    qos = meta.get("qosClass")
+    if qos is not None and qos not in QOS_CLASSES:
+        raise ScenarioError(f"{where}.pod.qosClass: {qos!r} is not one of {', '.join(QOS_CLASSES)}")
+    init = _parse_containers(body.get("initContainers"), f"{where}.initContainers", True, topology)
+    apps = _parse_containers(body.get("containers"), f"{where}.containers", False, topology)
+    if not apps:
+        raise ScenarioError(f"{where}.containers: a pod needs at least one container")
+    seen: set[str] = set()
+    for c in init + apps:
+        if c.name in seen:
+            raise ScenarioError(f"{where}: container name {c.name!r} is used twice")
+        seen.add(c.name)
+    return PodSpec(
+        uid=uid,
+        name=str(meta.get("name") or uid),
+        namespace=str(meta.get("namespace") or "default"),
+        init_containers=init,
+        containers=apps,
+        qos_class=qos,
+    )
+
+
+def _parse_containers(
+    raw: object, where: str, init: bool, topology: Topology
+) -> tuple[ContainerSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ScenarioError(f"{where}: expected a list of containers, got {_describe(raw)}")
+    return tuple(_parse_container(c, f"{where}[{i}]", init, topology) for i, c in enumerate(raw))
+
+
+def _parse_container(raw: object, where: str, init: bool, topology: Topology) -> ContainerSpec:
+    body = _mapping(raw, where)
+    _check_keys(body, _CONTAINER_KEYS, where)
+    name = _string(body.get("name"), f"{where}.name")
+    restart = body.get("restartPolicy")
+    if restart is not None and (not init or restart != "Always"):
+        if not init:
+            raise ScenarioError(f"{where}.restartPolicy: only init containers take restartPolicy")
+        raise ScenarioError(f"{where}.restartPolicy: {restart!r} is not supported (only Always)")
+    resources = _mapping(body.get("resources") or {}, f"{where}.resources")
+    _check_keys(resources, _RESOURCES_KEYS, f"{where}.resources")
+    requests = _parse_resource_list(resources.get("requests"), f"{where}.resources.requests")
+    limits = _parse_resource_list(resources.get("limits"), f"{where}.resources.limits")
+    cpuset = None
+    if body.get("cpuset") is not None:
+        text = body["cpuset"]
+        if not isinstance(text, str | int) or isinstance(text, bool):
+            raise ScenarioError(f"{where}.cpuset: expected a cpulist string, got {_describe(text)}")
+        cpuset = parse_cpulist(str(text), what=f"{where}.cpuset")
+        known = frozenset().union(*(n.cpus for n in topology.nodes))
+        unknown = cpuset - known
+        if unknown:
+            raise ScenarioError(
+                f"{where}.cpuset: CPU {min(unknown)} is not on any NUMA node of the topology"
+            )
+    device_hints = None
+    if "deviceHints" in body:
+        device_hints = _parse_hints(body["deviceHints"], f"{where}.deviceHints", topology)
+    return ContainerSpec(
+        name=name,
+        requests=requests,
+        limits=limits,
+        init=init,
+        restartable=restart == "Always",
+        cpuset=cpuset,
+        device_hints=device_hints,
+    )
+
+
+def _parse_resource_list(raw: object, where: str) -> dict[str, Fraction]:
+    if raw is None:
+        return {}
+    body = _mapping(raw, where)
+    out: dict[str, Fraction] = {}
+    for key, value in body.items():
+        name = str(key)
+        what = f"{where}.{name}"
+        q = parse_quantity(value, what=what)
+        if q < 0:
+            raise ScenarioError(f"{what}: {value!r} is negative")
+        if is_memory_type(name):
+            if q.denominator != 1:
+                raise ScenarioError(f"{what}: {value!r} is not a whole number of bytes")
+            if q >= 1 << 63:
+                raise ScenarioError(f"{what}: {value!r} cannot be represented as int64")
+        out[name] = q
+    return out
+
+
+def _parse_hints(raw: object, where: str, topology: Topology) -> tuple[TopologyHint, ...]:
+    if not isinstance(raw, list):
+        raise ScenarioError(f"{where}: expected a list of hints, got {_describe(raw)}")
+    ids = set(topology.node_ids)
+    hints = []
+    for i, h in enumerate(raw):
+        w = f"{where}[{i}]"
+        body = _mapping(h, w)
+        _check_keys(body, _HINT_KEYS, w)
+        nodes = body.get("nodes")
+        preferred = body.get("preferred", False)
+        if not isinstance(preferred, bool):
+            raise ScenarioError(
+                f"{w}.preferred: expected true or false, got {_describe(preferred)}"
+            )
+        if nodes is None:
+            hints.append(TopologyHint(None, preferred))
+            continue
+        if not isinstance(nodes, list) or not nodes:
+            raise ScenarioError(f"{w}.nodes: expected a non-empty list of NUMA node ids or null")
+        for n in nodes:
+            if isinstance(n, bool) or not isinstance(n, int) or n not in ids:
+                raise ScenarioError(
+                    f"{w}.nodes: {n!r} is not a NUMA node of the topology "
+                    f"(nodes: {','.join(map(str, sorted(ids)))})"
+                )
+        hints.append(TopologyHint(mask_of(nodes), preferred))
+    return tuple(hints)

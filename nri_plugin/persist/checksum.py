@@ -1,0 +1,127 @@
+"""kubelet's checkpoint checksum: FNV-1a (32 bits) over the go-spew dump of the checkpoint.
+
+kubelet's ``checkpointmanager/checksum`` hashes ``spew.Sprintf("%#v", obj)`` of the
+checkpoint struct with ``Checksum`` zeroed (``pkg/kubelet/cm/memorymanager/state/checkpoint.go``);
+this module writes the same text without Go and hashes it with compiled FNV-1a.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+from fnv_hash_fast import fnv1a_32 as _compiled_fnv1a_32
+
+from nri_plugin.engine.state import Block, MemoryState, NodeState
+
+
+@dataclass(frozen=True)
+class _GoNames:
+    """Go type and field names that appear in the hashed dump."""
+
+    node_map: str
+    group_field: str
+
+
+_NEW_NAMES = _GoNames(node_map="state.NUMANodeMap", group_field="Cells")
+_OLD_NAMES = _GoNames(node_map="state.NodeMap", group_field="Nodes")
+
+
+# -- checksum ----------------------------------------------------------------
+
+# kubelet's checksum: 32-bit FNV-1a (offset basis 2166136261, prime 16777619) over
+# the go-spew text. Compiled (fnv-hash-fast): byte by byte in Python it took most
+# of a write. tests/test_checksum.py checks it against a plain implementation.
+fnv1a_32: Callable[[bytes], int] = _compiled_fnv1a_32
+
+
+def _go_order(key: str) -> bytes:
+    # Go compares strings byte-wise; sorting by UTF-8 bytes says so explicitly. The
+    # writers sort plain str instead: code point order is UTF-8 byte order, and
+    # that saves encoding every key of a large state.
+    return key.encode()
+
+
+def _spew_ints(ids: Iterable[int]) -> str:
+    return "[" + " ".join(map(str, ids)) + "]"
+
+
+def _spew_node(node_id: int, node: NodeState, names: _GoNames) -> str:
+    tables = []
+    for mem_type in sorted(node.memory_map):
+        t = node.memory_map[mem_type]
+        tables.append(
+            f"{mem_type}:<*>{{TotalMemSize:(uint64){t.total}"
+            f" SystemReserved:(uint64){t.system_reserved}"
+            f" Allocatable:(uint64){t.allocatable}"
+            f" Reserved:(uint64){t.reserved}"
+            f" Free:(uint64){t.free}}}"
+        )
+    return (
+        f"{node_id}:<*>{{NumberOfAssignments:(int){node.number_of_assignments}"
+        f" MemoryMap:(map[v1.ResourceName]*state.MemoryTable)map[{' '.join(tables)}]"
+        f" {names.group_field}:([]int){_spew_ints(node.cells)}}}"
+    )
+
+
+def _join_in_batches(sep: str, parts: Iterable[str]) -> str:
+    """``sep.join(parts)``, joining a few hundred parts at a time.
+
+    A write turns every pod into a short string; joined as they come, only a few
+    hundred are alive at once, so a write of a large state leaves no scattered
+    small blocks behind in the heap (the resident memory between writes).
+    """
+    it = iter(parts)
+    chunks = []
+    while batch := list(islice(it, 256)):
+        chunks.append(sep.join(batch))
+    return sep.join(chunks)
+
+
+def _spew_pods(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> Iterator[str]:
+    for uid in sorted(entries):
+        containers = entries[uid]
+        items = []
+        for name in sorted(containers):
+            # Blocks keep their stored order: kubelet hashes the slice as it is.
+            blocks = " ".join(
+                [
+                    f"{{NUMAAffinity:([]int)[{' '.join(map(str, b.numa_affinity))}]"
+                    f" Type:(v1.ResourceName){b.type} Size:(uint64){b.size}}}"
+                    for b in containers[name]
+                ]
+            )
+            items.append(f"{name}:[{blocks}]")
+        yield f"{uid}:map[{' '.join(items)}]"
+
+
+def _dump(
+    policy_name: str,
+    machine: Mapping[int, NodeState],
+    entries: Mapping[str, Mapping[str, Sequence[Block]]],
+    names: _GoNames,
+) -> str:
+    nodes = " ".join(_spew_node(i, machine[i], names) for i in sorted(machine))
+    pods = _join_in_batches(" ", _spew_pods(entries))
+    return (
+        f"(*state.MemoryManagerCheckpoint){{PolicyName:(string){policy_name}"
+        f" MachineState:({names.node_map})map[{nodes}]"
+        f" Entries:(state.ContainerMemoryAssignments)map[{pods}]"
+        f" Checksum:(checksum.Checksum)0}}"
+    )
+
+
+def checksum_dump(state: MemoryState, *, legacy_names: bool = False) -> str:
+    """The text kubelet hashes: go-spew's dump of the checkpoint with checksum 0.
+
+    ``legacy_names`` uses the Go names of the first implementation
+    (``state.NodeMap``, field ``Nodes``).
+    """
+    names = _OLD_NAMES if legacy_names else _NEW_NAMES
+    return _dump(state.policy_name, state.machine, state.entries, names)
+
+
+def checksum(state: MemoryState) -> int:
+    """kubelet's checksum of ``state``: FNV-1a 32 of :func:`checksum_dump`."""
+    return fnv1a_32(checksum_dump(state).encode())

@@ -1,0 +1,217 @@
+"""The checkpoint file on disk: read without following links, written crash-safe."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from nri_plugin.engine.state import MemoryState
+from nri_plugin.errors import StateError
+from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, from_checkpoint, parse_json
+
+
+def load_file(path: str | Path) -> MemoryState | None:
+    """Read and verify the checkpoint at ``path``; None when there is no file.
+
+    A symlink is refused (never followed), as is anything but a regular file.
+    """
+    p = os.fspath(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{p}: cannot read checkpoint: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StateError(f"{p}: checkpoint is a symlink; refusing to follow it")
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"{p}: checkpoint is not a regular file")
+
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        # O_NOFOLLOW and fstat close the window between lstat and open.
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{p}: cannot read checkpoint: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise StateError(f"{p}: checkpoint is not a regular file")
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise StateError(f"{p}: cannot read checkpoint: {exc.strerror}") from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise StateError(f"{p}: checkpoint is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StateError(f"{p}: checkpoint is not UTF-8 text (byte {exc.start})") from exc
+    return from_checkpoint(parse_json(text, source=p), source=p)
+
+
+def write_file(path: str | Path, state: MemoryState) -> None:
+    """Replace the checkpoint at ``path`` with ``state``, crash-safe.
+
+    The content goes to a fresh 0600 temp file in the same directory, is
+    fsynced, renamed over ``path`` and the directory fsynced, so a reader sees
+    the old file or the new one, never a mix. A missing directory is created
+    0700. A symlink or non-file at ``path`` is refused. Raises StateError.
+    """
+    target = Path(path)
+    directory = target.parent
+    data = dumps(state).encode()
+    try:
+        _make_directory(directory)
+        _refuse_destination(target)
+        tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # exact mode, whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _refuse_destination(target)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise StateError(f"{target}: cannot write checkpoint: {exc.strerror or exc}") from exc
+
+
+def _make_directory(directory: Path) -> None:
+    missing: list[Path] = []
+    d = directory
+    while not os.path.lexists(d):
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # created concurrently; leave its mode alone
+        os.chmod(d, 0o700)
+
+
+def _refuse_destination(target: Path) -> None:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise StateError(f"{target}: checkpoint is a symlink; refusing to replace it")
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"{target}: checkpoint is not a regular file; refusing to replace it")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def set_aside(path: Path, tag: str) -> Path | None:
+    """Rename ``path`` to a fresh ``<name>.<tag>-<UTC time>[-N]`` beside it; never delete.
+
+    A symlink is renamed itself (never followed). Returns None when there is
+    nothing at ``path`` or it cannot be renamed (the error then shows at the
+    first checkpoint write).
+    """
+    if not os.path.lexists(path):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = f"{path.name}.{tag}-{stamp}"
+    for attempt in range(1, 1000):
+        aside = path.with_name(base if attempt == 1 else f"{base}-{attempt}")
+        if os.path.lexists(aside):
+            continue  # os.rename would silently replace an earlier one
+        try:
+            os.rename(path, aside)
+        except OSError:
+            return None
+        return aside
+    return None
+
+
+def remove_stale_temp_files(path: Path, log: Any) -> list[Path]:
+    """Remove ``.<name>.*.tmp`` files that a crash between create and rename left behind.
+
+    Only regular files and symlinks (removed, not followed) with exactly that
+    pattern; nothing else in the directory is touched.
+    """
+    directory = path.parent
+    prefix = f".{path.name}."
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            continue
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    if removed:
+        log.info(
+            "removed temp files of an interrupted checkpoint write",
+            files=[str(p) for p in removed],
+        )
+    return removed
+
+
+def secure_directory(path: Path, log: Any) -> None:
+    """Make the state directory 0700 when it is ours alone; else report it if open to others.
+
+    A directory created by the first write is already 0700. One created by
+    someone else (a DaemonSet's hostPath is made 0755) is tightened when we own
+    it and it holds nothing but this checkpoint's files; a directory shared
+    with other files is left as it is and reported.
+    """
+    directory = path.parent
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return  # created 0700 at the first write
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode) or not mode & 0o077:
+        return
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    ours = all(n.startswith((path.name, f".{path.name}.", ".healthz.")) for n in names)
+    if ours and st.st_uid == os.geteuid():
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)
+            log.info("state directory made private", path=str(directory), was=oct(mode))
+            return
+    log.warning(
+        "state directory is accessible to other users; 0700 is recommended",
+        path=str(directory),
+        mode=oct(mode),
+    )

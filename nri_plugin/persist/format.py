@@ -1,0 +1,445 @@
+"""kubelet's memory manager checkpoint file (``memory_manager_state``).
+
+Reads and writes :class:`~nri_plugin.state.MemoryState` in the JSON layout
+kubelet uses, with kubelet's checksum, so that a kubelet can read our file and
+we can read kubelet's (reference: static-policy.md sections 12 and 13).
+
+Three concerns live here and nowhere else:
+
+* the format: :func:`to_checkpoint` / :func:`dumps` / :func:`from_checkpoint`
+  and the checksum (:func:`checksum`, a 32-bit FNV-1a over the go-spew dump
+  that kubelet hashes);
+* the file: :func:`load_file` and the crash-safe :func:`write_file`;
+* restore validation: :func:`validate_restored` rebuilds the state the entries
+  imply (:func:`expected_state`) and compares it with the saved one as kubelet
+  does.
+
+The policy never sees any of this; it works on the in-memory state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from nri_plugin.engine.state import (
+    POLICY_NONE,
+    POLICY_STATIC,
+    Block,
+    MemoryState,
+    MemoryTable,
+    NodeState,
+    is_memory_type,
+)
+from nri_plugin.errors import StateError
+from nri_plugin.persist.checksum import (
+    _NEW_NAMES,
+    _OLD_NAMES,
+    _dump,
+    _go_order,
+    _join_in_batches,
+    checksum,
+    fnv1a_32,
+)
+
+MAX_UINT64 = (1 << 64) - 1
+MAX_INT64 = (1 << 63) - 1
+
+# Far above any real node (an entry is ~150 bytes); stops a bogus file from
+# exhausting memory before the JSON parser even starts.
+MAX_FILE_BYTES = 64 << 20
+
+KEY_CELLS = "cells"
+KEY_NODES = "nodes"  # the group key of the first implementation (KEP-1769, kubernetes.io)
+
+# Policy spellings of the first implementation; only trusted in `nodes` files.
+_LEGACY_POLICY_NAMES = {"static": POLICY_STATIC, "none": POLICY_NONE}
+
+_TABLE_FIELDS = ("total", "systemReserved", "allocatable", "reserved", "free")
+
+
+# -- writing -----------------------------------------------------------------
+
+
+def to_checkpoint(state: MemoryState) -> dict[str, object]:
+    """``state`` as a JSON-ready dict in kubelet's layout, keys in Go's order."""
+    machine: dict[str, object] = {}
+    # encoding/json turns int map keys into strings and sorts those strings.
+    for key in sorted((str(i) for i in state.machine), key=_go_order):
+        node = state.machine[int(key)]
+        machine[key] = {
+            "numberOfAssignments": node.number_of_assignments,
+            "memoryMap": {
+                t: _table_to_json(node.memory_map[t])
+                for t in sorted(node.memory_map, key=_go_order)
+            },
+            KEY_CELLS: list(node.cells),
+        }
+    out: dict[str, object] = {"policyName": state.policy_name, "machineState": machine}
+    if state.entries:  # `omitempty`
+        out["entries"] = {
+            uid: {
+                name: [_block_to_json(b) for b in containers[name]]
+                for name in sorted(containers, key=_go_order)
+            }
+            for uid, containers in sorted(state.entries.items(), key=lambda kv: _go_order(kv[0]))
+        }
+    out["checksum"] = checksum(state)
+    return out
+
+
+def _table_to_json(t: MemoryTable) -> dict[str, int]:
+    return {
+        "total": t.total,
+        "systemReserved": t.system_reserved,
+        "allocatable": t.allocatable,
+        "reserved": t.reserved,
+        "free": t.free,
+    }
+
+
+def _block_to_json(b: Block) -> dict[str, object]:
+    return {"numaAffinity": list(b.numa_affinity), "type": b.type, "size": b.size}
+
+
+# encoding/json escapes these even though JSON does not require it.
+_GO_ESCAPED = "<>&\u2028\u2029"
+_GO_EXTRA_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+# The string encoder json.dumps(ensure_ascii=False) itself uses (C): the same
+# escapes as to_checkpoint + json.dumps, at a fraction of the cost.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _json_pods(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> Iterator[str]:
+    for uid in sorted(entries):
+        containers = entries[uid]
+        items = []
+        for name in sorted(containers):
+            blocks = ",".join(
+                [
+                    f'{{"numaAffinity":[{",".join(map(str, b.numa_affinity))}],'
+                    f'"type":{_json_str(b.type)},"size":{b.size}}}'
+                    for b in containers[name]
+                ]
+            )
+            items.append(f"{_json_str(name)}:[{blocks}]")
+        yield f"{_json_str(uid)}:{{{','.join(items)}}}"
+
+
+def dumps(state: MemoryState) -> str:
+    """The file content kubelet would write for ``state``: compact JSON, no newline.
+
+    The text of ``json.dumps(to_checkpoint(state))`` with Go's escapes, written
+    directly: no dict per block, one short string per pod (see :func:`_join_in_batches`).
+    """
+    # First, so that its text is gone before the JSON text is built.
+    checksum_value = checksum(state)
+    nodes = []
+    # encoding/json turns int map keys into strings and sorts those strings.
+    for key in sorted(str(i) for i in state.machine):
+        node = state.machine[int(key)]
+        tables = ",".join(
+            [
+                f'{_json_str(t)}:{{"total":{m.total},"systemReserved":{m.system_reserved},'
+                f'"allocatable":{m.allocatable},"reserved":{m.reserved},"free":{m.free}}}'
+                for t, m in sorted(node.memory_map.items())
+            ]
+        )
+        nodes.append(
+            f'"{key}":{{"numberOfAssignments":{node.number_of_assignments},'
+            f'"memoryMap":{{{tables}}},"{KEY_CELLS}":[{",".join(map(str, node.cells))}]}}'
+        )
+    entries = ""
+    if state.entries:  # `omitempty`
+        entries = f',"entries":{{{_join_in_batches(",", _json_pods(state.entries))}}}'
+    text = (
+        f'{{"policyName":{_json_str(state.policy_name)},"machineState":{{{",".join(nodes)}}}'
+        f'{entries},"checksum":{checksum_value}}}'
+    )
+    # The escaped characters can only occur inside strings, so this is safe; most
+    # states have none, and looking for them costs less than translating.
+    if any(c in text for c in _GO_ESCAPED):
+        text = text.translate(_GO_EXTRA_ESCAPES)
+    return text
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction or exponent"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class _Reader:
+    """Checks one decoded checkpoint; every error names the key path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, problem: str) -> NoReturn:
+        where = f"{self.source}: {path}" if path else self.source
+        raise StateError(f"{where}: {problem}")
+
+    def obj(self, value: object, path: str) -> dict[object, object]:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a JSON object, got {_type_name(value)}")
+        return value
+
+    def field(self, obj: dict[object, object], key: str, path: str) -> object:
+        if key not in obj:
+            self.fail(_join(path, key), "is missing")
+        return obj[key]
+
+    def string(self, value: object, path: str) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, got {_type_name(value)}")
+        return value
+
+    def key(self, value: object, path: str) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"key {_show(value)} must be a string")
+        # An empty pod UID or container name is read, as kubelet reads it: the
+        # writer accepts it, and a file we wrote must load back.
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            self.fail(path, f"key {_show(value)} is not valid UTF-8")
+        return value
+
+    def integer(self, value: object, path: str, limit: int) -> int:
+        # bool is an int subclass in Python; JSON true is not a number.
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(path, f"must be a non-negative integer, got {_show(value)}")
+        if value < 0:
+            self.fail(path, f"must be a non-negative integer, got {value}")
+        if value > limit:
+            self.fail(path, f"must be at most {limit}, got {value}")
+        return value
+
+    def node_ids(self, value: object, path: str, *, allow_empty: bool) -> list[int]:
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list of NUMA node ids, got {_type_name(value)}")
+        ids = [self.integer(v, f"{path}[{i}]", MAX_INT64) for i, v in enumerate(value)]
+        if not ids and not allow_empty:
+            self.fail(path, "must name at least one NUMA node")
+        if len(set(ids)) != len(ids):
+            self.fail(path, f"must not repeat a NUMA node, got {ids}")
+        return ids
+
+    def node_key(self, key: object, path: str) -> int:
+        # JSON keys are strings; a YAML initialState may give plain integers.
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= MAX_INT64:
+            return key
+        if isinstance(key, str) and key.isascii() and key.isdigit() and key == str(int(key[:20])):
+            # at most 20 digits converted: a long digit string is no node id (and int()
+            # refuses more than 4300 digits)
+            return self.integer(int(key), f"{path}.{key}", MAX_INT64)
+        self.fail(path, f"key {_show(key)} must be a NUMA node id (a non-negative decimal)")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A checkpoint as written, before the policy name is normalised."""
+
+    policy_name: str
+    machine: dict[int, NodeState]
+    entries: dict[str, dict[str, list[Block]]]
+    legacy_layout: bool
+    stored_checksum: int
+
+
+def _decode(data: object, r: _Reader) -> _Decoded:
+    top = r.obj(data, "")
+    policy_name = r.string(r.field(top, "policyName", ""), "policyName")
+
+    machine: dict[int, NodeState] = {}
+    layouts: set[str] = set()
+    raw_machine = r.obj(r.field(top, "machineState", ""), "machineState")
+    for raw_id, raw_node in raw_machine.items():
+        node_id = r.node_key(raw_id, "machineState")
+        path = f"machineState.{node_id}"
+        if node_id in machine:
+            r.fail(path, "appears twice")
+        node, layout = _decode_node(raw_node, path, r)
+        machine[node_id] = node
+        layouts.add(layout)
+    if len(layouts) > 1:
+        r.fail("machineState", f"mixes the group keys {KEY_CELLS!r} and {KEY_NODES!r}")
+
+    entries: dict[str, dict[str, list[Block]]] = {}
+    if "entries" in top:
+        raw_pods = r.obj(top["entries"], "entries")
+        for raw_uid, raw_containers in raw_pods.items():
+            uid = r.key(raw_uid, "entries")
+            pod_path = f"entries.{uid}"
+            containers: dict[str, list[Block]] = {}
+            for raw_name, raw_blocks in r.obj(raw_containers, pod_path).items():
+                name = r.key(raw_name, pod_path)
+                containers[name] = _decode_blocks(raw_blocks, f"{pod_path}.{name}", r)
+            entries[uid] = containers
+
+    stored = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
+    return _Decoded(policy_name, machine, entries, KEY_NODES in layouts, stored)
+
+
+def _decode_node(raw: object, path: str, r: _Reader) -> tuple[NodeState, str]:
+    node = r.obj(raw, path)
+    count = r.integer(
+        r.field(node, "numberOfAssignments", path), f"{path}.numberOfAssignments", MAX_INT64
+    )
+    memory_map: dict[str, MemoryTable] = {}
+    map_path = f"{path}.memoryMap"
+    for raw_type, raw_table in r.obj(r.field(node, "memoryMap", path), map_path).items():
+        mem_type = r.key(raw_type, map_path)
+        if not is_memory_type(mem_type):
+            r.fail(map_path, f"key {_show(mem_type)} is not 'memory' or 'hugepages-<size>'")
+        memory_map[mem_type] = _decode_table(raw_table, f"{map_path}.{mem_type}", r)
+
+    has_cells, has_nodes = KEY_CELLS in node, KEY_NODES in node
+    if has_cells and has_nodes:
+        r.fail(path, f"has both {KEY_CELLS!r} and {KEY_NODES!r}; a checkpoint uses one")
+    if not has_cells and not has_nodes:
+        r.fail(_join(path, KEY_CELLS), "is missing")
+    layout = KEY_CELLS if has_cells else KEY_NODES
+    # kubelet's own test writes "cells": [], so an empty group is readable.
+    cells = r.node_ids(node[layout], f"{path}.{layout}", allow_empty=True)
+    return NodeState(number_of_assignments=count, memory_map=memory_map, cells=cells), layout
+
+
+def _decode_table(raw: object, path: str, r: _Reader) -> MemoryTable:
+    table = r.obj(raw, path)
+    values = [r.integer(r.field(table, f, path), f"{path}.{f}", MAX_UINT64) for f in _TABLE_FIELDS]
+    total, system_reserved, allocatable, reserved, free = values
+    return MemoryTable(total, system_reserved, allocatable, reserved, free)
+
+
+def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
+    if not isinstance(raw, list):
+        r.fail(path, f"must be a list of memory blocks, got {_type_name(raw)}")
+    blocks = []
+    for i, raw_block in enumerate(raw):
+        block_path = f"{path}[{i}]"
+        block = r.obj(raw_block, block_path)
+        mask = r.node_ids(
+            r.field(block, "numaAffinity", block_path),
+            f"{block_path}.numaAffinity",
+            allow_empty=False,
+        )
+        mem_type = r.string(r.field(block, "type", block_path), f"{block_path}.type")
+        if not is_memory_type(mem_type):
+            r.fail(f"{block_path}.type", f"{_show(mem_type)} is not 'memory' or 'hugepages-<size>'")
+        size = r.integer(r.field(block, "size", block_path), f"{block_path}.size", MAX_UINT64)
+        blocks.append(Block(numa_affinity=tuple(mask), type=mem_type, size=size))
+    return blocks
+
+
+def _checksum_candidates(d: _Decoded) -> list[int]:
+    """Checksums a genuine writer of this content could have stored."""
+    sums = [fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _NEW_NAMES).encode())]
+    if d.legacy_layout:
+        sums.append(fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _OLD_NAMES).encode()))
+        # The kubernetes.io example shows "Static" but its checksum was made
+        # with the first implementation's "static"; accept that one edit.
+        lower = d.policy_name.lower()
+        if lower != d.policy_name and lower in _LEGACY_POLICY_NAMES:
+            sums.append(fnv1a_32(_dump(lower, d.machine, d.entries, _OLD_NAMES).encode()))
+    return sums
+
+
+def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
+    """Decode a parsed checkpoint (JSON or YAML), verify its checksum and policy name.
+
+    Accepts the group key ``cells`` and the older ``nodes``. The returned
+    state uses kubelet's current policy spelling (``Static`` / ``None``).
+    Raises :class:`StateError` naming ``source`` and the offending key path.
+    """
+    r = _Reader(source)
+    d = _decode(data, r)
+
+    candidates = _checksum_candidates(d)
+    if d.stored_checksum not in candidates:
+        r.fail(
+            "checksum",
+            f"checkpoint is corrupted: stored checksum {d.stored_checksum} does not match"
+            f" the content (computed {candidates[1 if d.legacy_layout else 0]})",
+        )
+
+    policy_name = d.policy_name
+    if policy_name not in (POLICY_STATIC, POLICY_NONE):
+        if d.legacy_layout and policy_name in _LEGACY_POLICY_NAMES:
+            policy_name = _LEGACY_POLICY_NAMES[policy_name]
+        else:
+            r.fail(
+                "policyName",
+                f"{_show(policy_name)} is not {POLICY_STATIC!r} or {POLICY_NONE!r}"
+                " (lower-case names are only read from old checkpoints that use 'nodes')",
+            )
+    return MemoryState(policy_name=policy_name, machine=d.machine, entries=d.entries)
+
+
+# -- the file ----------------------------------------------------------------
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            # Go keeps the last one silently; a duplicate means a hand-edited file.
+            raise StateError(f"duplicate key {_show(key)}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> object:
+    raise StateError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str, *, source: str) -> object:
+    """Strict JSON parse of a checkpoint: no duplicate keys, no NaN/Infinity."""
+    if not text.strip():
+        raise StateError(f"{source}: checkpoint is empty")
+    try:
+        return json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except StateError as exc:
+        raise StateError(f"{source}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{source}: checkpoint is not valid JSON (truncated?): {exc.msg}"
+            f" at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except (ValueError, RecursionError) as exc:
+        # e.g. an integer with more digits than Python converts, or absurd nesting
+        raise StateError(f"{source}: checkpoint is not valid JSON: {exc}") from exc

@@ -1,0 +1,202 @@
+"""Restart recovery: what to trust of the checkpoint an earlier run left behind.
+
+kubelet refuses to start whenever its state file disagrees with the machine
+or the configuration; the documented fix is to drain the node and delete the
+file. This module does better, in this order (``docs/recovery.md``):
+
+1. temp files of a write cut short by a crash are removed;
+2. a checkpoint that cannot be trusted (truncated, bad checksum, another
+   policy's spelling, a symlink, inconsistent with its own machine state) is
+   set aside, never deleted, and the state is rebuilt at Synchronize;
+3. a trusted checkpoint is compared with the machine and configuration of
+   this start: memory totals that drifted (within ``memoryDriftTolerance`` or
+   not), a changed ``reservedMemory``, memory manager policy or topology
+   manager policy. Every recorded block is re-applied onto the new machine
+   state; the start is refused only when a node's memory shrank beyond the
+   tolerance and the running allocations no longer fit. Other conflicts are
+   logged and the blocks kept as recorded: memory that is really in use is
+   never forgotten (bytes beyond the new allocatable memory are counted on
+   top of it, "lent", and :func:`settle` gives them back as blocks go).
+
+:func:`plan` is the pure decision; :func:`recover` and :func:`restore` add
+the file system and the logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nri_plugin.engine.config import Config
+from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.rebase import (
+    OUTCOME_NONE,
+    OUTCOME_RESTORED,
+    OUTCOME_UNTRUSTED,
+    Change,
+    Conflict,
+    Drift,
+    Plan,
+    _lend,
+    _untrusted,
+    plan,
+)
+from nri_plugin.engine.topology import Topology
+from nri_plugin.errors import StateError
+from nri_plugin.persist.file import load_file, remove_stale_temp_files, secure_directory, set_aside
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :func:`recover` found and did; for logs, metrics and tests."""
+
+    outcome: str
+    path: Path
+    set_aside_as: Path | None = None
+    reason: str | None = None
+    drifts: tuple[Drift, ...] = ()
+    changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    dropped: tuple[str, ...] = ()
+    removed_temp_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recovery:
+    manager: MemoryManager
+    report: RecoveryReport = field(compare=False)
+
+
+# -- the decision (pure) -------------------------------------------------------
+
+
+# -- the file system and the logs ------------------------------------------------
+
+
+def restore(topology: Topology, config: Config, path: Path, log: Any) -> MemoryManager:
+    """The manager to start with (see :func:`recover`); raises StateError to refuse."""
+    return recover(topology, config, path, log).manager
+
+
+def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recovery:
+    """Load, judge and apply the checkpoint at ``path`` for this machine and config.
+
+    Raises StateError when the start must be refused (memory shrank beyond the
+    drift tolerance under running allocations); the file is then left as it is.
+    """
+    path = Path(path)
+    removed = tuple(remove_stale_temp_files(path, log))
+    secure_directory(path, log)
+    fresh = MemoryManager(topology, config)
+    try:
+        saved = load_file(path)
+    except StateError as exc:
+        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed)
+    if saved is None:
+        log.info(
+            "no checkpoint; the state is built from the runtime at Synchronize", path=str(path)
+        )
+        return Recovery(fresh, RecoveryReport(OUTCOME_NONE, path, removed_temp_files=removed))
+
+    try:
+        decided = plan(saved, fresh.policy.default_state(), config)
+    except StateError as exc:
+        log.error("refusing to start", path=str(path), reason=str(exc))
+        raise
+    if decided.state is None:
+        return _start_fresh(fresh, path, log, decided, removed)
+    try:
+        manager = MemoryManager(topology, config, decided.state)
+    except StateError as exc:  # not expected after plan(); never trust what fails here
+        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed)
+    _lend(manager.state, decided.lent)
+    _log_plan(decided, path, log, manager)
+    report = RecoveryReport(
+        decided.outcome,
+        path,
+        drifts=decided.drifts,
+        changes=decided.changes,
+        conflicts=decided.conflicts,
+        removed_temp_files=removed,
+    )
+    return Recovery(manager, report)
+
+
+def _start_fresh(
+    fresh: MemoryManager, path: Path, log: Any, decided: Plan, removed: tuple[Path, ...]
+) -> Recovery:
+    tag = "untrusted" if decided.outcome == OUTCOME_UNTRUSTED else "policy-changed"
+    aside = set_aside(path, tag)
+    if decided.outcome == OUTCOME_UNTRUSTED:
+        log.error(
+            "checkpoint not trusted; rebuilding the state from the runtime",
+            path=str(path),
+            kept_as=str(aside) if aside else None,
+            reason=decided.reason,
+        )
+    else:
+        log.warning(
+            "memory manager policy changed; starting from its default state",
+            path=str(path),
+            kept_as=str(aside) if aside else None,
+            reason=decided.reason,
+            # pinned containers keep their cpuset.mems until they are recreated
+            blocks_dropped=list(decided.dropped),
+        )
+    report = RecoveryReport(
+        decided.outcome,
+        path,
+        set_aside_as=aside,
+        reason=decided.reason,
+        dropped=decided.dropped,
+        removed_temp_files=removed,
+    )
+    return Recovery(fresh, report)
+
+
+def _log_plan(decided: Plan, path: Path, log: Any, manager: MemoryManager) -> None:
+    for d in decided.drifts:
+        if d.within_tolerance:
+            log.warning(
+                "memory total drifted within tolerance; accepted",
+                numa_node=d.node,
+                type=d.type,
+                old_total=d.old_total,
+                new_total=d.new_total,
+                tolerance=d.tolerance,
+            )
+        else:
+            log.warning(
+                "memory total changed beyond tolerance; every recorded allocation still fits",
+                numa_node=d.node,
+                type=d.type,
+                old_total=d.old_total,
+                new_total=d.new_total,
+                tolerance=d.tolerance,
+            )
+    for c in decided.changes:
+        log.warning(
+            "reserved memory changed; applied",
+            numa_node=c.node,
+            type=c.type,
+            old_reserved=c.old_reserved,
+            new_reserved=c.new_reserved,
+        )
+    for conflict in decided.conflicts:
+        log.error(
+            "recorded allocation conflicts with this machine or configuration;"
+            " its blocks are kept as recorded",
+            pod_uid=conflict.pod_uid,
+            container=conflict.container,
+            numa_nodes=list(conflict.nodes),
+            type=conflict.type,
+            shortfall=conflict.shortfall,
+            reason=conflict.reason,
+        )
+    log.info(
+        "checkpoint restored" if decided.outcome == OUTCOME_RESTORED else "checkpoint rebased",
+        path=str(path),
+        containers=sum(len(c) for c in manager.state.entries.values()),
+        conflicts=len(decided.conflicts),
+    )
