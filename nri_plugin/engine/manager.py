@@ -16,7 +16,6 @@ from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.machine import build_machine_state
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.policy.base import AllocationError, Policy
-from nri_plugin.engine.policy.bounded import MergeFocus
 from nri_plugin.engine.policy.none import NonePolicy
 from nri_plugin.engine.policy.static import StaticPolicy
 from nri_plugin.engine.state import POLICY_STATIC, Block, MemoryState, blocks_mask
@@ -28,6 +27,7 @@ from nri_plugin.engine.topologymanager import (
     TOPOLOGY_AFFINITY_ERROR,
     TOPOLOGY_AFFINITY_MESSAGE,
     UNEXPECTED_ADMISSION_ERROR,
+    MergeFocus,
     NUMAInfo,
     merge,
 )
@@ -294,11 +294,8 @@ class MemoryManager:
         if c.device_hints is not None:
             devices = {"devices": list(c.device_hints)}
         cpu = self._cpu_hint(cpusets)
-        if isinstance(self.policy, StaticPolicy):
-            focus = self._focus(cpu, devices)
-            memory, to_merge = self.policy.focused_container_hints(self.state, pod, c, focus)
-        else:
-            memory = to_merge = self.policy.container_hints(self.state, pod, c)
+        focus = self._focus(cpu, devices)
+        memory, to_merge = self.policy.focused_container_hints(self.state, pod, c, focus)
         providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: devices}
         return providers, [cpu, to_merge, devices]
 
@@ -312,11 +309,8 @@ class MemoryManager:
         }
         cpu = self._cpu_hint(cpusets)
         device_hints: ProviderHints = dict(devices) if devices else None
-        if isinstance(self.policy, StaticPolicy):
-            focus = self._focus(cpu, device_hints)
-            memory, to_merge = self.policy.focused_pod_hints(self.state, pod, focus)
-        else:
-            memory = to_merge = self.policy.pod_hints(self.state, pod)
+        focus = self._focus(cpu, device_hints)
+        memory, to_merge = self.policy.focused_pod_hints(self.state, pod, focus)
         providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: device_hints}
         return providers, [cpu, to_merge, device_hints]
 
@@ -365,8 +359,7 @@ class MemoryManager:
         Used when the checkpoint is lost: the blocks are rebuilt from what the
         runtime shows, applied as an allocation on exactly that mask.
         """
-        if isinstance(self.policy, StaticPolicy):
-            self.policy.adopt(self.state, pod, container, mask)
+        self.policy.adopt(self.state, pod, container, mask)
         return tuple(self.state.blocks(pod.uid, container.name) or [])
 
     def remove_container(self, pod_uid: str, name: str) -> bool:

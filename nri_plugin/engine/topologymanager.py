@@ -226,3 +226,17 @@ def merge(
     if policy == POLICY_RESTRICTED:
         return best, best.preferred
     raise ValueError(f"unknown topology manager policy: {policy!r}")
+
+
+@dataclass(frozen=True)
+class MergeFocus:
+    """What the topology manager will merge the memory hints with.
+
+    ``others`` are the other providers' answers exactly as handed to
+    :func:`merge`.
+    """
+
+    policy: str
+    others: tuple[ProviderHints, ...]
+    numa: NUMAInfo
+    prefer_closest: bool = False

@@ -1,12 +1,26 @@
-"""The verbs a memory-manager policy offers (kubelet's memorymanager.Policy)."""
+"""The verbs a memory-manager policy offers (kubelet's ``memorymanager.Policy``).
+
+The manager (:mod:`nri_plugin.engine.manager`) uses only these; kubelet's
+interface has ``Start``, ``Allocate``, ``RemoveContainer``, ``GetTopologyHints``
+and ``GetPodTopologyHints``. Ours adds what a plugin following kubelet from
+outside needs: hints focused on what the merge can pick, adoption of a
+container found pinned after a lost checkpoint, and in-place resize.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.policy.resize import ResizeRefusal
 from nri_plugin.engine.state import MemoryState
+from nri_plugin.engine.topologymanager import MergeFocus
+
+# (the hints reported, the hints handed to the merge): the merge picks the same hint
+# from both; the second may be shorter (docs/design/bounded-search.md)
+FocusedHints = tuple[ProviderHints, ProviderHints]
 
 
 class AllocationError(Exception):
@@ -32,10 +46,28 @@ class Policy(Protocol):
     def pod_hints(self, state: MemoryState, pod: PodSpec) -> ProviderHints:
         """Hints for the whole pod (topology manager scope ``pod``)."""
 
+    def focused_container_hints(
+        self, state: MemoryState, pod: PodSpec, container: ContainerSpec, focus: MergeFocus
+    ) -> FocusedHints:
+        """One container's hints, and those the merge with ``focus`` needs."""
+
+    def focused_pod_hints(
+        self, state: MemoryState, pod: PodSpec, focus: MergeFocus
+    ) -> FocusedHints:
+        """The pod's hints, and those the merge with ``focus`` needs."""
+
     def allocate(
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec, affinity: TopologyHint
     ) -> None:
         """Give the container its blocks on ``affinity``; raise AllocationError if impossible."""
+
+    def adopt(self, state: MemoryState, pod: PodSpec, container: ContainerSpec, mask: int) -> None:
+        """Record blocks on exactly ``mask`` for a container found running pinned there."""
+
+    def resize(
+        self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
+    ) -> ResizeRefusal | None:
+        """Give a container that holds blocks its new size, or say why not (state unchanged)."""
 
     def remove_container(self, state: MemoryState, pod_uid: str, container: str) -> bool:
         """Release a container's blocks; True when it had any."""

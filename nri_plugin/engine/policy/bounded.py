@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import combinations
 
 from nri_plugin.engine.bitmask import mask_of
-from nri_plugin.engine.hint import ProviderHints, TopologyHint
-from nri_plugin.engine.state import POLICY_NONE, NodeState
-from nri_plugin.engine.topologymanager import POLICY_SINGLE_NUMA_NODE, NUMAInfo, normalize
+from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.state import NodeState
+from nri_plugin.engine.topologymanager import (
+    POLICY_NONE,
+    POLICY_SINGLE_NUMA_NODE,
+    MergeFocus,
+    normalize,
+)
 
 # -- bounded search (machines above EXHAUSTIVE_NODE_LIMIT) ----------------------------------
 #
@@ -44,20 +48,6 @@ SEARCH_BUDGET = 200_000
 """Search steps allowed for one hint calculation; past it a cheaper answer is given."""
 
 _INF = float("inf")
-
-
-@dataclass(frozen=True)
-class MergeFocus:
-    """What the topology manager will merge the memory hints with.
-
-    ``others`` are the other providers' answers exactly as handed to
-    :func:`nri_plugin.topologymanager.merge`.
-    """
-
-    policy: str
-    others: tuple[ProviderHints, ...]
-    numa: NUMAInfo
-    prefer_closest: bool = False
 
 
 class _OutOfBudget(Exception):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.policy.base import FocusedHints
+from nri_plugin.engine.policy.resize import ResizeRefusal
 from nri_plugin.engine.state import POLICY_NONE, MemoryState
+from nri_plugin.engine.topologymanager import MergeFocus
 
 
 class NonePolicy:
@@ -24,9 +29,27 @@ class NonePolicy:
     def pod_hints(self, state: MemoryState, pod: PodSpec) -> ProviderHints:
         return None
 
+    def focused_container_hints(
+        self, state: MemoryState, pod: PodSpec, container: ContainerSpec, focus: MergeFocus
+    ) -> FocusedHints:
+        return None, None
+
+    def focused_pod_hints(
+        self, state: MemoryState, pod: PodSpec, focus: MergeFocus
+    ) -> FocusedHints:
+        return None, None
+
     def allocate(
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec, affinity: TopologyHint
     ) -> None:
+        return None
+
+    def adopt(self, state: MemoryState, pod: PodSpec, container: ContainerSpec, mask: int) -> None:
+        return None
+
+    def resize(
+        self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
+    ) -> ResizeRefusal | None:
         return None
 
     def remove_container(self, state: MemoryState, pod_uid: str, container: str) -> bool:

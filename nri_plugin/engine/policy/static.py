@@ -14,15 +14,16 @@ from collections.abc import Mapping, Sequence
 from nri_plugin.engine.bitmask import is_narrower, mask_of, nodes_of
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec, pod_memory_requests
+from nri_plugin.engine.policy.accounting import release, take
 from nri_plugin.engine.policy.base import AllocationError
 from nri_plugin.engine.policy.bounded import (
-    MergeFocus,
     _bounded_default,
     _bounded_extension,
     _bounded_masks,
     _BoundedSearch,
 )
 from nri_plugin.engine.policy.exhaustive import _exhaustive_masks
+from nri_plugin.engine.policy.resize import ResizeRefusal, resize_blocks
 from nri_plugin.engine.state import (
     POLICY_STATIC,
     Block,
@@ -30,6 +31,7 @@ from nri_plugin.engine.state import (
     NodeState,
     sort_blocks,
 )
+from nri_plugin.engine.topologymanager import MergeFocus
 
 # Up to this many NUMA nodes (kubelet's default max-allowable-numa-nodes) every
 # subset is visited and reported, exactly as kubelet does. Above it (reachable when
@@ -201,7 +203,7 @@ class StaticPolicy:
         reusable = self._reusable.get(pod.uid, {}).get(best.mask, {})
         for type_, size in requested.items():
             blocks.append(Block(tuple(mask_nodes), type_, size))
-            _take(machine, mask_nodes, type_, max(0, size - reusable.get(type_, 0)))
+            take(machine, mask_nodes, type_, max(0, size - reusable.get(type_, 0)))
         blocks = sort_blocks(blocks)
         self._update_reusable(pod, container, blocks)
         state.set_blocks(pod.uid, container.name, blocks)
@@ -219,7 +221,7 @@ class StaticPolicy:
         blocks = []
         for type_, size in container.memory_requests().items():
             blocks.append(Block(tuple(nodes), type_, size))
-            _take(state.machine, nodes, type_, size)
+            take(state.machine, nodes, type_, size)
         state.set_blocks(pod.uid, container.name, sort_blocks(blocks))
 
     def _find_best(self, hints: Mapping[str, list[TopologyHint]]) -> TopologyHint | None:
@@ -256,6 +258,14 @@ class StaticPolicy:
                 "[memorymanager] failed to find NUMA nodes to extend the current topology hint"
             )
         return best
+
+    # -- in-place resize ---------------------------------------------------------
+
+    def resize(
+        self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
+    ) -> ResizeRefusal | None:
+        """A new size on the container's own nodes (see :mod:`.resize`); reuse unchanged."""
+        return resize_blocks(state, pod_uid, container, requested)
 
     # -- reuse of init-container memory (section 8) ---------------------------
 
@@ -295,74 +305,8 @@ class StaticPolicy:
         blocks = state.delete_blocks(pod_uid, container)
         if blocks is None:
             return False
-        release_blocks(state, blocks)
+        release(state, blocks)
         return True
-
-
-def release_blocks(state: MemoryState, blocks: Sequence[Block]) -> None:
-    """Return blocks to the machine state node by node, as kubelet's RemoveContainer.
-
-    One deviation, where kubelet loses track of memory: a node of a multi-node block whose
-    cells are no longer the block's mask was re-labelled by a single-node allocation that
-    kubelet let through (reference 7.6); kubelet's walk would hand that allocation's bytes
-    back as the group's (the node then shows them free while they are in use, and the
-    group's own bytes stay reserved on another node for nobody). Such a node gives back
-    only what exceeds its single-node blocks, and rejoins its group when the last of them
-    goes.
-    """
-    machine = state.machine
-    for b in blocks:
-        released = b.size
-        mask = b.numa_affinity
-        for node_id in mask:
-            node = machine[node_id]
-            relabelled = len(mask) > 1 and sorted(node.cells) != sorted(mask)
-            node.number_of_assignments -= 1
-            if node.number_of_assignments == 0:
-                node.cells = [node_id]
-            if released == 0:
-                continue
-            table = node.memory_map.get(b.type)
-            if table is None or table.reserved == 0:
-                continue
-            held = _single_node_bytes(state, node_id, b.type) if relabelled else 0
-            give = max(0, min(table.reserved - held, released))
-            table.reserved -= give
-            table.free += give
-            released -= give
-    for node_id in {b.numa_affinity[0] for b in blocks if len(b.numa_affinity) == 1}:
-        _regroup(state, node_id)
-
-
-def _regroup(state: MemoryState, node_id: int) -> None:
-    """A node re-labelled by single-node blocks joins its group again once the last of them
-    is gone (kubelet leaves it on its own, serving single-node hints while the group's
-    bytes may sit on it), so that the state is again one that kubelet's restore replays."""
-    node = state.machine[node_id]
-    if node.number_of_assignments == 0 or len(node.cells) > 1:
-        return
-    group: Sequence[int] | None = None
-    for containers in state.entries.values():
-        for blocks in containers.values():
-            for block in blocks:
-                if node_id not in block.numa_affinity:
-                    continue
-                if len(block.numa_affinity) == 1:
-                    return  # still serves single-node blocks
-                group = block.numa_affinity
-    if group is not None:
-        node.cells = list(group)
-
-
-def _single_node_bytes(state: MemoryState, node_id: int, mem_type: str) -> int:
-    """Bytes of ``mem_type`` held on ``node_id`` by single-node blocks."""
-    return sum(
-        block.size
-        for containers in state.entries.values()
-        for blocks in containers.values()
-        for block in blocks
-        if block.type == mem_type and tuple(block.numa_affinity) == (node_id,)
-    )
 
 
 def _hint_lists(
@@ -431,23 +375,6 @@ def _violates_numa_allocations(machine: Mapping[int, NodeState], mask: int) -> b
         if len(node.cells) == 1 or mask_of(node.cells) != mask:
             return True
     return False
-
-
-def _take(machine: Mapping[int, NodeState], nodes: Sequence[int], type_: str, size: int) -> None:
-    """Section 7 step 7: count the assignment on every node, take bytes in node order."""
-    for n in nodes:
-        node = machine[n]
-        node.number_of_assignments += 1
-        node.cells = list(nodes)
-        if size == 0:
-            continue
-        table = node.memory_map.get(type_)
-        if table is None or table.free <= 0:
-            continue
-        give = min(table.free, size)
-        table.free -= give
-        table.reserved += give
-        size -= give
 
 
 def _shrink_init_blocks(
