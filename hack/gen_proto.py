@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the protobuf modules in nri_plugin/nri/gen and nri_plugin/frontends/cri/gen from proto/*.proto.
+"""Regenerate the protobuf modules (nri_plugin/nri/gen, nri_plugin/frontends/cri/gen) from proto/.
 
 Usage: .venv/bin/python hack/gen_proto.py [--out DIR] [--cri-out DIR]
 

@@ -233,8 +233,9 @@ def draw_container(
 
     Guaranteed: cpu and memory limits > 0, requests equal or omitted (API
     defaulting). Burstable: requests below the limits or no limits.
-    BestEffort: no cpu or memory at all. Any of them may request hugepages of
-    the machine's sizes, zero-sized requests included.
+    BestEffort: no cpu or memory at all. The first two may request hugepages of
+    the machine's sizes, zero-sized ones included, always with a limit equal to the
+    request (the API server refuses anything else, and hugepages without cpu or memory).
     """
     requests: dict[str, Fraction] = {}
     limits: dict[str, Fraction] = {}
@@ -251,11 +252,12 @@ def draw_container(
                 limits[MEMORY] = requests[MEMORY] + STEP
         else:
             limits.update(requests)
-    for size in topology.hugepage_sizes:
+    for size in topology.hugepage_sizes if qos != BEST_EFFORT else ():
         kind = draw(ints(0, 3))
         name_ = hugepage_resource_name(size)
         if kind == 1:
-            requests[name_] = Fraction(0)  # a zero-size block that still counts as an assignment
+            # a zero-size block that still counts as an assignment
+            requests[name_] = limits[name_] = Fraction(0)
         elif kind >= 2:
             amount = Fraction(draw(ints(1, 3)) * _POOL_UNIT[size])
             requests[name_] = amount

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nri_plugin"
 
 
 def modules_in(package: str) -> list[str]:
-    """Dotted names (relative to nri_plugin) of every module of ``package``, generated code aside."""
+    """Dotted names (below nri_plugin) of every module of ``package``, generated code aside."""
     root = PACKAGE / package
     names = []
     for path in sorted(root.rglob("*.py")):
@@ -94,9 +94,10 @@ def closure(start: str) -> set[str]:
 
 
 def reaches(module: str, forbidden: tuple[str, ...]) -> list[str]:
-    return sorted(
-        imp for imp in closure(module) if any(imp == f or imp.startswith(f + ".") for f in forbidden)
-    )
+    def bad(imp: str) -> bool:
+        return any(imp == f or imp.startswith(f + ".") for f in forbidden)
+
+    return sorted(imp for imp in closure(module) if bad(imp))
 
 
 def test_the_layers_are_found() -> None:

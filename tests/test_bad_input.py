@@ -1411,7 +1411,7 @@ SIMULATE_ROWS = [
     (
         "simulate-unknown-step",
         SCENARIO_HEAD + "steps: [{frobnicate: {}}]\n",
-        r"steps\[0\]: unknown step 'frobnicate' \(expected admit, start or remove\)",
+        r"steps\[0\]: unknown step 'frobnicate' \(expected one of: admit, start, resize, remove\)",
     ),
     (
         "simulate-negative-quantity",

@@ -272,7 +272,7 @@ def test_generated_scenarios_reach_the_interesting_states() -> None:
     """Guard against generators that never reach groups, rejections or zero-size blocks."""
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=100, deadline=None, database=None, derandomize=True)
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
     @given(scenarios(max_nodes=4, max_steps=10, policy=POLICY_STATIC))
     def observe(scenario: Scenario) -> None:
         manager = MemoryManager(scenario.topology, scenario.config)

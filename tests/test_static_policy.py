@@ -430,7 +430,7 @@ def test_zero_hugepages_request_makes_a_zero_block() -> None:
                                 "name": "c",
                                 "resources": {
                                     "requests": {"cpu": "1", "memory": "1Gi", "hugepages-2Mi": 0},
-                                    "limits": {"cpu": "1", "memory": "1Gi"},
+                                    "limits": {"cpu": "1", "memory": "1Gi", "hugepages-2Mi": 0},
                                 },
                             }
                         ],

@@ -28,6 +28,10 @@ DEFAULT_MAX_ALLOWABLE_NUMA_NODES = 8
 
 
 DEFAULT_MEMORY_DRIFT_TOLERANCE = 64 << 20
+# inPlaceResize: what a memory resize of a container holding blocks does (docs/simulate.md)
+RESIZE_ACCOUNT = "account"  # the blocks follow the new limit on the container's own nodes
+RESIZE_REFUSE = "refuse"  # refused, as kubelet's static policy refuses them
+RESIZE_MODES = (RESIZE_ACCOUNT, RESIZE_REFUSE)
 
 
 SIGNAL_MEMORY_AVAILABLE = "memory.available"
@@ -64,6 +68,7 @@ class Config:
     # how far a NUMA node's memory total (or a hugepage pool) may move between restarts
     # and still be accepted with the checkpoint (recovery.py)
     memory_drift_tolerance: int = DEFAULT_MEMORY_DRIFT_TOLERANCE
+    in_place_resize: str = RESIZE_ACCOUNT
 
     def reserved(self, numa_node: int, type: str) -> int:
         """Bytes of ``type`` reserved on ``numa_node`` (0 if none)."""

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nri_plugin.engine.bitmask import format_mems, mask_of
-from nri_plugin.engine.config import Config
+from nri_plugin.engine.config import RESIZE_REFUSE, Config
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.machine import build_machine_state
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.policy.base import AllocationError, Policy
 from nri_plugin.engine.policy.none import NonePolicy
 from nri_plugin.engine.policy.static import StaticPolicy
-from nri_plugin.engine.state import POLICY_STATIC, Block, MemoryState, blocks_mask
+from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, MemoryState, blocks_mask
 from nri_plugin.engine.topology import Topology
 from nri_plugin.engine.topologymanager import (
     EMPTY_AFFINITY,
@@ -31,6 +31,7 @@ from nri_plugin.engine.topologymanager import (
     NUMAInfo,
     merge,
 )
+from nri_plugin.quantity import format_bytes_human
 
 # Hint providers in kubelet's registration order.
 PROVIDER_CPU = "cpu"
@@ -69,6 +70,22 @@ class AdmissionResult:
     failed_container: str | None = None
     failed_hints: dict[str, ProviderHints] = field(default_factory=dict)
     failed_affinity: TopologyHint | None = None
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """What an in-place resize of one container did (docs/simulate.md, ``resize``)."""
+
+    pod_uid: str
+    container: str
+    resized: bool
+    # why it was refused (None when resized)
+    reason: str | None
+    # the container's blocks after the step
+    allocations: tuple[Block, ...]
+    # a refused grow: the bytes it needed on the container's nodes, and their free bytes
+    needed: int = 0
+    free: int = 0
 
 
 class MemoryManager:
@@ -353,6 +370,67 @@ class MemoryManager:
         self.policy.forget_pod(pod_uid)
         return known
 
+    def resize(self, pod_uid: str, name: str, spec: ContainerSpec) -> ResizeResult:
+        """In-place resize of one container to ``spec``'s resources.
+
+        A container that holds blocks gets them resized on its own nodes, or the
+        resize is refused with nothing changed (:mod:`.policy.resize`); one without
+        blocks is resized with no effect on the state. The recorded pod spec (when
+        the pod was admitted here) takes the new resources.
+        """
+        pod = self.pods.get(pod_uid)
+        blocks = self.state.blocks(pod_uid, name)
+        removed = name in self._removed.get(pod_uid, ())
+        old = None if pod is None or removed else pod.container(name)
+        if blocks is None and old is None:
+            return ResizeResult(pod_uid, name, False, _unknown(pod_uid, name, pod, removed), ())
+        if blocks is not None:
+            refusal = self._resize_refusal(blocks, spec)
+            if refusal is None:
+                outcome = self.policy.resize(self.state, pod_uid, name, spec.memory_requests())
+                if outcome is not None:
+                    return ResizeResult(
+                        pod_uid,
+                        name,
+                        False,
+                        outcome.reason,
+                        tuple(blocks),
+                        outcome.needed,
+                        outcome.free,
+                    )
+            else:
+                return ResizeResult(pod_uid, name, False, refusal, tuple(blocks))
+        if pod is not None and old is not None:
+            resized = ContainerSpec(
+                old.name,
+                spec.requests,
+                spec.limits,
+                init=old.init,
+                restartable=old.restartable,
+                cpuset=old.cpuset,
+                device_hints=old.device_hints,
+            )
+            self.pods[pod_uid] = pod.with_container(resized)
+        return ResizeResult(
+            pod_uid, name, True, None, tuple(self.state.blocks(pod_uid, name) or ())
+        )
+
+    def _resize_refusal(self, blocks: Sequence[Block], spec: ContainerSpec) -> str | None:
+        """Why a container holding ``blocks`` cannot take ``spec``, before any accounting."""
+        unequal = spec.unequal_requests_and_limits()
+        if unequal:
+            return f"{unequal}: requests must equal limits (the pod would no longer be Guaranteed)"
+        if self.config.in_place_resize == RESIZE_REFUSE:
+            size = next((b.size for b in blocks if b.type == MEMORY), 0)
+            wanted = spec.memory_requests().get(MEMORY, 0)
+            if wanted != size:
+                return (
+                    f"memory {format_bytes_human(size)} -> {format_bytes_human(wanted)}:"
+                    f" inPlaceResize is {RESIZE_REFUSE} (kubelet's static policy refuses"
+                    " memory resizes of Guaranteed pods)"
+                )
+        return None
+
     def adopt(self, pod: PodSpec, container: ContainerSpec, mask: int) -> tuple[Block, ...]:
         """Record a running container that already carries ``cpuset.mems`` = ``mask``.
 
@@ -371,3 +449,11 @@ class MemoryManager:
         self.policy.remove_container(self.state, pod_uid, name)
         removed.add(name)
         return known
+
+
+def _unknown(pod_uid: str, name: str, pod: PodSpec | None, removed: bool) -> str:
+    if pod is None:
+        return f"pod {pod_uid} is not admitted"
+    if removed:
+        return f"container {name} of pod {pod_uid} was removed"
+    return f"pod {pod_uid} has no container {name}"

@@ -7,11 +7,11 @@ live plugin (from NRI data); the policy engine reads nothing else.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from nri_plugin.engine.hint import TopologyHint
-from nri_plugin.engine.state import is_memory_type
+from nri_plugin.engine.state import HUGEPAGES_PREFIX, is_memory_type
 
 GUARANTEED = "Guaranteed"
 BURSTABLE = "Burstable"
@@ -48,6 +48,21 @@ class ContainerSpec:
             merged.setdefault(name, value)
         return merged
 
+    def unequal_requests_and_limits(self) -> str | None:
+        """The first resource (cpu, memory, hugepages) whose request is not its limit.
+
+        After API defaulting (a limit without a request is the request); cpu and
+        memory must have a limit, as in a Guaranteed pod.
+        """
+        requests = self.effective_requests()
+        for name in (CPU, MEMORY):
+            if name not in self.limits or requests.get(name) != self.limits[name]:
+                return name
+        for name in sorted(set(requests) | set(self.limits), key=str.encode):
+            if name.startswith(HUGEPAGES_PREFIX) and requests.get(name) != self.limits.get(name):
+                return name
+        return None
+
     def memory_requests(self) -> dict[str, int]:
         """Requested bytes per memory type (``memory``, ``hugepages-*``), zeros included."""
         out: dict[str, int] = {}
@@ -66,8 +81,11 @@ class PodSpec:
     containers: tuple[ContainerSpec, ...] = ()
     # from the pod status when known; computed from the containers otherwise
     qos_class: str | None = None
-    # pods with pod-level resources are skipped by the memory manager
+    # pod.spec.resources (KEP-2837): QoS is computed from them first, and kubelet's memory
+    # manager leaves such pods unpinned while PodLevelResourceManagers is off
     pod_level_resources: bool = False
+    pod_requests: Mapping[str, Fraction] = field(default_factory=dict)
+    pod_limits: Mapping[str, Fraction] = field(default_factory=dict)
 
     def all_containers(self) -> tuple[ContainerSpec, ...]:
         """Init containers in order, then app containers in order (kubelet's admission order)."""
@@ -79,12 +97,27 @@ class PodSpec:
                 return c
         return None
 
+    def with_container(self, container: ContainerSpec) -> PodSpec:
+        """This pod with the container of ``container``'s name replaced by it."""
+
+        def swap(cs: tuple[ContainerSpec, ...]) -> tuple[ContainerSpec, ...]:
+            return tuple(container if c.name == container.name else c for c in cs)
+
+        return replace(
+            self, init_containers=swap(self.init_containers), containers=swap(self.containers)
+        )
+
     def qos(self) -> str:
         return self.qos_class if self.qos_class is not None else compute_qos(self)
 
 
 def compute_qos(pod: PodSpec) -> str:
-    """kubelet's GetPodQOS over cpu and memory (hugepages do not count)."""
+    """kubelet's ComputePodQOS over cpu and memory (hugepages do not count).
+
+    Pod-level resources, when the pod sets them, decide alone (KEP-2837).
+    """
+    if pod.pod_level_resources:
+        return _resource_qos(pod.pod_requests, pod.pod_limits)
     requests: dict[str, Fraction] = {}
     limits: dict[str, Fraction] = {}
     guaranteed = True
@@ -109,6 +142,25 @@ def compute_qos(pod: PodSpec) -> str:
     if guaranteed and len(requests) == len(limits):
         return GUARANTEED
     return BURSTABLE
+
+
+def _resource_qos(requests: Mapping[str, Fraction], limits: Mapping[str, Fraction]) -> str:
+    """kubelet's resourceQOS of one set of requirements (requests defaulted from limits)."""
+    if not requests and not limits:
+        return BEST_EFFORT
+    effective = {**limits, **requests}
+    qos = None
+    for name in (CPU, MEMORY):
+        request, limit = effective.get(name, Fraction(0)), limits.get(name, Fraction(0))
+        if request != limit:
+            return BURSTABLE
+        this = BEST_EFFORT if request == 0 else GUARANTEED
+        if qos is None:
+            qos = this
+        elif qos != this:
+            return BURSTABLE
+    assert qos is not None
+    return qos
 
 
 def pod_memory_requests(pod: PodSpec) -> dict[str, int]:

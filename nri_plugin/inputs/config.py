@@ -21,6 +21,8 @@ from nri_plugin.engine.config import (
     DEFAULT_MEMORY_DRIFT_TOLERANCE,
     OPTION_MAX_ALLOWABLE,
     OPTION_PREFER_CLOSEST,
+    RESIZE_ACCOUNT,
+    RESIZE_MODES,
     SIGNAL_MEMORY_AVAILABLE,
     TOPOLOGY_POLICIES,
     TOPOLOGY_SCOPES,
@@ -65,6 +67,7 @@ _CONFIG_KEYS = (
     "systemReserved",
     "evictionHard",
     "memoryDriftTolerance",
+    "inPlaceResize",
 )
 _RESERVATION_KEYS = ("numaNode", "limits")
 _FLAG_FORMAT = "numaNodeID:type=quantity[,type=quantity...]"
@@ -436,6 +439,14 @@ def parse_config(data: object, *, source: str = "config") -> Config:
     drift = DEFAULT_MEMORY_DRIFT_TOLERANCE
     if data.get("memoryDriftTolerance") is not None:
         drift = _bytes(data["memoryDriftTolerance"], at("memoryDriftTolerance"))
+    resize = RESIZE_ACCOUNT
+    if data.get("inPlaceResize") is not None:
+        resize = _string(data["inPlaceResize"], at("inPlaceResize"))
+        if resize not in RESIZE_MODES:
+            raise ConfigError(
+                f"{at('inPlaceResize')}: unknown mode: {_q(resize)} (expected"
+                f" {', '.join(RESIZE_MODES)})"
+            )
     return Config(
         policy=policy,
         topology_manager_policy=tm_policy,
@@ -447,6 +458,7 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         system_reserved=_parse_reserved_resources(data.get("systemReserved"), at("systemReserved")),
         eviction_hard=_parse_eviction(data.get("evictionHard"), at("evictionHard")),
         memory_drift_tolerance=drift,
+        in_place_resize=resize,
     )
 
 

@@ -18,7 +18,7 @@ from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.config import Config
 from nri_plugin.engine.hint import TopologyHint
 from nri_plugin.engine.pod import QOS_CLASSES, ContainerSpec, PodSpec
-from nri_plugin.engine.state import MemoryState, is_memory_type
+from nri_plugin.engine.state import HUGEPAGES_PREFIX, MemoryState, is_memory_type
 from nri_plugin.engine.topology import Topology
 from nri_plugin.errors import ScenarioError
 from nri_plugin.inputs.config import parse_config, validate_for_machine
@@ -27,17 +27,12 @@ from nri_plugin.persist.format import from_checkpoint
 from nri_plugin.quantity import parse_quantity
 
 _SCENARIO_KEYS = ("topology", "config", "initialState", "steps")
-
-
+_STEP_KINDS = ("admit", "start", "resize", "remove")
+_ADMIT_KEYS = ("pod", "resources", "initContainers", "containers")
 _POD_KEYS = ("uid", "name", "namespace", "qosClass")
-
-
 _CONTAINER_KEYS = ("name", "resources", "cpuset", "deviceHints", "restartPolicy")
-
-
 _RESOURCES_KEYS = ("requests", "limits")
-
-
+_RESIZE_KEYS = ("pod", "container", "resources")
 _HINT_KEYS = ("nodes", "preferred")
 
 
@@ -52,12 +47,20 @@ class StartStep:
 
 
 @dataclass(frozen=True)
+class ResizeStep:
+    pod_uid: str
+    container: str
+    # the container's new resources (only requests and limits are read)
+    resources: ContainerSpec
+
+
+@dataclass(frozen=True)
 class RemoveStep:
     pod_uid: str
     container: str | None
 
 
-Step = AdmitStep | StartStep | RemoveStep
+Step = AdmitStep | StartStep | ResizeStep | RemoveStep
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,12 @@ def _describe(value: object) -> str:
 
 
 def parse_step(raw: object, topology: Topology, where: str = "step") -> Step:
-    """One step of a scenario (``{"admit": ...}``, ``{"start": ...}``, ``{"remove": ...}``)."""
+    """One step of a scenario: ``{"admit"|"start"|"resize"|"remove": ...}``."""
     step = _mapping(raw, where)
     if len(step) != 1:
         raise ScenarioError(
-            f"{where}: a step has exactly one of the keys admit, start, remove; got {sorted(step)}"
+            f"{where}: a step has exactly one of the keys {', '.join(_STEP_KINDS)};"
+            f" got {', '.join(sorted(map(str, step))) or 'none'}"
         )
     kind, body = next(iter(step.items()))
     if kind == "admit":
@@ -151,20 +155,33 @@ def parse_step(raw: object, topology: Topology, where: str = "step") -> Step:
         b = _mapping(body, f"{where}.start")
         _check_keys(b, ("pod",), f"{where}.start")
         return StartStep(_string(b.get("pod"), f"{where}.start.pod"))
+    if kind == "resize":
+        b = _mapping(body, f"{where}.resize")
+        _check_keys(b, _RESIZE_KEYS, f"{where}.resize")
+        container = _string(b.get("container"), f"{where}.resize.container")
+        requests, limits = _parse_resources(b.get("resources"), f"{where}.resize.resources")
+        _check_container_resources(requests, limits, f"{where}.resize.resources")
+        return ResizeStep(
+            _string(b.get("pod"), f"{where}.resize.pod"),
+            container,
+            ContainerSpec(container, requests, limits),
+        )
     if kind == "remove":
         b = _mapping(body, f"{where}.remove")
         _check_keys(b, ("pod", "container"), f"{where}.remove")
-        container = b.get("container")
+        named = b.get("container")
         return RemoveStep(
             _string(b.get("pod"), f"{where}.remove.pod"),
-            None if container is None else _string(container, f"{where}.remove.container"),
+            None if named is None else _string(named, f"{where}.remove.container"),
         )
-    raise ScenarioError(f"{where}: unknown step {kind!r} (expected admit, start or remove)")
+    raise ScenarioError(
+        f"{where}: unknown step {kind!r} (expected one of: {', '.join(_STEP_KINDS)})"
+    )
 
 
 def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
     body = _mapping(raw, where)
-    _check_keys(body, ("pod", "initContainers", "containers"), where)
+    _check_keys(body, _ADMIT_KEYS, where)
     meta = _mapping(body.get("pod"), f"{where}.pod")
     _check_keys(meta, _POD_KEYS, f"{where}.pod")
     uid = _string(meta.get("uid"), f"{where}.pod.uid")
@@ -180,6 +197,11 @@ def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
         if c.name in seen:
             raise ScenarioError(f"{where}: container name {c.name!r} is used twice")
         seen.add(c.name)
+    pod_requests: dict[str, Fraction] = {}
+    pod_limits: dict[str, Fraction] = {}
+    if body.get("resources") is not None:
+        pod_requests, pod_limits = _parse_resources(body["resources"], f"{where}.resources")
+        _check_requests_within_limits(pod_requests, pod_limits, f"{where}.resources")
     return PodSpec(
         uid=uid,
         name=str(meta.get("name") or uid),
@@ -187,6 +209,9 @@ def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
         init_containers=init,
         containers=apps,
         qos_class=qos,
+        pod_level_resources=bool(pod_requests or pod_limits),
+        pod_requests=pod_requests,
+        pod_limits=pod_limits,
     )
 
 
@@ -209,10 +234,8 @@ def _parse_container(raw: object, where: str, init: bool, topology: Topology) ->
         if not init:
             raise ScenarioError(f"{where}.restartPolicy: only init containers take restartPolicy")
         raise ScenarioError(f"{where}.restartPolicy: {restart!r} is not supported (only Always)")
-    resources = _mapping(body.get("resources") or {}, f"{where}.resources")
-    _check_keys(resources, _RESOURCES_KEYS, f"{where}.resources")
-    requests = _parse_resource_list(resources.get("requests"), f"{where}.resources.requests")
-    limits = _parse_resource_list(resources.get("limits"), f"{where}.resources.limits")
+    requests, limits = _parse_resources(body.get("resources"), f"{where}.resources")
+    _check_container_resources(requests, limits, f"{where}.resources")
     cpuset = None
     if body.get("cpuset") is not None:
         text = body["cpuset"]
@@ -237,6 +260,57 @@ def _parse_container(raw: object, where: str, init: bool, topology: Topology) ->
         cpuset=cpuset,
         device_hints=device_hints,
     )
+
+
+def _parse_resources(raw: object, where: str) -> tuple[dict[str, Fraction], dict[str, Fraction]]:
+    """``{requests: {...}, limits: {...}}`` (both optional) as exact quantities."""
+    resources = _mapping(raw or {}, where)
+    _check_keys(resources, _RESOURCES_KEYS, where)
+    return (
+        _parse_resource_list(resources.get("requests"), f"{where}.requests"),
+        _parse_resource_list(resources.get("limits"), f"{where}.limits"),
+    )
+
+
+def _check_requests_within_limits(
+    requests: Mapping[str, Fraction], limits: Mapping[str, Fraction], where: str
+) -> None:
+    for name, request in requests.items():
+        limit = limits.get(name)
+        if limit is not None and request > limit:
+            raise ScenarioError(
+                f"{where}.requests.{name}: {_fmt(request)} is above its limit {_fmt(limit)}"
+                " (the API server refuses such a pod)"
+            )
+
+
+def _check_container_resources(
+    requests: Mapping[str, Fraction], limits: Mapping[str, Fraction], where: str
+) -> None:
+    """The API server's validation of a container's resources (ValidateResourceRequirements)."""
+    _check_requests_within_limits(requests, limits, where)
+    effective = {**limits, **requests}  # defaulting: a limit without a request is the request
+    hugepages = sorted(n for n in set(requests) | set(limits) if n.startswith(HUGEPAGES_PREFIX))
+    for name in hugepages:
+        if name not in limits:
+            raise ScenarioError(
+                f"{where}.requests.{name}: hugepages need a limit equal to the request"
+                " (the API server refuses such a pod)"
+            )
+        if effective[name] != limits[name]:
+            raise ScenarioError(
+                f"{where}.requests.{name}: {_fmt(effective[name])} differs from its limit"
+                f" {_fmt(limits[name])} (hugepages requests must equal limits)"
+            )
+    if hugepages and not any(effective.get(n) for n in ("cpu", "memory")):
+        raise ScenarioError(
+            f"{where}: {hugepages[0]} without a cpu or memory request"
+            " (the API server refuses such a pod)"
+        )
+
+
+def _fmt(q: Fraction) -> str:
+    return str(q.numerator) if q.denominator == 1 else str(float(q))
 
 
 def _parse_resource_list(raw: object, where: str) -> dict[str, Fraction]:
