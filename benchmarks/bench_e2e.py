@@ -190,7 +190,12 @@ def target_rows(flavor: str, ours: Summary, go: Summary) -> list[list[str]]:
     return rows
 
 
-def run(quick: bool = False, flavors: tuple[str, ...] | None = None) -> dict[str, object]:
+def run(
+    quick: bool = False,
+    flavors: tuple[str, ...] | None = None,
+    count: int | None = None,
+    rounds: int | None = None,
+) -> dict[str, object]:
     if os.geteuid() != 0:
         print("\nend to end: skipped (needs root for containerd, runc, mounts and cgroups)")
         return {}
@@ -207,7 +212,8 @@ def run(quick: bool = False, flavors: tuple[str, ...] | None = None) -> dict[str
             " builds it): measured without it, ours is not compared to it"
         )
     flavors = flavors or ("2.x", "1.7")
-    count, rounds = (20, 2) if quick else (60, 4)
+    count = count or (20 if quick else 60)
+    rounds = rounds or (2 if quick else 4)
     out: dict[str, object] = {}
     targets: list[list[str]] = []
     for flavor in flavors:
@@ -261,8 +267,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--flavor", action="append", choices=["2.x", "1.7"])
+    # a 3% target on a ~10 ms call needs many rounds on a busy machine
+    parser.add_argument("--count", type=int, help="timed creates per block (default 60, quick 20)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 4, quick 2)")
     args = parser.parse_args()
-    run(args.quick, tuple(args.flavor) if args.flavor else None)
+    for name in ("count", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    run(args.quick, tuple(args.flavor) if args.flavor else None, args.count, args.rounds)
 
 
 if __name__ == "__main__":
