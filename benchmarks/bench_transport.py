@@ -39,7 +39,7 @@ from benchmarks.nri_messages import container, pod_sandbox
 from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, PodSpec
 from nri_plugin.frontends.nri import MemoryPlugin
-from nri_plugin.frontends.nri_convert import container_resources, pinned_cpus
+from nri_plugin.frontends.nri_convert import container_resources
 from nri_plugin.logs import configure_logging
 from nri_plugin.metrics import Metrics
 from nri_plugin.nri import mux, ttrpc
@@ -238,7 +238,7 @@ def breakdown(tracked: int, reps: int) -> dict[str, float]:
     def admit_only(i: int) -> float:
         r = decoded[i]
         resources = container_resources(r.container)
-        cpus = pinned_cpus(resources, manager.topology)
+        cpus = resources.pinned_cpus(manager.topology)
         spec = replace(resources.to_spec(r.container.name), cpuset=cpus)
         pod = PodSpec(r.pod.uid, r.pod.name, r.pod.namespace, (), (spec,), GUARANTEED)
         t0 = time.perf_counter()

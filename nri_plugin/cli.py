@@ -20,7 +20,6 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 DEFAULT_STATE_DIR = "/var/lib/nri-memory-manager"
-STATE_FILE_NAME = "memory_manager_state"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,6 +169,8 @@ def cmd_state(args: argparse.Namespace) -> int:
     if args.state_file:
         path = Path(args.state_file)
     else:
+        from nri_plugin.persist.file import STATE_FILE_NAME
+
         path = Path(args.state_dir or DEFAULT_STATE_DIR) / STATE_FILE_NAME
     state = load_file(path)
     if state is None:
@@ -192,14 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "state": cmd_state,
     }
     try:
-        if args.command == "run":
+        if args.command in ("run", "cri-proxy"):
             from nri_plugin import daemon
 
-            return daemon.main(args)
-        if args.command == "cri-proxy":
-            from nri_plugin.frontends.cri import proxy as criproxy
-
-            return criproxy.main(args)
+            mode = daemon.MODE_NRI if args.command == "run" else daemon.MODE_CRI_PROXY
+            return daemon.main(args, mode)
         return handlers[args.command](args)
     except InputError as exc:
         sys.stderr.write(f"nri-memory-manager {args.command}: {_one_line(str(exc))}\n")

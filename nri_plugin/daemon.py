@@ -1,30 +1,79 @@
-"""``nri-memory-manager run``: the plugin on a live node."""
+"""One daemon for ``run`` (the NRI plugin) and ``cri-proxy``: the same start, books and stop.
+
+Both commands go through the same steps, in this order:
+
+1. every flag is checked (:func:`check_flags`); a bad one ends the command with
+   one line and exit status 2 before anything is read or written;
+2. the machine and the configuration are read and validated (kubelet's checks);
+3. the checkpoint is recovered (docs/recovery.md) into the engine's state;
+4. the front end starts listening (the CRI proxy's socket) or is set up (NRI);
+5. the state is written once, the metrics and health endpoint start, SIGTERM
+   and SIGINT are handled;
+6. the front end serves until stopped; then every change is flushed to the
+   checkpoint.
+
+The front ends differ only in how events arrive: :class:`NRIFrontEnd` (a
+containerd NRI plugin) and :class:`CRIFrontEnd` (a CRI proxy).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 from pathlib import Path
+from typing import Any, Protocol
 
+import grpc  # type: ignore[import-untyped]
 import structlog
 
 from nri_plugin.engine.config import Config
 from nri_plugin.engine.topology import Topology
 from nri_plugin.errors import InputError
+from nri_plugin.frontends.cri.proxy import (
+    CHANNEL_OPTIONS,
+    CRIProxy,
+    endpoint_target,
+    start_server,
+    unix_socket_path,
+)
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
+from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import discover_sysfs, load_topology_file
 from nri_plugin.logs import configure_logging
-from nri_plugin.metrics import Metrics, serve_http
-from nri_plugin.nri.stub import Stub
+from nri_plugin.metrics import Metrics, parse_address, serve_http
+from nri_plugin.nri.stub import Stub, check_identity, prelaunched_identity
+from nri_plugin.persist.exits import load_exit_records
+from nri_plugin.persist.file import STATE_FILE_NAME
 from nri_plugin.persist.recovery import recover
 from nri_plugin.persist.writer import CheckpointWriter
+from nri_plugin.tracker.tracker import NodeTracker
 
-STATE_FILE_NAME = "memory_manager_state"
+MODE_NRI = "nri"
+MODE_CRI_PROXY = "cri-proxy"
+
+
+def check_flags(args: argparse.Namespace, mode: str) -> None:
+    """Refuse a flag value that cannot work, before anything touches the disk (InputError)."""
+    if args.metrics_address:
+        parse_address(args.metrics_address, "--metrics-address")
+    if mode == MODE_NRI:
+        name, idx = prelaunched_identity(os.environ, args.plugin_name, args.plugin_index)
+        check_identity(name, idx, args.socket)
+    else:
+        listen = unix_socket_path(args.listen, "--listen")
+        runtime = unix_socket_path(args.runtime_endpoint, "--runtime-endpoint")
+        if listen.resolve() == runtime.resolve():
+            raise InputError(
+                f"--listen {args.listen}: is the runtime endpoint; the proxy would call itself"
+            )
 
 
 def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
+    """The topology and the validated configuration (kubelet's file aligned when given)."""
     topology = (
         load_topology_file(args.topology_file)
         if args.topology_file
@@ -32,8 +81,6 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
     )
     config = load_config_file(args.config) if args.config else Config()
     if getattr(args, "kubelet_config", None):
-        from nri_plugin.inputs.kubeletconfig import align_with_kubelet
-
         config = align_with_kubelet(
             config, args.kubelet_config, structlog.get_logger("config"), config_source=args.config
         )
@@ -41,69 +88,173 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
     return topology, config
 
 
-async def serve(args: argparse.Namespace) -> int:
+class FrontEnd(Protocol):
+    """How events reach the tracker: an NRI connection, or a CRI proxy."""
+
+    async def start(self, tracker: NodeTracker) -> None:
+        """Get ready to serve (a socket to listen on is opened here)."""
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`."""
+
+    def stop(self) -> None: ...
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the runtime is connected and its view synchronized, and why not."""
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> dict[str, object]:
+        """What the start-up log line says of this front end."""
+
+
+class NRIFrontEnd:
+    """The containerd NRI plugin: events from the runtime through :class:`Stub`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._stub: Stub | None = None
+
+    async def start(self, tracker: NodeTracker) -> None:
+        plugin = MemoryPlugin(tracker.manager, tracker=tracker, logger=structlog.get_logger())
+        self._stub = Stub(
+            plugin,
+            plugin_name=self._args.plugin_name,
+            plugin_idx=self._args.plugin_index,
+            socket_path=self._args.socket,
+            logger=structlog.get_logger("nri"),
+        )
+
+    async def run(self) -> None:
+        assert self._stub is not None
+        await self._stub.run()
+
+    def stop(self) -> None:
+        if self._stub is not None:
+            self._stub.stop()
+
+    def health(self) -> tuple[bool, str]:
+        if self._stub is None or not self._stub.connected:
+            return False, "not connected to the runtime"
+        return True, "ok"
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "mode": MODE_NRI,
+            "socket": self._args.socket,
+            "plugin": f"{self._args.plugin_index}-{self._args.plugin_name}",
+        }
+
+
+class CRIFrontEnd:
+    """The CRI proxy: kubelet's calls relayed to the runtime, the lifecycle ones read."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._channel: Any = None
+        self._server: Any = None
+        self._proxy: CRIProxy | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self, tracker: NodeTracker) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            endpoint_target(self._args.runtime_endpoint), options=CHANNEL_OPTIONS
+        )
+        self._proxy = CRIProxy(tracker, self._channel, logger=structlog.get_logger("cri-proxy"))
+        self._server = await start_server(self._proxy, self._args.listen)
+
+    async def run(self) -> None:
+        assert self._proxy is not None
+        sync = asyncio.get_running_loop().create_task(self._proxy.synchronize_until_done())
+        try:
+            await self._stopped.wait()
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def health(self) -> tuple[bool, str]:
+        if self._proxy is None or not self._proxy.synchronized.is_set():
+            return False, "not synchronized with the runtime"
+        return True, "ok"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.stop(5)
+        if self._channel is not None:
+            await self._channel.close()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "mode": MODE_CRI_PROXY,
+            "listen": str(unix_socket_path(self._args.listen, "--listen")),
+            "runtime_endpoint": self._args.runtime_endpoint,
+        }
+
+
+async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     log = structlog.get_logger("nri-memory-manager")
     topology, config = load_machine(args)
     state_path = Path(args.state_dir) / STATE_FILE_NAME
     recovery = recover(topology, config, state_path, log)
     manager = recovery.manager
     writer = CheckpointWriter(state_path, log)
-    writer.write_now(manager.state)
     metrics = Metrics()
     metrics.restored(
-        conflicts=len(recovery.report.conflicts),
+        conflicts={(c.pod_uid, c.container) for c in recovery.report.conflicts},
         set_aside=recovery.report.set_aside_as is not None,
     )
-    plugin = MemoryPlugin(
+    tracker = NodeTracker(
         manager, persist=lambda: writer.request(manager.state), observer=metrics, logger=log
     )
+    tracker.restore_exit_records(load_exit_records(writer.exits_path, log))
+    writer.exit_records = tracker.exit_records
     metrics.state_changed(manager)
-    stub = Stub(
-        plugin,
-        plugin_name=args.plugin_name,
-        plugin_idx=args.plugin_index,
-        socket_path=args.socket,
-        logger=structlog.get_logger("nri"),
-    )
+    metrics.connection(False)
+    await front.start(tracker)
+    writer.write_now(manager.state)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stub.stop)
-    server = None
+        loop.add_signal_handler(sig, front.stop)
+    http = None
     if args.metrics_address:
 
         def health() -> tuple[bool, str]:
-            if not stub.connected:
-                return False, "not connected to the runtime"
-            return writer.writable()
+            ok, why = front.health()
+            return writer.writable() if ok else (ok, why)
 
-        server = await serve_http(args.metrics_address, metrics, health)
+        http = await serve_http(args.metrics_address, metrics, health)
         log.info("metrics listening", address=args.metrics_address)
     log.info(
         "starting",
-        socket=args.socket,
-        plugin=f"{args.plugin_index}-{args.plugin_name}",
+        **front.describe(),
         numa_nodes=len(topology.nodes),
         state=str(state_path),
         policy=config.policy,
         topology_manager_policy=config.topology_manager_policy,
+        topology_manager_scope=config.topology_manager_scope,
     )
     try:
-        await stub.run()
+        await front.run()
     finally:
-        if server is not None:
-            server.close()
+        await front.close()
+        if http is not None:
+            http.close()
         await writer.flush()
         writer.write_now(manager.state)
         log.info("stopped")
     return 0
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, mode: str = MODE_NRI) -> int:
+    """``run`` (mode ``nri``) and ``cri-proxy``: exit status 0 after SIGTERM."""
+    check_flags(args, mode)
     configure_logging(args.log_level)
-    if args.metrics_address:
-        port = args.metrics_address.rpartition(":")[2]
-        if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
-            raise InputError(
-                f"--metrics-address {args.metrics_address!r}: expected HOST:PORT, PORT 1-65535"
-            )
-    return asyncio.run(serve(args))
+    front: FrontEnd = NRIFrontEnd(args) if mode == MODE_NRI else CRIFrontEnd(args)
+    return asyncio.run(serve(args, front))

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nri_plugin.engine.manager import MemoryManager
-from nri_plugin.frontends.nri import Observer
+from nri_plugin.errors import InputError
+from nri_plugin.tracker.tracker import Observer
 
 # kubelet's buckets for topology_manager_admission_duration_ms
 _DURATION_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
@@ -75,7 +76,14 @@ class Metrics(Observer):
 
         self.restore_conflicts = Gauge(
             "nri_memory_manager_restore_conflicts",
-            "Containers whose recorded blocks no longer fit the configuration at the last start",
+            "Containers still holding blocks that no longer fitted the configuration at the"
+            " last start",
+            registry=r,
+        )
+        self.resizes = Counter(
+            "nri_memory_manager_resizes_total",
+            "In-place resizes of containers holding blocks, by result",
+            ["result"],
             registry=r,
         )
         self.checkpoint_set_aside = Gauge(
@@ -84,8 +92,15 @@ class Metrics(Observer):
             registry=r,
         )
 
-    def restored(self, *, conflicts: int, set_aside: bool) -> None:
-        self.restore_conflicts.set(conflicts)
+        # (pod uid, container) of restore conflicts still holding blocks
+        self._conflicts: set[tuple[str, str]] = set()
+        # (node, type) -> the (allocatable, reserved, free) published last, and its children
+        self._published: dict[tuple[int, str], tuple[int, int, int]] = {}
+        self._assignments: dict[int, int] = {}
+
+    def restored(self, *, conflicts: set[tuple[str, str]], set_aside: bool) -> None:
+        self._conflicts = set(conflicts)
+        self.restore_conflicts.set(len(self._conflicts))
         self.checkpoint_set_aside.set(1 if set_aside else 0)
 
     # -- Observer ----------------------------------------------------------
@@ -102,16 +117,30 @@ class Metrics(Observer):
         if not admitted:
             self.pinning_errors.inc()
 
+    def resize(self, *, resized: bool) -> None:
+        self.resizes.labels("resized" if resized else "refused").inc()
+
     def state_changed(self, manager: MemoryManager) -> None:
+        """Publish what changed: work per NUMA node and type, never per container."""
         state = manager.state
         for node_id, node in state.machine.items():
-            n = str(node_id)
-            self.assignments.labels(n).set(node.number_of_assignments)
+            if self._assignments.get(node_id) != node.number_of_assignments:
+                self._assignments[node_id] = node.number_of_assignments
+                self.assignments.labels(str(node_id)).set(node.number_of_assignments)
             for type_, t in node.memory_map.items():
+                now = (t.allocatable, t.reserved, t.free)
+                key = (node_id, type_)
+                if self._published.get(key) == now:
+                    continue
+                self._published[key] = now
+                n = str(node_id)
                 self.memory_bytes.labels(n, type_, "allocatable").set(t.allocatable)
                 self.memory_bytes.labels(n, type_, "reserved").set(t.reserved)
                 self.memory_bytes.labels(n, type_, "free").set(t.free)
-        self.containers.set(sum(len(c) for c in state.entries.values()))
+        self.containers.set(state.holders)
+        if self._conflicts:
+            self._conflicts = {k for k in self._conflicts if state.blocks(*k) is not None}
+            self.restore_conflicts.set(len(self._conflicts))
 
     def connection(self, connected: bool) -> None:
         self.connected.set(1 if connected else 0)
@@ -123,11 +152,26 @@ class Metrics(Observer):
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
+def parse_address(address: str, flag: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (HOST may be empty for every address, ``[::1]`` for IPv6); InputError."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5):
+        raise InputError(f"{flag} {address!r}: expected HOST:PORT, PORT 1-65535")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise InputError(f"{flag} {address!r}: expected HOST:PORT, PORT 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if any(c.isspace() or c in "/[]" for c in host):
+        raise InputError(f"{flag} {address!r}: {host!r} is not a host name or address")
+    return host, number
+
+
 async def serve_http(
     address: str, metrics: Metrics, health: Callable[[], tuple[bool, str]]
 ) -> asyncio.Server:
     """A tiny HTTP/1.0 server on ``HOST:PORT``: /metrics, /healthz (and /readyz, same check)."""
-    host, _, port = address.rpartition(":")
+    host, port = parse_address(address)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -156,4 +200,7 @@ async def serve_http(
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host or "0.0.0.0", int(port))
+    try:
+        return await asyncio.start_server(handle, host or "0.0.0.0", port)
+    except OSError as exc:
+        raise InputError(f"--metrics-address {address}: cannot listen: {exc.strerror}") from None

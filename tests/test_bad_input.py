@@ -1364,7 +1364,9 @@ def test_pod_level_limit_unusable_falls_back_to_container_scope() -> None:
     p = pod("uid-1", memory_limit=-1)
     answer = plugin.create_container(p, container(p, "app", "c-1", GI))
     assert mems(answer) == "0"
-    assert log.find("pod scope without pod-level resources; using container scope", "warning")
+    assert log.find(
+        "pod scope without the pod's memory limit; deciding in container scope", "warning"
+    )
 
 
 @pytest.mark.parametrize(

@@ -35,17 +35,17 @@ from nri_plugin.frontends.cri.gen import cri_pb2 as cri
 from nri_plugin.frontends.cri.proxy import (
     REFUSAL_CODE,
     CRIProxy,
-    endpoint_path,
     endpoint_target,
     start_server,
+    unix_socket_path,
 )
-from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.nri_convert import pod_qos
 from nri_plugin.inputs.config import parse_config
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.persist.file import load_file
 from nri_plugin.persist.format import to_checkpoint
+from nri_plugin.tracker.tracker import NodeTracker
 
 REPO = Path(__file__).resolve().parents[1]
 GI = 1 << 30
@@ -381,7 +381,7 @@ class Kubelet:
 @dataclass
 class Env(Kubelet):
     proxy: CRIProxy
-    plugin: MemoryPlugin
+    plugin: NodeTracker
     manager: MemoryManager
 
     def reserved(self, node: int) -> int:
@@ -408,7 +408,7 @@ async def proxied(
     runtime_server.add_insecure_port(f"unix:{sockets}/runtime.sock")
     await runtime_server.start()
     channel = grpc.aio.insecure_channel(f"unix:{sockets}/runtime.sock")
-    plugin = MemoryPlugin(manager, persist=persist)
+    plugin = NodeTracker(manager, persist=persist)
     proxy = CRIProxy(plugin, channel)
     server = await start_server(proxy, str(sockets / "proxy.sock"))
     client = grpc.aio.insecure_channel(f"unix:{sockets}/proxy.sock")
@@ -446,6 +446,8 @@ def test_generated_cri_modules_are_up_to_date(tmp_path: Path) -> None:
 
 # runtime.v1 wire numbers (k8s.io/cri-api api.proto) of every field the proxy reads or writes
 FIELD_NUMBERS = {
+    ("ContainerStatus", "finished_at"): 6,
+    ("ContainerStatus", "exit_code"): 7,
     ("RunPodSandboxRequest", "config"): 1,
     ("RunPodSandboxRequest", "runtime_handler"): 2,
     ("PodSandboxConfig", "metadata"): 1,
@@ -552,9 +554,9 @@ def test_listed_container_takes_kubelets_resources_and_the_specs_mems() -> None:
 
 def test_endpoints_accept_paths_and_unix_urls() -> None:
     assert endpoint_target("/run/x.sock") == "unix:/run/x.sock"
-    assert endpoint_target("unix:///run/x.sock") == "unix:///run/x.sock"
-    assert endpoint_path("unix:///run/x.sock") == Path("/run/x.sock")
-    assert endpoint_path("/run/x.sock") == Path("/run/x.sock")
+    assert endpoint_target("unix:///run/x.sock") == "unix:/run/x.sock"
+    assert unix_socket_path("unix:///run/x.sock") == Path("/run/x.sock")
+    assert unix_socket_path("/run/x.sock") == Path("/run/x.sock")
 
 
 # -- relaying -------------------------------------------------------------------------------

@@ -32,10 +32,15 @@ def make_plugin(policy: str = "single-numa-node", scope: str = "container") -> M
     return MemoryPlugin(MemoryManager(topology, config))
 
 
-def restarted(plugin: MemoryPlugin, policy: str = "single-numa-node") -> MemoryPlugin:
-    """A new plugin process that restored the checkpoint ``plugin`` wrote."""
+def restarted(
+    plugin: MemoryPlugin, policy: str = "single-numa-node", *, exit_records: bool = True
+) -> MemoryPlugin:
+    """A new plugin process that restored the checkpoint ``plugin`` wrote (and, unless
+    ``exit_records`` is false, the exit records beside it)."""
     fresh = make_plugin(policy)
     fresh.manager.state = plugin.manager.state.clone()
+    if exit_records:
+        fresh.tracker.restore_exit_records(plugin.tracker.exit_records())
     return fresh
 
 
@@ -260,7 +265,9 @@ def test_memory_of_a_released_init_container_is_not_reused_again() -> None:
     assert sizes == 3 * GI
 
 
-def test_unlisted_container_is_released_once_another_one_runs() -> None:
+def test_unlisted_init_container_is_released_once_the_next_one_runs() -> None:
+    # containerd lists no exited container at Synchronize: the exit records say the
+    # unlisted "init" was a finished init container whose successor "app" now runs
     plugin = make_plugin()
     g = pod("g")
     init = container(g, "init", "c1", 4 * GI)
@@ -273,3 +280,45 @@ def test_unlisted_container_is_released_once_another_one_runs() -> None:
     fresh.synchronize([g], [app])
     assert fresh.manager.state.blocks("g", "init") is None
     assert reserved(fresh, 0) == 2 * GI
+
+
+def test_unlisted_exited_container_is_kept_without_exit_records() -> None:
+    # without the exit records nothing tells a finished init container from a crashed
+    # app container: its blocks stay until its pod goes (never "exited, so released")
+    plugin = make_plugin()
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    app = container(g, "app", "c2", 2 * GI)
+    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    fresh = restarted(plugin, exit_records=False)
+    app.state = api.CONTAINER_RUNNING
+    fresh.synchronize([g], [app])
+    assert fresh.manager.state.blocks("g", "init") is not None
+    fresh.remove_pod_sandbox(g)
+    assert fresh.manager.state.entries == {}
+    assert reserved(fresh, 0) == 0
+
+
+def test_crashed_app_container_keeps_its_blocks_across_a_restart() -> None:
+    # "a" exits (a crash) while its sibling "b" runs; the plugin restarts; "a" is not
+    # listed but keeps its blocks, and its restart (same name) is not a new admission
+    plugin = make_plugin()
+    g = pod("g")
+    a = container(g, "a", "c1", 2 * GI)
+    b = container(g, "b", "c2", 2 * GI)
+    a.linux.resources.cpu.mems = mems(plugin.create_container(g, a))
+    b.linux.resources.cpu.mems = mems(plugin.create_container(g, b))
+    plugin.start_container(g, a)
+    plugin.start_container(g, b)
+    plugin.stop_container(g, a)
+    fresh = restarted(plugin)
+    b.state = api.CONTAINER_RUNNING
+    fresh.synchronize([g], [b])
+    before = fresh.manager.state.blocks("g", "a")
+    assert before is not None
+    again = container(g, "a", "c3", 2 * GI)
+    assert mems(fresh.create_container(g, again)) == "0"
+    assert fresh.manager.state.blocks("g", "a") == before
+    assert reserved(fresh, 0) == 4 * GI

@@ -36,7 +36,7 @@ from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.persist.file import write_file
 from nri_plugin.persist.format import dumps, to_checkpoint
-from nri_plugin.persist.recovery import Recovery, recover, restore
+from nri_plugin.persist.recovery import Recovery, recover
 from nri_plugin.persist.writer import CheckpointWriter
 from tests.nri_builders import GI, container, pod
 
@@ -362,7 +362,7 @@ def test_intact_file_is_used_as_it_is(state_path: Path) -> None:
     assert recovery.report.outcome == OUTCOME_RESTORED
     assert as_json(recovery.manager.state) == as_json(saved)
     assert log.at("warning") == [] and log.at("error") == []
-    assert restore(topo(), cfg(), state_path, Log()).state.entries == saved.entries
+    assert recover(topo(), cfg(), state_path, Log()).manager.state.entries == saved.entries
 
 
 # -- 3. drift tolerance ----------------------------------------------------------------------------
@@ -709,7 +709,7 @@ def open_umask() -> Iterator[None]:
 @pytest.mark.usefixtures("open_umask")
 def test_state_dir_and_file_are_private_whatever_the_umask(tmp_path: Path) -> None:
     path = tmp_path / "var" / "lib" / "nmm" / STATE
-    manager = restore(topo(), cfg(), path, Log())
+    manager = recover(topo(), cfg(), path, Log()).manager
     CheckpointWriter(path, Log()).write_now(manager.state)  # what `run` does at start
     for d in (tmp_path / "var", tmp_path / "var" / "lib", path.parent):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d

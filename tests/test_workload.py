@@ -10,7 +10,6 @@ from nri_plugin.errors import InputError
 from nri_plugin.frontends.nri_convert import (
     container_resources,
     page_size_bytes,
-    pinned_cpus,
     pod_memory_limit,
     pod_qos,
     qos_from_cgroup,
@@ -105,7 +104,7 @@ def test_pinned_cpus_ignore_the_shared_pool() -> None:
     p = pod("u")
 
     def cpus(text: str) -> frozenset[int] | None:
-        return pinned_cpus(container_resources(container(p, "c", "c", GI, cpus=text)), topo)
+        return container_resources(container(p, "c", "c", GI, cpus=text)).pinned_cpus(topo)
 
     assert cpus("") is None
     assert cpus("0-7") is None  # all CPUs: CPU manager policy none

@@ -16,23 +16,22 @@ from nri_plugin.errors import TopologyError
 from nri_plugin.quantity import bounded_int, short
 
 
-def mask_of(nodes: Iterable[int]) -> int:
+def mask_of(ids: Iterable[int]) -> int:
+    """The mask with bit ``i`` set for every id ``i`` (NUMA nodes or CPUs)."""
     mask = 0
-    for n in nodes:
+    for n in ids:
         mask |= 1 << n
     return mask
 
 
 def nodes_of(mask: int) -> list[int]:
-    """The node ids of ``mask``, ascending."""
-    nodes = []
-    n = 0
+    """The ids of ``mask``, ascending (one step per set bit, not per bit position)."""
+    ids = []
     while mask:
-        if mask & 1:
-            nodes.append(n)
-        mask >>= 1
-        n += 1
-    return nodes
+        low = mask & -mask
+        ids.append(low.bit_length() - 1)
+        mask ^= low
+    return ids
 
 
 def is_narrower(a: int, b: int) -> bool:

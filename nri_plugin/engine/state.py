@@ -97,6 +97,12 @@ class MemoryState:
     policy_name: str
     machine: dict[int, NodeState] = field(default_factory=dict)
     entries: dict[str, dict[str, list[Block]]] = field(default_factory=dict)
+    # containers holding blocks, kept up to date by the mutations (metrics read it per change)
+    holders: int = field(default=-1, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.holders < 0:
+            self.holders = sum(len(c) for c in self.entries.values())
 
     # -- queries -----------------------------------------------------------
 
@@ -138,19 +144,24 @@ class MemoryState:
                 for n, s in self.machine.items()
             },
             entries,
+            self.holders,
         )
 
     # -- mutations ---------------------------------------------------------
 
     def set_blocks(self, pod_uid: str, container: str, blocks: list[Block]) -> None:
+        pod = self.entries.get(pod_uid, {})
+        if container not in pod:
+            self.holders += 1
         # a new dict for the pod: a clone may share the old one
-        self.entries[pod_uid] = {**self.entries.get(pod_uid, {}), container: blocks}
+        self.entries[pod_uid] = {**pod, container: blocks}
 
     def delete_blocks(self, pod_uid: str, container: str) -> list[Block] | None:
         pod = self.entries.get(pod_uid)
         if pod is None or container not in pod:
             return None
         blocks = pod[container]
+        self.holders -= 1
         rest = {name: b for name, b in pod.items() if name != container}  # a clone may share pod
         if rest:
             self.entries[pod_uid] = rest

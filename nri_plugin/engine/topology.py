@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nri_plugin.engine.state import HUGEPAGES_PREFIX
 
@@ -48,6 +49,15 @@ class Topology:
         for n in self.nodes:
             sizes.update(n.hugepages)
         return tuple(sorted(sizes))
+
+    @cached_property
+    def cpu_mask(self) -> int:
+        """Every CPU of the machine, bit i for CPU i."""
+        mask = 0
+        for n in self.nodes:
+            for cpu in n.cpus:
+                mask |= 1 << cpu
+        return mask
 
     def nodes_of_cpus(self, cpus: frozenset[int]) -> frozenset[int]:
         """NUMA node ids holding any of ``cpus`` (unknown CPUs are ignored)."""

@@ -1,10 +1,13 @@
-"""From NRI's view of a pod and a container to the policy's PodSpec/ContainerSpec.
+"""From NRI's view of a pod and a container to the tracker's facts.
 
 kubelet does not tell the runtime a pod's QoS class or a container's requests
-directly; they are read back the way the reference (nri-protocol.md §6)
-describes: the QoS class from the pod's cgroup parent (cgroupfs and systemd
-drivers), the memory and hugepage requests from the container's limits
-(request == limit for Guaranteed pods), the pinned CPUs from its cpuset.
+directly; they are read back from what it does send (kubelet's
+``pkg/kubelet/kuberuntime``): the QoS class from the pod's cgroup parent
+(cgroupfs and systemd drivers), the memory and hugepage requests from the
+container's limits (request == limit in a Guaranteed pod), the pinned CPUs
+from its cpuset, the pod's memory limit from the sandbox's resources, restarts
+from the ``io.kubernetes.container.restartCount`` annotation. The CRI proxy
+uses the same functions on the NRI messages it builds from CRI.
 """
 
 from __future__ import annotations
@@ -12,18 +15,27 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Mapping
 from fractions import Fraction
 
-from nri_plugin.engine.bitmask import parse_cpulist
-from nri_plugin.engine.pod import BEST_EFFORT, BURSTABLE, CPU, GUARANTEED, MEMORY, ContainerSpec
-from nri_plugin.engine.topology import Topology, hugepage_resource_name
+from nri_plugin.engine.bitmask import mask_of, parse_cpulist
+from nri_plugin.engine.pod import BEST_EFFORT, BURSTABLE, GUARANTEED
+from nri_plugin.engine.topology import hugepage_resource_name
 from nri_plugin.errors import InputError
 from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.tracker.facts import (
+    CREATED,
+    EXITED,
+    RUNNING,
+    UNKNOWN,
+    ContainerFacts,
+    ContainerResources,
+    PodFacts,
+)
 
 LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
+ANNOTATION_RESTART_COUNT = "io.kubernetes.container.restartCount"
 
 _BURSTABLE = re.compile(r"(?:^|[/:._-])burstable(?:[/:._-]|$)")
 _BEST_EFFORT = re.compile(r"(?:^|[/:._-])besteffort(?:[/:._-]|$)")
@@ -37,6 +49,12 @@ _INT64_MAX = (1 << 63) - 1
 _MIN_PAGE_SIZE = 4 << 10
 _MAX_PAGE_SIZE = 16 << 30
 _MAX_PAGE_SIZE_TEXT = 32
+
+_STATES: Mapping[int, str] = {
+    api.CONTAINER_CREATED: CREATED,
+    api.CONTAINER_RUNNING: RUNNING,
+    api.CONTAINER_STOPPED: EXITED,
+}
 
 
 def qos_from_cgroup(path: str) -> str | None:
@@ -70,55 +88,6 @@ def page_size_bytes(text: str) -> int:
     return size
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerResources:
-    """What the plugin reads of one container's resources.
-
-    One is kept for every tracked container, so it holds ints and tuples rather
-    than a dict, a frozenset and Fractions of its own.
-    """
-
-    memory_limit: int  # bytes, 0 when there is none
-    hugepage_limits: tuple[tuple[str, int], ...]  # (hugepages-<size>, bytes), non-zero only
-    cpu_limit: Fraction | None  # cores, from quota/period; equal limits share one Fraction
-    cpu_mask: int | None  # the cpuset, bit i for CPU i, when one is set
-
-    @property
-    def memory(self) -> dict[str, int]:
-        """Memory type -> bytes: the memory limit, then the hugepage limits (a new dict)."""
-        out = {MEMORY: self.memory_limit} if self.memory_limit else {}
-        out.update(self.hugepage_limits)
-        return out
-
-    @property
-    def cpus(self) -> frozenset[int] | None:
-        """The cpuset, when one is set."""
-        return None if self.cpu_mask is None else frozenset(_cpus_of(self.cpu_mask))
-
-    def to_spec(self, name: str, *, init: bool = False) -> ContainerSpec:
-        amounts: dict[str, Fraction] = {k: Fraction(v) for k, v in self.memory.items()}
-        if self.cpu_limit is not None:
-            amounts[CPU] = self.cpu_limit
-        # Guaranteed: request == limit for every resource
-        return ContainerSpec(name=name, requests=dict(amounts), limits=dict(amounts), init=init)
-
-
-def _cpus_of(mask: int) -> list[int]:
-    cpus = []
-    while mask:
-        low = mask & -mask  # the lowest set bit
-        cpus.append(low.bit_length() - 1)
-        mask ^= low
-    return cpus
-
-
-def _mask_of(cpus: Iterable[int]) -> int:
-    mask = 0
-    for cpu in cpus:
-        mask |= 1 << cpu
-    return mask
-
-
 @functools.lru_cache(maxsize=256)
 def _cores(quota: int, period: int) -> Fraction:
     # Fractions are immutable: containers with the same limit share one.
@@ -128,27 +97,25 @@ def _cores(quota: int, period: int) -> Fraction:
 def container_resources(container: api.Container) -> ContainerResources:
     """Read memory, hugepages and CPU settings from the container's OCI resources."""
     res = container.linux.resources if container.HasField("linux") else api.LinuxResources()
+    return _resources(res, f"container {container.name!r}")
+
+
+def _resources(res: api.LinuxResources, what: str) -> ContainerResources:
     memory_limit = 0
     if res.HasField("memory") and res.memory.HasField("limit"):
         memory_limit = res.memory.limit.value
         if memory_limit < 0 or memory_limit > _INT64_MAX:
-            raise InputError(
-                f"container {container.name!r}: memory limit {memory_limit} is out of range"
-            )
+            raise InputError(f"{what}: memory limit {memory_limit} is out of range")
     hugepages: dict[str, int] = {}
     for hp in res.hugepage_limits:
         if hp.limit == 0:
             continue  # containerd lists every host page size with limit 0
         if hp.limit > _INT64_MAX:
-            raise InputError(
-                f"container {container.name!r}: hugepage limit {hp.limit} is out of range"
-            )
+            raise InputError(f"{what}: hugepage limit {hp.limit} is out of range")
         resource = hugepage_resource_name(page_size_bytes(hp.page_size))
         if resource in hugepages:
             # two limits for one page size: no way to know which the kubelet meant
-            raise InputError(
-                f"container {container.name!r}: hugepage size {hp.page_size!r} is limited twice"
-            )
+            raise InputError(f"{what}: hugepage size {hp.page_size!r} is limited twice")
         hugepages[resource] = hp.limit
     cpu_limit: Fraction | None = None
     cpu_mask: int | None = None
@@ -160,26 +127,10 @@ def container_resources(container: api.Container) -> ContainerResources:
                 cpu_limit = _cores(quota, period)
         if cpu.cpus:
             try:
-                cpu_mask = _mask_of(parse_cpulist(cpu.cpus, what="cpuset.cpus"))
+                cpu_mask = mask_of(parse_cpulist(cpu.cpus, what="cpuset.cpus"))
             except InputError:
                 cpu_mask = None
     return ContainerResources(memory_limit, tuple(hugepages.items()), cpu_limit, cpu_mask)
-
-
-def pinned_cpus(resources: ContainerResources, topology: Topology) -> frozenset[int] | None:
-    """The CPUs the CPU manager pinned the container to, or None for the shared pool.
-
-    A cpuset covering every CPU of the machine is the shared pool (CPU manager
-    policy none, or a non-integer request): it gives no CPU-side hint, as
-    kubelet's CPU manager gives none for such containers.
-    """
-    if resources.cpu_mask is None:
-        return None
-    known = _mask_of(cpu for n in topology.nodes for cpu in n.cpus)
-    mask = resources.cpu_mask & known
-    if not mask or mask == known:
-        return None
-    return frozenset(_cpus_of(mask))
 
 
 def pod_memory_limit(pod: api.PodSandbox) -> int | None:
@@ -200,3 +151,67 @@ def container_identity(pod: api.PodSandbox, container: api.Container) -> tuple[s
     uid = sys.intern(pod.uid or container.labels.get(LABEL_POD_UID, ""))
     name = sys.intern(container.name or container.labels.get(LABEL_CONTAINER_NAME, ""))
     return uid, name
+
+
+def pod_facts(
+    pod: api.PodSandbox,
+    hugepage_limits: Mapping[str, int] | None = None,
+    container: api.Container | None = None,
+) -> PodFacts:
+    """The tracker's view of a pod sandbox (``hugepage_limits`` read from its cgroup).
+
+    Without a UID in the sandbox, a container's kubelet label names the pod.
+    """
+    uid = pod.uid
+    if not uid and container is not None:
+        uid = container.labels.get(LABEL_POD_UID, "")
+    return PodFacts(
+        sys.intern(uid),
+        pod.id,
+        pod.name,
+        pod.namespace,
+        pod_qos(pod),
+        pod_memory_limit(pod),
+        hugepage_limits,
+    )
+
+
+def container_facts(pod: api.PodSandbox, container: api.Container) -> ContainerFacts:
+    """The tracker's view of a container; unreadable resources are said, not raised."""
+    _, name = container_identity(pod, container)
+    resources: ContainerResources | None
+    error = None
+    try:
+        resources = container_resources(container)
+    except InputError as exc:
+        resources, error = None, str(exc)
+    linux = container.linux if container.HasField("linux") else None
+    mems = linux.resources.cpu.mems if linux is not None else ""
+    return ContainerFacts(
+        container.id,
+        name,
+        _STATES.get(container.state, UNKNOWN),
+        resources,
+        qos=qos_from_cgroup(linux.cgroups_path) if linux is not None else None,
+        mems=mems,
+        created_at=container.created_at,
+        # NRI >= 0.10 defines an exit code, but containerd (2.1 and 1.7) never fills it:
+        # 0 means "not said" there
+        exit_code=container.exit_code or None,
+        restart_count=_restart_count(container.annotations.get(ANNOTATION_RESTART_COUNT)),
+        error=error,
+    )
+
+
+def update_resources(res: api.LinuxResources) -> ContainerResources | None:
+    """The resources an UpdateContainer carries (zero / empty: unchanged); None if malformed."""
+    try:
+        return _resources(res, "update")
+    except InputError:
+        return None
+
+
+def _restart_count(text: str | None) -> int | None:
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 9:
+        return None
+    return int(text)

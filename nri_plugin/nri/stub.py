@@ -147,6 +147,18 @@ def prelaunched_identity(environ: Mapping[str, str], name: str, idx: str) -> tup
     return env_name or name, env_idx or idx
 
 
+def check_identity(plugin_name: str, plugin_idx: str, socket_path: str) -> None:
+    """Refuse a plugin name, index or socket path the runtime would refuse (ConfigError)."""
+    if not _PLUGIN_NAME.fullmatch(plugin_name):
+        raise ConfigError(
+            f"NRI plugin name {plugin_name!r} must be non-empty and use only [A-Za-z0-9_.+-]"
+        )
+    if not _PLUGIN_IDX.fullmatch(plugin_idx):
+        raise ConfigError(f"NRI plugin index {plugin_idx!r} must be exactly two digits 00-99")
+    if len(os.fsencode(socket_path)) > _MAX_UNIX_PATH:
+        raise ConfigError(f"NRI socket path {socket_path!r} is longer than {_MAX_UNIX_PATH} bytes")
+
+
 @dataclass
 class _Session:
     """What one connection has gone through; replaced on every reconnect."""
@@ -174,16 +186,7 @@ class Stub:
         reconnect: bool = True,
         max_backoff: float = 5.0,
     ) -> None:
-        if not _PLUGIN_NAME.fullmatch(plugin_name):
-            raise ConfigError(
-                f"NRI plugin name {plugin_name!r} must be non-empty and use only [A-Za-z0-9_.+-]"
-            )
-        if not _PLUGIN_IDX.fullmatch(plugin_idx):
-            raise ConfigError(f"NRI plugin index {plugin_idx!r} must be exactly two digits 00-99")
-        if len(os.fsencode(socket_path)) > _MAX_UNIX_PATH:
-            raise ConfigError(
-                f"NRI socket path {socket_path!r} is longer than {_MAX_UNIX_PATH} bytes"
-            )
+        check_identity(plugin_name, plugin_idx, socket_path)
         if not max_backoff >= INITIAL_BACKOFF:
             raise ConfigError(f"max_backoff {max_backoff} must be at least {INITIAL_BACKOFF} s")
         self._mask = event_mask(handler)

@@ -14,6 +14,11 @@ from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
 from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, from_checkpoint, parse_json
 
+# kubelet's name for the memory manager's checkpoint, in its state directory
+STATE_FILE_NAME = "memory_manager_state"
+# our exit records beside it (nri_plugin.persist.exits)
+EXITS_FILE_NAME = "exited_containers"
+
 
 def load_file(path: str | Path) -> MemoryState | None:
     """Read and verify the checkpoint at ``path``; None when there is no file.
@@ -21,34 +26,9 @@ def load_file(path: str | Path) -> MemoryState | None:
     A symlink is refused (never followed), as is anything but a regular file.
     """
     p = os.fspath(path)
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
+    raw = read_regular_file(p, MAX_FILE_BYTES, what="checkpoint")
+    if raw is None:
         return None
-    except OSError as exc:
-        raise StateError(f"{p}: cannot read checkpoint: {exc.strerror}") from exc
-    if stat.S_ISLNK(st.st_mode):
-        raise StateError(f"{p}: checkpoint is a symlink; refusing to follow it")
-    if not stat.S_ISREG(st.st_mode):
-        raise StateError(f"{p}: checkpoint is not a regular file")
-
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        # O_NOFOLLOW and fstat close the window between lstat and open.
-        fd = os.open(p, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateError(f"{p}: cannot read checkpoint: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise StateError(f"{p}: checkpoint is not a regular file")
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise StateError(f"{p}: cannot read checkpoint: {exc.strerror}") from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise StateError(f"{p}: checkpoint is larger than {MAX_FILE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -56,20 +36,60 @@ def load_file(path: str | Path) -> MemoryState | None:
     return from_checkpoint(parse_json(text, source=p), source=p)
 
 
+def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> bytes | None:
+    """The bytes of the regular file at ``path`` (None: absent), never following a link.
+
+    Raises StateError for a symlink, anything but a regular file, an unreadable file
+    or one larger than ``limit`` bytes.
+    """
+    p = os.fspath(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StateError(f"{p}: {what} is a symlink; refusing to follow it")
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"{p}: {what} is not a regular file")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        # O_NOFOLLOW and fstat close the window between lstat and open.
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise StateError(f"{p}: {what} is not a regular file")
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+    if len(raw) > limit:
+        raise StateError(f"{p}: {what} is larger than {limit} bytes")
+    return raw
+
+
 def write_file(path: str | Path, state: MemoryState) -> None:
-    """Replace the checkpoint at ``path`` with ``state``, crash-safe.
+    """Replace the checkpoint at ``path`` with ``state``, crash-safe (:func:`replace_file`)."""
+    replace_file(Path(path), dumps(state).encode(), what="checkpoint")
+
+
+def replace_file(target: Path, data: bytes, *, what: str = "file") -> None:
+    """Replace ``target`` with ``data``, crash-safe.
 
     The content goes to a fresh 0600 temp file in the same directory, is
-    fsynced, renamed over ``path`` and the directory fsynced, so a reader sees
+    fsynced, renamed over ``target`` and the directory fsynced, so a reader sees
     the old file or the new one, never a mix. A missing directory is created
-    0700. A symlink or non-file at ``path`` is refused. Raises StateError.
+    0700. A symlink or non-file at ``target`` is refused. Raises StateError.
     """
-    target = Path(path)
     directory = target.parent
-    data = dumps(state).encode()
     try:
         _make_directory(directory)
-        _refuse_destination(target)
+        _refuse_destination(target, what)
         tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600)
@@ -82,7 +102,7 @@ def write_file(path: str | Path, state: MemoryState) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _refuse_destination(target)
+            _refuse_destination(target, what)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -90,7 +110,7 @@ def write_file(path: str | Path, state: MemoryState) -> None:
             raise
         _fsync_directory(directory)
     except OSError as exc:
-        raise StateError(f"{target}: cannot write checkpoint: {exc.strerror or exc}") from exc
+        raise StateError(f"{target}: cannot write {what}: {exc.strerror or exc}") from exc
 
 
 def _make_directory(directory: Path) -> None:
@@ -109,15 +129,15 @@ def _make_directory(directory: Path) -> None:
         os.chmod(d, 0o700)
 
 
-def _refuse_destination(target: Path) -> None:
+def _refuse_destination(target: Path, what: str) -> None:
     try:
         st = os.lstat(target)
     except FileNotFoundError:
         return
     if stat.S_ISLNK(st.st_mode):
-        raise StateError(f"{target}: checkpoint is a symlink; refusing to replace it")
+        raise StateError(f"{target}: {what} is a symlink; refusing to replace it")
     if not stat.S_ISREG(st.st_mode):
-        raise StateError(f"{target}: checkpoint is not a regular file; refusing to replace it")
+        raise StateError(f"{target}: {what} is not a regular file; refusing to replace it")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -158,14 +178,14 @@ def remove_stale_temp_files(path: Path, log: Any) -> list[Path]:
     pattern; nothing else in the directory is touched.
     """
     directory = path.parent
-    prefix = f".{path.name}."
+    prefixes = (f".{path.name}.", f".{EXITS_FILE_NAME}.")
     removed: list[Path] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return removed
     for entry in entries:
-        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+        if not (entry.name.startswith(prefixes) and entry.name.endswith(".tmp")):
             continue
         try:
             mode = entry.stat(follow_symlinks=False).st_mode
@@ -204,7 +224,11 @@ def secure_directory(path: Path, log: Any) -> None:
         names = os.listdir(directory)
     except OSError:
         names = []
-    ours = all(n.startswith((path.name, f".{path.name}.", ".healthz.")) for n in names)
+    ours = all(
+        n.startswith((path.name, f".{path.name}.", EXITS_FILE_NAME, f".{EXITS_FILE_NAME}."))
+        or n.startswith(".healthz.")
+        for n in names
+    )
     if ours and st.st_uid == os.geteuid():
         with contextlib.suppress(OSError):
             os.chmod(directory, 0o700)

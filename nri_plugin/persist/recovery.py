@@ -74,11 +74,6 @@ class Recovery:
 # -- the file system and the logs ------------------------------------------------
 
 
-def restore(topology: Topology, config: Config, path: Path, log: Any) -> MemoryManager:
-    """The manager to start with (see :func:`recover`); raises StateError to refuse."""
-    return recover(topology, config, path, log).manager
-
-
 def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recovery:
     """Load, judge and apply the checkpoint at ``path`` for this machine and config.
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
-from nri_plugin.persist.file import write_file
+from nri_plugin.persist.exits import Records, write_exit_records
+from nri_plugin.persist.file import EXITS_FILE_NAME, write_file
 
 MIN_GAP = 0.02  # seconds between writes at the least
 GAP_FACTOR = 4.0  # pause after a write: this many times its duration
@@ -42,8 +44,12 @@ class CheckpointWriter:
         *,
         min_gap: float = MIN_GAP,
         gap_factor: float = GAP_FACTOR,
+        exit_records: Callable[[], Records] | None = None,
     ) -> None:
         self.path = path
+        # the exit records beside the checkpoint (nri_plugin.persist.exits), taken with it
+        self.exit_records = exit_records
+        self.exits_path = path.with_name(EXITS_FILE_NAME)
         self._log = logger
         self._min_gap = min_gap
         self._gap_factor = gap_factor
@@ -71,8 +77,9 @@ class CheckpointWriter:
             await self._pause(self._next_start - loop.time())
             started = loop.time()
             snapshot, self._dirty = self._dirty.clone(), None
+            exits = self.exit_records() if self.exit_records is not None else None
             try:
-                await asyncio.to_thread(write_file, self.path, snapshot)
+                await asyncio.to_thread(self._write, snapshot, exits)
                 self.writes += 1
                 self.last_error = None
             except StateError as exc:
@@ -106,8 +113,14 @@ class CheckpointWriter:
 
     def write_now(self, state: MemoryState) -> None:
         """Synchronous write, for start-up and shutdown."""
-        write_file(self.path, state)
+        self._write(state, self.exit_records() if self.exit_records is not None else None)
         self.writes += 1
+
+    def _write(self, state: MemoryState, exits: Records | None) -> None:
+        # the checkpoint first: exit records only matter for names it holds
+        write_file(self.path, state)
+        if exits is not None:
+            write_exit_records(self.exits_path, exits)
 
     def writable(self) -> tuple[bool, str]:
         """Whether the state directory accepts a new file now (for /healthz)."""

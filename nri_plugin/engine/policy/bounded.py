@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import combinations
 
-from nri_plugin.engine.bitmask import mask_of
+from nri_plugin.engine.bitmask import mask_of, nodes_of
 from nri_plugin.engine.hint import TopologyHint
 from nri_plugin.engine.state import NodeState
 from nri_plugin.engine.topologymanager import (
@@ -84,18 +84,8 @@ def _distances(distances: Mapping[tuple[int, int], int], ids: Sequence[int]) -> 
     return table
 
 
-def _bits(mask: int) -> list[int]:
-    """The node ids of ``mask``, ascending (one step per node, not per bit position)."""
-    out = []
-    while mask:
-        low = mask & -mask
-        out.append(low.bit_length() - 1)
-        mask ^= low
-    return out
-
-
 def _kubelet_sorted(masks: Iterable[int]) -> list[int]:
-    return sorted(set(masks), key=lambda m: (m.bit_count(), _bits(m)))
+    return sorted(set(masks), key=lambda m: (m.bit_count(), nodes_of(m)))
 
 
 class _BoundedSearch:
@@ -142,7 +132,7 @@ class _BoundedSearch:
             for m in reusable
             if m
             and m & ~self.u_mask == 0
-            and not self._covers(self._sum(_bits(m)), self.need)
+            and not self._covers(self._sum(nodes_of(m)), self.need)
             and self.admissible(m)
         )
         self.min_size = self._min_allocatable_width()
@@ -180,7 +170,7 @@ class _BoundedSearch:
 
     def admissible(self, mask: int) -> bool:
         """One mask through the exhaustive walk's rules."""
-        nodes = _bits(mask)
+        nodes = nodes_of(mask)
         if not nodes or any(n not in self.machine for n in nodes):
             return False
         if not self._covers(self._sum(nodes, self.alloc), self.need):
@@ -200,7 +190,7 @@ class _BoundedSearch:
         return all(free[d] + extra.get(t, 0) >= self.need[d] for d, t in enumerate(self.types))
 
     def _in_family(self, mask: int) -> bool:
-        return mask & ~self.u_mask == 0 and self._covers(self._sum(_bits(mask)), self.need)
+        return mask & ~self.u_mask == 0 and self._covers(self._sum(nodes_of(mask)), self.need)
 
     def _width_floor(self, pool: Sequence[int], amounts: Mapping[int, tuple[int, ...]]) -> int:
         """The fewest nodes of ``pool`` that could cover each type taken alone."""
@@ -515,7 +505,7 @@ class _BoundedSearch:
         best = min(cands, key=lambda m: (m.bit_count(), m), default=None)
         if self.family_open and mask & ~self.u_mask == 0:
             rest = [n for n in self.unassigned if not mask >> n & 1]
-            base = self._sum(_bits(mask))
+            base = self._sum(nodes_of(mask))
             most = len(rest) if best is None else best.bit_count() - mask.bit_count()
             for k in range(0, most + 1):
                 found = next(self._colex(rest, k, self.free, base, self.need), None)
@@ -637,7 +627,7 @@ def _rank(dist: _Distances | None) -> Callable[[int], tuple[int, int]]:
     """Order of masks of one width: kubelet's narrowest, or closest then narrowest."""
     if dist is None:
         return lambda m: (0, m)
-    return lambda m: (dist.total(_bits(m)), m)
+    return lambda m: (dist.total(nodes_of(m)), m)
 
 
 def _fold_hints(

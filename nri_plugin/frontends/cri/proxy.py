@@ -29,15 +29,13 @@ need the state wait, everything else is relayed at once.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import itertools
 import os
-import signal
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -49,10 +47,15 @@ from nri_plugin.engine.pod import GUARANTEED
 from nri_plugin.errors import InputError
 from nri_plugin.frontends.cri import convert
 from nri_plugin.frontends.cri.gen import cri_pb2 as cri
-from nri_plugin.frontends.nri import AdmissionRefused, MemoryPlugin
-from nri_plugin.frontends.nri_convert import container_identity, pod_qos
-from nri_plugin.logs import configure_logging
+from nri_plugin.frontends.nri_convert import (
+    container_facts,
+    pod_facts,
+    pod_qos,
+    update_resources,
+)
 from nri_plugin.nri.gen import nri_pb2 as api
+from nri_plugin.tracker.facts import ContainerResources
+from nri_plugin.tracker.tracker import NodeTracker, Refused
 
 RUNTIME_SERVICE = "/runtime.v1.RuntimeService/"
 IMAGE_SERVICE = "/runtime.v1.ImageService/"
@@ -80,18 +83,32 @@ def _method(name: str) -> str:
     return RUNTIME_SERVICE + name
 
 
+def unix_socket_path(endpoint: str, flag: str = "endpoint") -> Path:
+    """The path of a unix socket given as ``/path``, ``unix:///path`` or ``unix:path``.
+
+    kubelet's endpoints may also be ``tcp://``; the proxy speaks only unix sockets
+    (a node-local, root-only channel), so any other scheme is refused (InputError).
+    """
+    if endpoint.startswith("unix://"):
+        path = endpoint.removeprefix("unix://")
+    elif endpoint.startswith("unix:"):
+        path = endpoint.removeprefix("unix:")
+    elif "://" in endpoint or not endpoint:
+        scheme = endpoint.partition("://")[0]
+        raise InputError(
+            f"{flag} {endpoint!r}: only unix sockets are supported (a path or unix:///path),"
+            f" not {scheme or 'an empty endpoint'}"
+        )
+    else:
+        path = endpoint
+    if not path or "\0" in path:
+        raise InputError(f"{flag} {endpoint!r}: expected a unix socket path")
+    return Path(os.path.abspath(path))
+
+
 def endpoint_target(endpoint: str) -> str:
     """A gRPC target for a socket given as ``/path`` or ``unix:///path``."""
-    if endpoint.startswith("unix:"):
-        return endpoint
-    return "unix:" + os.path.abspath(endpoint)
-
-
-def endpoint_path(endpoint: str) -> Path:
-    """The file system path of a unix socket endpoint."""
-    if endpoint.startswith("unix://"):
-        return Path(endpoint.removeprefix("unix://"))
-    return Path(endpoint.removeprefix("unix:"))
+    return "unix:" + str(unix_socket_path(endpoint))
 
 
 def _client_metadata(context: Any) -> tuple[tuple[str, Any], ...]:
@@ -114,14 +131,14 @@ async def _abort(context: Any, exc: Any) -> NoReturn:
 
 
 class CRIProxy:
-    """Relays CRI to the runtime; feeds the lifecycle calls to a MemoryPlugin.
+    """Relays CRI to the runtime; feeds the lifecycle calls to the node tracker.
 
-    Runs on one asyncio loop (the gRPC aio server's), so the plugin is never
+    Runs on one asyncio loop (the gRPC aio server's), so the tracker is never
     entered concurrently.
     """
 
-    def __init__(self, plugin: MemoryPlugin, channel: Any, *, logger: Any = None) -> None:
-        self.plugin = plugin
+    def __init__(self, tracker: NodeTracker, channel: Any, *, logger: Any = None) -> None:
+        self.tracker = tracker
         self._channel = channel
         self._log = logger if logger is not None else structlog.get_logger("cri-proxy")
         # NRI views of what the runtime holds, by sandbox and container ID
@@ -258,7 +275,7 @@ class CRIProxy:
         if req is not None and resp is not None and resp.pod_sandbox_id:
             pod = convert.pod_sandbox(resp.pod_sandbox_id, req.config, req.runtime_handler)
             self.sandboxes[pod.id] = pod
-            self.plugin.run_pod_sandbox(pod)
+            self.tracker.run_pod_sandbox(pod_facts(pod))
         return answer
 
     async def _stop_pod_sandbox(self, request: bytes, context: Any) -> bytes:
@@ -272,8 +289,7 @@ class CRIProxy:
             for c in self.containers.values():
                 if c.pod_sandbox_id == pod.id:
                     c.state = api.CONTAINER_STOPPED
-            if self._is_current(pod):
-                self.plugin.stop_pod_sandbox(pod)
+            self.tracker.stop_pod_sandbox(pod_facts(pod))
         return answer
 
     async def _remove_pod_sandbox(self, request: bytes, context: Any) -> bytes:
@@ -286,29 +302,10 @@ class CRIProxy:
         if pod is not None:
             for cid in [cid for cid, c in self.containers.items() if c.pod_sandbox_id == pod.id]:
                 del self.containers[cid]
-            if self._is_current(pod):
-                self.plugin.remove_pod_sandbox(pod)
+            self.tracker.remove_pod_sandbox(pod_facts(pod))
         if not isinstance(answer, bytes):
             await _abort(context, answer)
         return answer
-
-    def _is_current(self, pod: api.PodSandbox) -> bool:
-        """Whether ``pod`` is its pod's live sandbox.
-
-        kubelet replaces a dead sandbox with a new one for the same pod UID and
-        removes the old one later (garbage collection): that must not release
-        the memory of the containers running in the new one.
-        """
-        record = self.plugin.pods.get(pod.uid)
-        if record is None or record.sandbox_id in ("", pod.id):
-            return True
-        self._log.info(
-            "earlier sandbox of a re-created pod; its memory stays with the new one",
-            pod_uid=pod.uid,
-            pod_sandbox_id=pod.id,
-            current_sandbox_id=record.sandbox_id,
-        )
-        return False
 
     async def _pod_of(
         self, sandbox_id: str, config: cri.PodSandboxConfig | None
@@ -358,12 +355,10 @@ class CRIProxy:
         )
         if pod_qos(pod, ctr) == GUARANTEED:
             await self._note_exits(pod, ctr.name, context)
-        previous_owner = self.plugin.owners.get(container_identity(pod, ctr))
         try:
-            adjust = self.plugin.create_container(pod, ctr)
-        except AdmissionRefused as exc:
-            await _fail(context, REFUSAL_CODE, str(exc))
-        mems = adjust.linux.resources.cpu.mems if adjust is not None else ""
+            mems = self.tracker.create_container(pod_facts(pod), container_facts(pod, ctr)) or ""
+        except Refused as exc:
+            await _fail(context, REFUSAL_CODE, exc.message)
         if mems:
             req.config.linux.resources.cpuset_mems = mems
             ctr.linux.resources.cpu.mems = mems
@@ -372,17 +367,17 @@ class CRIProxy:
             answer = await self._relay(method, request, context)
         except asyncio.CancelledError:
             # kubelet gave up (deadline): it will create the container again
-            self._undo_create(pod, ctr, previous_owner)
+            self._undo_create(pod, ctr)
             raise
         if not isinstance(answer, bytes):
-            self._undo_create(pod, ctr, previous_owner)
+            self._undo_create(pod, ctr)
             await _abort(context, answer)
         resp = self._decode(method, cri.CreateContainerResponse, answer)
         container_id = resp.container_id if resp is not None else ""
         if not container_id:
-            self._undo_create(pod, ctr, previous_owner)
+            self._undo_create(pod, ctr)
             return answer
-        self._rename(pod.uid, ctr.id, container_id)
+        self.tracker.rename_container(pod.uid, ctr.id, container_id)
         ctr.id = container_id
         self.containers[container_id] = ctr
         return answer
@@ -393,54 +388,40 @@ class CRIProxy:
             await _abort(context, answer)
         return answer
 
-    def _rename(self, pod_uid: str, provisional: str, container_id: str) -> None:
-        """Give the admitted container the ID the runtime chose (creation order kept)."""
-        record = self.plugin.pods.get(pod_uid)
-        if record is not None and provisional in record.containers:
-            record.containers = {
-                (container_id if cid == provisional else cid): c
-                for cid, c in record.containers.items()
-            }
-            record.containers[container_id].id = container_id
-        for key, owner in self.plugin.owners.items():
-            if owner == provisional:
-                self.plugin.owners[key] = container_id
-
-    def _undo_create(
-        self, pod: api.PodSandbox, ctr: api.Container, previous_owner: str | None
-    ) -> None:
+    def _undo_create(self, pod: api.PodSandbox, ctr: api.Container) -> None:
         """The runtime did not create it: forget it as containerd's NRI undo does.
 
         A restarted container's predecessor keeps holding the name's blocks.
         """
-        self.plugin.stop_container(pod, ctr)
-        key = container_identity(pod, ctr)
-        if previous_owner is not None and self.plugin.owners.get(key) == ctr.id:
-            self.plugin.owners[key] = previous_owner
-        self.plugin.remove_container(pod, ctr)
+        facts = pod_facts(pod), container_facts(pod, ctr)
+        self.tracker.stop_container(*facts)
+        self.tracker.remove_container(*facts)
 
     async def _note_exits(self, pod: api.PodSandbox, name: str, context: Any) -> None:
-        """Mark the pod's containers of other names that have exited (init containers)."""
-        record = self.plugin.pods.get(pod.uid)
-        if record is None:
-            return
+        """Mark the pod's containers of other names that have exited, with their exit codes.
+
+        NRI tells a plugin when a container exits; CRI does not, so the runtime is
+        asked before the pod's next container is admitted.
+        """
         candidates = [
-            self.containers[c.id]
-            for c in record.containers.values()
-            if not c.exited and c.name != name and c.id in self.containers
+            c
+            for c in self.containers.values()
+            if c.pod_sandbox_id == pod.id and c.name != name and c.state != api.CONTAINER_STOPPED
         ]
         if not candidates:
             return
         remaining = context.time_remaining()
         timeout = OWN_CALL_TIMEOUT_S if remaining is None else max(remaining / 2, 0.001)
         states = await asyncio.gather(*(self._state_of(c.id, timeout) for c in candidates))
-        for c, state in zip(candidates, states, strict=True):
+        for c, (state, exit_code) in zip(candidates, states, strict=True):
             if state == api.CONTAINER_STOPPED:
                 c.state = api.CONTAINER_STOPPED
-                self.plugin.stop_container(pod, c)
+                exited = replace(container_facts(pod, c), exit_code=exit_code)
+                self.tracker.stop_container(pod_facts(pod), exited)
 
-    async def _state_of(self, container_id: str, timeout: float) -> int | None:
-        """The NRI state of a container (STOPPED when the runtime no longer has it)."""
+    async def _state_of(self, container_id: str, timeout: float) -> tuple[int | None, int | None]:
+        """The NRI state of a container (STOPPED when the runtime no longer has it) and,
+        when it exited, its exit code (CRI says; NRI in containerd 1.7 and 2.1 does not)."""
         try:
             resp = await self._call(
                 "ContainerStatus",
@@ -450,10 +431,12 @@ class CRIProxy:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return api.CONTAINER_STOPPED
+                return api.CONTAINER_STOPPED, None
             self._log.warning("container status unknown", container_id=container_id, error=str(exc))
-            return None
-        return convert.container_state(resp.status.state)
+            return None, None
+        state = convert.container_state(resp.status.state)
+        exited = state == api.CONTAINER_STOPPED and resp.status.finished_at
+        return state, (resp.status.exit_code if exited else None)
 
     def _known(self, container_id: str) -> tuple[api.PodSandbox, api.Container] | None:
         ctr = self.containers.get(container_id)
@@ -470,27 +453,56 @@ class CRIProxy:
         if known is not None:
             pod, ctr = known
             ctr.state = api.CONTAINER_RUNNING
-            self.plugin.start_container(pod, ctr)
+            self.tracker.start_container(pod_facts(pod), container_facts(pod, ctr))
         return answer
 
     async def _update_container_resources(self, request: bytes, context: Any) -> bytes:
+        """A resize (or the CPU manager's cpuset update): the books first, then the runtime.
+
+        A refused resize fails the call before the runtime sees it, so the container
+        keeps its limits; a resize the runtime then fails is undone in the books.
+        """
         method = _method("UpdateContainerResources")
         req = self._decode(method, cri.UpdateContainerResourcesRequest, request)
         known = None if req is None else self._known(req.container_id)
-        if known is not None and req.HasField("linux"):
-            pod, ctr = known
-            updates = self.plugin.update_container(pod, ctr, convert.linux_resources(req.linux))
-            mems = updates[0].linux.resources.cpu.mems if updates else ""
-            if mems and req.linux.cpuset_mems != mems:
-                self._log.info(
-                    "update keeps our cpuset.mems",
-                    container_id=req.container_id,
-                    requested=req.linux.cpuset_mems,
-                    cpuset_mems=mems,
-                )
-                req.linux.cpuset_mems = mems
-                request = req.SerializeToString()
-        return await self._relay_or_abort(method, request, context)
+        if known is None or not req.HasField("linux"):
+            return await self._relay_or_abort(method, request, context)
+        pod, ctr = known
+        new = update_resources(convert.linux_resources(req.linux))
+        if new is None:
+            self._log.error("update with unreadable resources relayed as is", container=ctr.id)
+            return await self._relay_or_abort(method, request, context)
+        facts = pod_facts(pod), container_facts(pod, ctr)
+        before = facts[1].resources
+        try:
+            mems = self.tracker.update_container(*facts, new)
+        except Refused as exc:
+            await _fail(context, REFUSAL_CODE, exc.message)
+        if mems and req.linux.cpuset_mems != mems:
+            self._log.info(
+                "update keeps our cpuset.mems",
+                container_id=req.container_id,
+                requested=req.linux.cpuset_mems,
+                cpuset_mems=mems,
+            )
+            req.linux.cpuset_mems = mems
+            request = req.SerializeToString()
+        answer = await self._relay(method, request, context)
+        if not isinstance(answer, bytes):
+            if before is not None:
+                self._undo_update(pod, ctr, before)
+            await _abort(context, answer)
+        _apply_update(ctr, req.linux)
+        return answer
+
+    def _undo_update(
+        self, pod: api.PodSandbox, ctr: api.Container, before: ContainerResources
+    ) -> None:
+        """The runtime refused the update: the books go back to the limits in force."""
+        try:
+            self.tracker.update_container(pod_facts(pod), container_facts(pod, ctr), before)
+        except Refused as exc:  # going back to what was in force fits, unless a bug
+            self._log.error("undoing a failed update failed", container=ctr.id, error=exc.message)
 
     async def _stop_container(self, request: bytes, context: Any) -> bytes:
         method = _method("StopContainer")
@@ -502,7 +514,7 @@ class CRIProxy:
         if known is not None:
             pod, ctr = known
             ctr.state = api.CONTAINER_STOPPED
-            self.plugin.stop_container(pod, ctr)
+            self.tracker.stop_container(pod_facts(pod), container_facts(pod, ctr))
         if not isinstance(answer, bytes):
             await _abort(context, answer)
         return answer
@@ -517,7 +529,7 @@ class CRIProxy:
         if known is not None:
             pod, ctr = known
             del self.containers[ctr.id]
-            self.plugin.remove_container(pod, ctr)
+            self.tracker.remove_container(pod_facts(pod), container_facts(pod, ctr))
         if not isinstance(answer, bytes):
             await _abort(context, answer)
         return answer
@@ -534,7 +546,9 @@ class CRIProxy:
         runtime cannot be listed.
         """
         version = await self._call("Version", cri.VersionRequest(), cri.VersionResponse)
-        self.plugin.configure("", version.runtime_name, version.runtime_version)
+        self._log.info(
+            "runtime", runtime=version.runtime_name, runtime_version=version.runtime_version
+        )
         listed_pods = (
             await self._call(
                 "ListPodSandbox", cri.ListPodSandboxRequest(), cri.ListPodSandboxResponse
@@ -588,20 +602,28 @@ class CRIProxy:
         containers = [c for c in views if c is not None]
         # The proxy pins a container in the request it forwards, so no container exists
         # without the answer; and a runtime's verbose status may not show the mems in force.
-        updates = self.plugin.synchronize(pods, containers, mems_shown=False)
+        by_sandbox = {p.id: p for p in pods}
+        listed = [
+            (
+                pod_facts(by_sandbox[c.pod_sandbox_id]),
+                container_facts(by_sandbox[c.pod_sandbox_id], c),
+            )
+            for c in containers
+            if c.pod_sandbox_id in by_sandbox
+        ]
+        updates = self.tracker.synchronize([pod_facts(p) for p in pods], listed, mems_shown=False)
         self.sandboxes = {p.id: p for p in pods}
         self.containers = {c.id: c for c in containers}
         pinned = await self._apply(updates)
         self.synchronized.set()
         return pinned
 
-    async def _apply(self, updates: Sequence[api.ContainerUpdate]) -> int:
+    async def _apply(self, updates: Sequence[tuple[str, str]]) -> int:
         """Pin containers admitted late; a failure is logged (the container runs unpinned)."""
         pinned = 0
-        for update in updates:
-            mems = update.linux.resources.cpu.mems
+        for container_id, mems in updates:
             request = cri.UpdateContainerResourcesRequest(
-                container_id=update.container_id,
+                container_id=container_id,
                 linux=cri.LinuxContainerResources(cpuset_mems=mems),
             )
             try:
@@ -611,12 +633,12 @@ class CRIProxy:
             except grpc.aio.AioRpcError as exc:
                 self._log.error(
                     "pinning a container admitted late failed",
-                    container_id=update.container_id,
+                    container_id=container_id,
                     cpuset_mems=mems,
                     error=f"{exc.code().name}: {exc.details()}",
                 )
                 continue
-            ctr = self.containers.get(update.container_id)
+            ctr = self.containers.get(container_id)
             if ctr is not None:
                 ctr.linux.resources.cpu.mems = mems
             pinned += 1
@@ -646,6 +668,21 @@ class CRIProxy:
 # -- the server ---------------------------------------------------------------------------
 
 
+def _apply_update(ctr: api.Container, res: cri.LinuxContainerResources) -> None:
+    """Our view of a container after the runtime applied an update (0: unchanged)."""
+    current = ctr.linux.resources
+    if res.memory_limit_in_bytes:
+        current.memory.limit.value = res.memory_limit_in_bytes
+    if res.cpuset_cpus:
+        current.cpu.cpus = res.cpuset_cpus
+    if res.cpuset_mems:
+        current.cpu.mems = res.cpuset_mems
+    if res.cpu_quota:
+        current.cpu.quota.value = res.cpu_quota
+    if res.cpu_period:
+        current.cpu.period.value = res.cpu_period
+
+
 def _prepare_socket(path: Path) -> None:
     """Remove a socket left by a killed predecessor; refuse to replace anything else."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -660,7 +697,7 @@ def _prepare_socket(path: Path) -> None:
 
 async def start_server(proxy: CRIProxy, listen: str) -> Any:
     """Serve the proxy on a unix socket (mode 0660, like containerd's)."""
-    path = endpoint_path(listen)
+    path = unix_socket_path(listen, "--listen")
     _prepare_socket(path)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     server.add_generic_rpc_handlers((proxy.rpc_handler(),))
@@ -671,78 +708,3 @@ async def start_server(proxy: CRIProxy, listen: str) -> Any:
     await server.start()
     os.chmod(path, 0o660)
     return server
-
-
-async def serve(args: argparse.Namespace) -> int:
-    from nri_plugin.daemon import STATE_FILE_NAME, load_machine
-    from nri_plugin.metrics import Metrics, serve_http
-    from nri_plugin.persist.recovery import restore
-    from nri_plugin.persist.writer import CheckpointWriter
-
-    log = structlog.get_logger("nri-memory-manager")
-    topology, config = load_machine(args)
-    state_path = Path(args.state_dir) / STATE_FILE_NAME
-    manager = restore(topology, config, state_path, log)
-    writer = CheckpointWriter(state_path, log)
-    writer.write_now(manager.state)
-    metrics = Metrics()
-    plugin = MemoryPlugin(
-        manager, persist=lambda: writer.request(manager.state), observer=metrics, logger=log
-    )
-    metrics.state_changed(manager)
-    metrics.connection(False)
-    channel = grpc.aio.insecure_channel(
-        endpoint_target(args.runtime_endpoint), options=CHANNEL_OPTIONS
-    )
-    proxy = CRIProxy(plugin, channel, logger=structlog.get_logger("cri-proxy"))
-    server = await start_server(proxy, args.listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    http = None
-    if args.metrics_address:
-
-        def health() -> tuple[bool, str]:
-            if not proxy.synchronized.is_set():
-                return False, "not synchronized with the runtime"
-            return writer.writable()
-
-        http = await serve_http(args.metrics_address, metrics, health)
-        log.info("metrics listening", address=args.metrics_address)
-    log.info(
-        "starting",
-        mode="cri-proxy",
-        listen=str(endpoint_path(args.listen)),
-        runtime_endpoint=args.runtime_endpoint,
-        numa_nodes=len(topology.nodes),
-        state=str(state_path),
-        policy=config.policy,
-        topology_manager_policy=config.topology_manager_policy,
-    )
-    sync = loop.create_task(proxy.synchronize_until_done())
-    try:
-        await stop.wait()
-    finally:
-        sync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sync
-        await server.stop(5)
-        if http is not None:
-            http.close()
-        await channel.close()
-        await writer.flush()
-        writer.write_now(manager.state)
-        log.info("stopped")
-    return 0
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.metrics_address and ":" not in args.metrics_address:
-        raise InputError(f"--metrics-address {args.metrics_address!r}: expected HOST:PORT")
-    if endpoint_path(args.listen) == endpoint_path(args.runtime_endpoint):
-        raise InputError(
-            f"--listen {args.listen}: is the runtime endpoint; the proxy would call itself"
-        )
-    configure_logging(args.log_level)
-    return asyncio.run(serve(args))

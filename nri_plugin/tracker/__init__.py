@@ -1,0 +1,1 @@
+"""The node tracker: pods, containers and the owners of memory blocks, for both front ends."""

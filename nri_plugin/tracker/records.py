@@ -1,0 +1,151 @@
+"""What the tracker remembers of each pod and container, and which containers are init ones.
+
+Blocks belong to (pod UID, container name), as in kubelet's state; the records
+here follow the containers behind those names: every instance the runtime
+created (a restart is a new container ID under the same name), in creation
+order, and what is known of their exits.
+
+Only a *finished regular init container* lends its memory to the pod's next
+container and gives it up when that container starts (kubelet's
+``manager.AddContainer``). Which containers those are is known exactly when
+kubelet's pod-resources API answered for the pod (it lists app containers and
+sidecars, never regular init containers); otherwise it is inferred from the
+order kubelet creates containers in (docs/lifecycle.md, "Init containers"):
+
+* kubelet creates a regular init container only after the previous one exited
+  with code 0, and creates nothing else of the pod while it runs;
+* so an exited container X is taken for a finished init container when no
+  container with a new name was created during X's life, X exited with code 0
+  (or the runtime does not say), and X's name was not created again since.
+
+An app container or sidecar that crashed fails the first rule: its siblings
+were created while it ran (kubelet creates all app containers of a pod at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.tracker.facts import EXITED, RUNNING, ContainerResources
+
+# How a container was classified.
+INIT = "init"  # a regular init container
+LISTED = "app or sidecar"  # listed by kubelet's pod-resources API
+# Where the classification came from.
+SOURCE_POD_RESOURCES = "pod-resources"
+SOURCE_INFERRED = "inferred"
+
+
+@dataclass(slots=True)
+class ContainerRecord:
+    """One container instance (one container ID)."""
+
+    id: str
+    name: str
+    # event clock values: when it was created and when it exited (None: it has not)
+    created: int
+    exited: int | None = None
+    state: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(slots=True)
+class PodRecord:
+    uid: str
+    sandbox_id: str
+    name: str
+    namespace: str
+    qos: str | None
+    memory_limit: int | None = None
+    hugepage_limits: dict[str, int] | None = None
+    # container id -> record, in creation order
+    containers: dict[str, ContainerRecord] = field(default_factory=dict)
+    # container name -> resources last seen (creation, update, listing)
+    resources: dict[str, ContainerResources] = field(default_factory=dict)
+    # container name -> event clock of its first creation
+    first_created: dict[str, int] = field(default_factory=dict)
+    # names kubelet's pod-resources API lists for the pod (None: no answer)
+    listed: frozenset[str] | None = None
+    # restored from the exit records of an earlier run (see NodeTracker.exit_records):
+    # name -> (INIT or LISTED, source), and name -> names first created after its exit
+    restored_kinds: dict[str, tuple[str, str]] = field(default_factory=dict)
+    restored_successors: dict[str, frozenset[str]] = field(default_factory=dict)
+    # pod scope: the affinity chosen for the pod, and how its request was sized
+    affinity: TopologyHint | None = None
+    sizing: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.name else self.uid
+
+    def latest(self, name: str) -> ContainerRecord | None:
+        """The newest instance of ``name``."""
+        found = None
+        for c in self.containers.values():
+            if c.name == name:
+                found = c
+        return found
+
+    def classify(self, name: str) -> tuple[str, str] | None:
+        """(INIT or LISTED, source) when known; None when it cannot be told yet.
+
+        Inference only answers for an exited latest instance (see the module's
+        docstring); the exact answer needs kubelet's pod-resources listing.
+        """
+        if self.listed is not None:
+            return (LISTED if name in self.listed else INIT), SOURCE_POD_RESOURCES
+        if name in self.restored_kinds:
+            return self.restored_kinds[name]
+        c = self.latest(name)
+        if c is None or c.exited is None:
+            return None
+        if c.exit_code not in (None, 0):
+            return LISTED, SOURCE_INFERRED
+        for other, first in self.first_created.items():
+            if other != name and c.created < first < c.exited:
+                return LISTED, SOURCE_INFERRED  # a sibling was created while it ran
+        return INIT, SOURCE_INFERRED
+
+    def finished_inits(self, before: int, *, but: str = "") -> list[tuple[ContainerRecord, str]]:
+        """Exited regular init containers created before clock ``before``, with the source.
+
+        Only the latest instance of each name counts, and never one named ``but``.
+        """
+        out = []
+        seen: set[str] = {but}
+        for c in reversed(self.containers.values()):
+            if c.name in seen:
+                continue
+            seen.add(c.name)
+            if c.exited is None or c.created >= before:
+                continue
+            kind = self.classify(c.name)
+            if kind is not None and kind[0] == INIT:
+                out.append((c, kind[1]))
+        out.reverse()
+        return out
+
+    def next_started(self, c: ContainerRecord) -> bool:
+        """Whether a container first created after ``c`` runs, or ran, in this pod."""
+        after = self.restored_successors.get(c.name, frozenset())
+        return any(
+            (o.name in after or self.first_created.get(o.name, o.created) > c.created)
+            and (o.state == RUNNING or o.exited is not None)
+            for o in self.containers.values()
+            if o.name != c.name
+        )
+
+    def successors(self, c: ContainerRecord) -> frozenset[str]:
+        """Names first created after ``c`` exited."""
+        if c.exited is None:
+            return frozenset()
+        after = {n for n, first in self.first_created.items() if first > c.exited}
+        return frozenset(after | self.restored_successors.get(c.name, frozenset()))
+
+    def mark_exited(self, c: ContainerRecord, clock: int, exit_code: int | None) -> None:
+        if c.exited is None:
+            c.exited = clock
+        c.state = EXITED
+        if exit_code is not None:
+            c.exit_code = exit_code
