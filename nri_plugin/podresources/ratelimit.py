@@ -39,6 +39,11 @@ class TokenBucket:
             return True
         return False
 
+    def delay(self, now: float) -> float:
+        """The seconds until a token is free, taking none."""
+        self._advance(now)
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.qps
+
     def reserve(self, now: float) -> float:
         """Take the next token, now or later: the seconds to wait before using it.
 
