@@ -259,15 +259,18 @@ def prepare_socket(path: Path, kubelet_socket: str | None) -> None:
     """Remove a socket left by a killed predecessor; refuse anything else, and kubelet's own."""
     if kubelet_socket and os.path.realpath(path) == os.path.realpath(kubelet_socket):
         raise InputError(f"--serve-pod-resources {path}: is kubelet's own socket")
-    # kubelet's CreateListener makes the directory 0750
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise InputError(f"--serve-pod-resources {path}: exists and is not a socket")
-    path.unlink()
+        # kubelet's CreateListener makes the directory 0750
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise InputError(f"--serve-pod-resources {path}: exists and is not a socket")
+        path.unlink()
+    except OSError as exc:
+        raise InputError(f"--serve-pod-resources {path}: {exc.strerror or exc}") from None
 
 
 async def start_server(server: PodResourcesServer, path: str) -> Any:
