@@ -391,6 +391,22 @@ def test_unknown_pod_is_not_found(sockets: Path) -> None:
     run(scenario)
 
 
+def test_an_answer_about_another_pod_is_no_answer(sockets: Path) -> None:
+    async def scenario() -> None:
+        async with running_standin(sockets / "k.sock", node()) as kubelet:
+            real_pod = kubelet.kubelet.pod
+            kubelet.kubelet.pod = lambda p: real_pod({**p, "name": "someone-else"})  # type: ignore[method-assign]
+            client, observer, _ = new_client(sockets / "k.sock")
+            await client.start()
+            answer = await client.container("uid-web", "default", "web", "app")
+            assert (answer.listing, answer.source) == (Listing.UNKNOWN, prc.MISMATCH)
+            assert observer.kinds == [prc.MISMATCH]
+            assert client.cached_pod("uid-web") is None
+            await client.close()
+
+    run(scenario)
+
+
 def test_kubelet_without_get_is_asked_with_list(sockets: Path) -> None:
     async def scenario() -> None:
         async with running_standin(sockets / "k.sock", node(getDisabled=True)) as kubelet:

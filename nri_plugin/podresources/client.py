@@ -189,10 +189,6 @@ class _Pod:
         self.logged = False
 
 
-def _status_code(exc: Any) -> Any:
-    return exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-
-
 def _kind_of(code: Any, details: str) -> str:
     if code == grpc.StatusCode.UNAVAILABLE:
         return UNAVAILABLE
@@ -309,8 +305,8 @@ class PodResourcesClient:
         """The container's resources and listing, within ``deadline`` seconds."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.deadline
-        entry = self._entry(pod_uid, namespace, name)
-        cached = self._from_cache(entry, container_name)
+        known = self._pods.get(pod_uid)
+        cached = self._from_cache(known, container_name) if known is not None else None
         if cached is not None:
             return cached
         if not self.socket_path:
@@ -319,6 +315,7 @@ class PodResourcesClient:
             # said once at start (and not per pod): counted only
             self._observer.on_failure(SOCKET_ABSENT)
             return ContainerAnswer(Listing.UNKNOWN, None, SOCKET_ABSENT)
+        entry = known if known is not None else self._entry(pod_uid, namespace, name)
         asked = entry.asked.setdefault(container_name, self._seq)
         while True:
             task = entry.task if entry.task is not None else self._start_fetch(entry)
@@ -511,13 +508,16 @@ class PodResourcesClient:
         except grpc.aio.UsageError as exc:  # the channel is closing
             raise PodResourcesError(ERROR, grpc.StatusCode.CANCELLED, str(exc)) from None
         except grpc.aio.AioRpcError as exc:
-            code = _status_code(exc)
+            code = exc.code()
             details = exc.details() or ""
             if method == wire.GET and _get_missing(code, details):
                 raise _GetMissing(details) from None
             kind = _kind_of(code, details)
             self._observer.on_failure(kind)
             raise PodResourcesError(kind, code, details) from None
+        except Exception as exc:  # whatever else, an answer we do not have
+            self._observer.on_failure(ERROR)
+            raise PodResourcesError(ERROR, grpc.StatusCode.UNKNOWN, repr(exc)) from None
 
     def _entry(self, uid: str, namespace: str, name: str) -> _Pod:
         entry = self._pods.get(uid)
