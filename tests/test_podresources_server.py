@@ -34,7 +34,11 @@ from nri_plugin.podresources.server import (
     prepare_socket,
     start_server,
 )
-from tests.podresources_standin import dynamic_resource_field, running_standin
+from tests.podresources_standin import (
+    GET_DISABLED_MESSAGE,
+    dynamic_resource_field,
+    running_standin,
+)
 
 GI = 1 << 30
 MI = 1 << 20
@@ -115,6 +119,9 @@ class Logger:
 
     def warning(self, event: str, **kw: Any) -> None:
         self.records.append(("warning", event))
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self.records.append(("exception", event))
 
 
 @pytest.fixture
@@ -234,6 +241,42 @@ def test_allocatable_is_kubelets_devices_and_cpus_with_our_memory(sockets: Path)
             assert list(got.devices) == list(want.devices)
             assert list(got.cpu_ids) == [0, 1, 2, 3]
             assert blocks_of(got.memory) == ALLOCATABLE
+
+    run(scenario)
+
+
+def test_kubelet_without_get_answers_through_us_as_it_would(sockets: Path) -> None:
+    async def scenario() -> None:
+        spec = {**NODE, "behaviour": {"getDisabled": True}}
+        async with (
+            running_standin(sockets / "k.sock", spec),
+            served(sockets / "k.sock", sockets / "ours.sock", Provider()) as (stub, _),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Get(
+                    pb.GetPodResourcesRequest(pod_name="web", pod_namespace="default"), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.UNKNOWN
+            assert refused.value.details() == GET_DISABLED_MESSAGE
+            listed = await stub.List(pb.ListPodResourcesRequest(), timeout=5)
+            assert len(listed.pod_resources) == 2
+
+    run(scenario)
+
+
+def test_a_failing_provider_is_an_error_not_a_crash(sockets: Path) -> None:
+    class Failing(Provider):
+        def allocatable_memory(self) -> Sequence[MemoryBlock]:
+            raise RuntimeError("state unreadable")
+
+    async def scenario() -> None:
+        async with served(None, sockets / "ours.sock", Failing()) as (stub, logger):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.GetAllocatableResources(pb.AllocatableResourcesRequest(), timeout=5)
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+            assert ("exception", "pod-resources answer failed") in logger.records
+            listed = await stub.List(pb.ListPodResourcesRequest(), timeout=5)
+            assert len(listed.pod_resources) == 2
 
     run(scenario)
 

@@ -440,7 +440,11 @@ class PodResourcesClient:
         wait = bucket.reserve(self._now())
         if wait > 0:
             await asyncio.sleep(wait)
-        return await self._rpc(method, request, max(timeout - (loop.time() - started), 0.001))
+        try:
+            return await self._rpc(method, request, max(timeout - (loop.time() - started), 0.001))
+        except _GetMissing as exc:  # kubelet's own answer, for our caller to see
+            self._observer.on_failure(ERROR)
+            raise PodResourcesError(ERROR, exc.code, exc.details) from None
 
     # -- internals -----------------------------------------------------------
 
@@ -511,7 +515,7 @@ class PodResourcesClient:
             code = exc.code()
             details = exc.details() or ""
             if method == wire.GET and _get_missing(code, details):
-                raise _GetMissing(details) from None
+                raise _GetMissing(code, details) from None
             kind = _kind_of(code, details)
             self._observer.on_failure(kind)
             raise PodResourcesError(kind, code, details) from None
@@ -679,6 +683,11 @@ class PodResourcesClient:
 
 class _GetMissing(Exception):
     """kubelet cannot answer Get (too old, or the gate is off)."""
+
+    def __init__(self, code: Any, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

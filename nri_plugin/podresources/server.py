@@ -204,6 +204,9 @@ class PodResourcesServer:
             return await answer(timeout)
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.details)
+        except Exception:  # the provider failed: the caller gets an error, the log the story
+            self._log.exception("pod-resources answer failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "nri-memory-manager could not answer")
 
     # -- internals -----------------------------------------------------------
 
