@@ -30,7 +30,7 @@ PROTOS = ("nri.proto", "ttrpc.proto")
 DEFAULT_CRI_OUT = REPO / "nri_plugin" / "frontends" / "cri" / "gen"
 CRI_PROTOS = ("cri.proto",)
 # The CRI modules live outside the lint/type-check exclusions of pyproject.toml
-# (which name nri_plugin/nri/gen only), so they carry their own.
+# (which name nri_plugin/nri/gen and nri_plugin/podresources/gen), so they carry their own.
 CRI_HEADER = "# ruff: noqa\n# fmt: off\n# mypy: ignore-errors\n"
 DEFAULT_PODRESOURCES_OUT = REPO / "nri_plugin" / "podresources" / "gen"
 PODRESOURCES_PROTOS = ("podresources.proto",)

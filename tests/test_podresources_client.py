@@ -25,7 +25,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nri_plugin.hint import TopologyHint, mask_of
+from nri_plugin.engine.bitmask import mask_of
+from nri_plugin.engine.hint import TopologyHint
 from nri_plugin.podresources import client as prc
 from nri_plugin.podresources.client import Listing, PodResourcesClient
 from nri_plugin.podresources.ratelimit import TokenBucket

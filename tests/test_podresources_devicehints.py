@@ -30,7 +30,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nri_plugin.hint import TopologyHint, mask_of
+from nri_plugin.engine.bitmask import mask_of
+from nri_plugin.engine.hint import TopologyHint
 from nri_plugin.podresources.devicehints import (
     allocated_device_hints,
     device_topology,
@@ -338,4 +339,8 @@ def test_pure_modules_do_no_io(module: str) -> None:
     bad = sorted(i for i in imported if i.split(".")[0] in forbidden or ".gen" in i)
     assert bad == []
     ours = {i for i in imported if i.startswith("nri_plugin.")}
-    assert ours <= {"nri_plugin.hint", "nri_plugin.podresources.resources"}
+    assert ours <= {
+        "nri_plugin.engine.bitmask",
+        "nri_plugin.engine.hint",
+        "nri_plugin.podresources.resources",
+    }

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import grpc  # type: ignore[import-untyped]
 import structlog
 
-from nri_plugin.hint import ProviderHints
+from nri_plugin.engine.hint import ProviderHints
 from nri_plugin.podresources import wire
 from nri_plugin.podresources.devicehints import allocated_device_hints
 from nri_plugin.podresources.gen import podresources_pb2 as pb

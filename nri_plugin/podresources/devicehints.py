@@ -30,7 +30,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import combinations
 
-from nri_plugin.hint import ProviderHints, TopologyHint, mask_of
+from nri_plugin.engine.bitmask import mask_of
+from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.podresources.resources import ContainerDevices
 
 # device id -> the NUMA nodes its plugin reported (empty: no topology)
