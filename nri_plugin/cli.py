@@ -95,6 +95,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the node's KubeletConfiguration file: align reservations and policies",
     )
+    p.add_argument(
+        "--runtime-endpoint",
+        metavar="PATH",
+        default=None,
+        help="the runtime's CRI socket, asked for exit codes NRI does not carry (default:"
+        " containerd.sock beside the NRI socket, else /run/containerd/containerd.sock)",
+    )
     p.add_argument("--metrics-address", metavar="HOST:PORT", default=None)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -39,7 +39,9 @@ from nri_plugin.frontends.cri.proxy import (
     start_server,
     unix_socket_path,
 )
+from nri_plugin.frontends.exits import ExitCodes
 from nri_plugin.frontends.nri import MemoryPlugin
+from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import discover_sysfs, load_topology_file
@@ -63,6 +65,8 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
     if mode == MODE_NRI:
         name, idx = prelaunched_identity(os.environ, args.plugin_name, args.plugin_index)
         check_identity(name, idx, args.socket)
+        if getattr(args, "runtime_endpoint", None):
+            unix_socket_path(args.runtime_endpoint, "--runtime-endpoint")
     else:
         listen = unix_socket_path(args.listen, "--listen")
         runtime = unix_socket_path(args.runtime_endpoint, "--runtime-endpoint")
@@ -86,6 +90,11 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
         )
     validate_for_machine(config, topology, source=args.config or "config")
     return topology, config
+
+
+def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
+    """Where pods' cgroups are: the cgroup mount under the sysfs root (``/sys``)."""
+    return PodCgroups(Path(args.sysfs_root or "/sys") / "fs" / "cgroup")
 
 
 class FrontEnd(Protocol):
@@ -114,9 +123,22 @@ class NRIFrontEnd:
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args
         self._stub: Stub | None = None
+        self._exit_codes: ExitCodes | None = None
 
     async def start(self, tracker: NodeTracker) -> None:
-        plugin = MemoryPlugin(tracker.manager, tracker=tracker, logger=structlog.get_logger())
+        self._exit_codes = ExitCodes(
+            getattr(self._args, "runtime_endpoint", None),
+            self._args.socket,
+            structlog.get_logger("exits"),
+        )
+        await self._exit_codes.start()
+        plugin = MemoryPlugin(
+            tracker.manager,
+            tracker=tracker,
+            logger=structlog.get_logger(),
+            pod_cgroups=pod_cgroups(self._args),
+            exit_codes=self._exit_codes,
+        )
         self._stub = Stub(
             plugin,
             plugin_name=self._args.plugin_name,
@@ -139,7 +161,8 @@ class NRIFrontEnd:
         return True, "ok"
 
     async def close(self) -> None:
-        return None
+        if self._exit_codes is not None:
+            await self._exit_codes.close()
 
     def describe(self) -> dict[str, object]:
         return {
@@ -163,7 +186,12 @@ class CRIFrontEnd:
         self._channel = grpc.aio.insecure_channel(
             endpoint_target(self._args.runtime_endpoint), options=CHANNEL_OPTIONS
         )
-        self._proxy = CRIProxy(tracker, self._channel, logger=structlog.get_logger("cri-proxy"))
+        self._proxy = CRIProxy(
+            tracker,
+            self._channel,
+            logger=structlog.get_logger("cri-proxy"),
+            pod_cgroups=pod_cgroups(self._args),
+        )
         self._server = await start_server(self._proxy, self._args.listen)
 
     async def run(self) -> None:

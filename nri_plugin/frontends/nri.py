@@ -10,13 +10,16 @@ NRI adjustment, container update or error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 
 from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.topologymanager import SCOPE_POD
+from nri_plugin.frontends.exits import ExitCodes
 from nri_plugin.frontends.nri_convert import container_facts, pod_facts, update_resources
+from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.nri.connection import RpcError
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.ttrpc import Code
@@ -40,10 +43,6 @@ class AdmissionRefused(RpcError):
         return self.message
 
 
-# Reads a pod's hugepage limits from its cgroup (the daemon's, when pod scope needs them).
-PodHugepages = Callable[[api.PodSandbox], "dict[str, int] | None"]
-
-
 class MemoryPlugin:
     """NRI handler: pins Guaranteed containers' memory with ``cpuset.mems``."""
 
@@ -55,14 +54,20 @@ class MemoryPlugin:
         observer: Observer | None = None,
         logger: Any = None,
         tracker: NodeTracker | None = None,
-        pod_hugepages: PodHugepages | None = None,
+        pod_cgroups: PodCgroups | None = None,
+        exit_codes: ExitCodes | None = None,
     ) -> None:
         self._log = logger if logger is not None else structlog.get_logger("plugin")
         self.tracker = tracker or NodeTracker(
             manager, persist=persist, observer=observer, logger=self._log
         )
         self.manager = self.tracker.manager
-        self._pod_hugepages = pod_hugepages
+        # pod scope sizes a pod's hugepages from its cgroup: read once per pod
+        self._pod_cgroups = (
+            pod_cgroups if self.manager.config.topology_manager_scope == SCOPE_POD else None
+        )
+        self._hugepages: dict[str, dict[str, int] | None] = {}
+        self._exit_codes = exit_codes
 
     @property
     def synchronized(self) -> bool:
@@ -103,15 +108,33 @@ class MemoryPlugin:
         self.tracker.stop_pod_sandbox(pod_facts(pod))
 
     def remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self._hugepages.pop(pod.uid, None)
         self.tracker.remove_pod_sandbox(pod_facts(pod))
 
     def create_container(
         self, pod: api.PodSandbox, container: api.Container
+    ) -> api.ContainerAdjustment | Awaitable[api.ContainerAdjustment | None] | None:
+        """Admit the container: its adjustment at once, or (when exit codes must be asked
+        of the runtime first, see :mod:`.exits`) an awaitable of it, which the stub awaits.
+        """
+        facts = self._pod(pod, container), container_facts(pod, container)
+        if self._exit_codes is not None:
+            unknown = self.tracker.exit_candidates(facts[0].uid, facts[1].name)
+            if unknown:
+                return self._create_after_exits(facts, unknown)
+        return self._create(facts)
+
+    async def _create_after_exits(
+        self, facts: tuple[PodFacts, ContainerFacts], unknown: list[str]
     ) -> api.ContainerAdjustment | None:
+        assert self._exit_codes is not None
+        for cid, code in (await self._exit_codes.of(unknown)).items():
+            self.tracker.exit_code(facts[0].uid, cid, code)
+        return self._create(facts)
+
+    def _create(self, facts: tuple[PodFacts, ContainerFacts]) -> api.ContainerAdjustment | None:
         try:
-            mems = self.tracker.create_container(
-                self._pod(pod, container), container_facts(pod, container)
-            )
+            mems = self.tracker.create_container(*facts)
         except Refused as exc:
             raise AdmissionRefused(exc.message) from None
         return None if mems is None else _adjust_mems(mems)
@@ -155,7 +178,13 @@ class MemoryPlugin:
 
     def _pod(self, pod: api.PodSandbox, container: api.Container | None = None) -> PodFacts:
         """The pod's facts, with its cgroup's hugepage limits where pod scope needs them."""
-        hugepages = self._pod_hugepages(pod) if self._pod_hugepages is not None else None
+        hugepages = None
+        if self._pod_cgroups is not None and pod.HasField("linux"):
+            if pod.uid not in self._hugepages:
+                self._hugepages[pod.uid] = self._pod_cgroups.hugepage_limits(
+                    pod.linux.cgroup_parent
+                )
+            hugepages = self._hugepages[pod.uid]
         return pod_facts(pod, hugepages, container)
 
 

@@ -115,6 +115,10 @@ class NodeTracker:
         """Whether the memory manager pins anything (policy Static)."""
         return self.manager.config.policy == POLICY_STATIC
 
+    def holds_blocks(self, pod_uid: str) -> bool:
+        """Whether any container of the pod holds blocks."""
+        return bool(self.manager.state.entries.get(pod_uid))
+
     def mems(self, pod_uid: str, name: str) -> str:
         """The cpuset.mems of the container's blocks ("" when it holds none)."""
         return self._mems_text(blocks_mask(self.manager.state.blocks(pod_uid, name) or ()))
@@ -282,6 +286,28 @@ class NodeTracker:
                 init_classified_by=sorted(sources),
             )
             self._changed()
+
+    def exit_candidates(self, pod_uid: str, name: str) -> list[str]:
+        """Exited containers whose exit code decides what a new container ``name`` may reuse.
+
+        Only a name's first creation can reuse a finished init container's memory; the
+        candidates are the pod's exited containers holding blocks whose code is unknown.
+        """
+        record = self.pods.get(pod_uid)
+        if record is None or name in record.first_created:
+            return []
+        return [
+            init.id
+            for init, _ in record.finished_inits(self._clock + 1, but=name)
+            if init.exit_code is None and self.manager.state.blocks(pod_uid, init.name)
+        ]
+
+    def exit_code(self, pod_uid: str, container_id: str, code: int) -> None:
+        """The runtime said how a container exited (a non-zero code: never an init one)."""
+        record = self.pods.get(pod_uid)
+        rec = None if record is None else record.containers.get(container_id)
+        if rec is not None:
+            rec.exit_code = code
 
     def stop_container(self, pod: PodFacts, c: ContainerFacts) -> None:
         """The container exited (on its own, or stopped); its blocks stay with its name."""

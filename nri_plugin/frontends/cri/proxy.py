@@ -44,6 +44,7 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 
 from nri_plugin.engine.pod import GUARANTEED
+from nri_plugin.engine.topologymanager import SCOPE_POD
 from nri_plugin.errors import InputError
 from nri_plugin.frontends.cri import convert
 from nri_plugin.frontends.cri.gen import cri_pb2 as cri
@@ -53,6 +54,7 @@ from nri_plugin.frontends.nri_convert import (
     pod_qos,
     update_resources,
 )
+from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.tracker.facts import ContainerResources
 from nri_plugin.tracker.tracker import NodeTracker, Refused
@@ -137,8 +139,19 @@ class CRIProxy:
     entered concurrently.
     """
 
-    def __init__(self, tracker: NodeTracker, channel: Any, *, logger: Any = None) -> None:
+    def __init__(
+        self,
+        tracker: NodeTracker,
+        channel: Any,
+        *,
+        logger: Any = None,
+        pod_cgroups: PodCgroups | None = None,
+    ) -> None:
         self.tracker = tracker
+        # pod scope sizes a pod's hugepages from its cgroup (read at its first container)
+        self._pod_cgroups = (
+            pod_cgroups if tracker.manager.config.topology_manager_scope == SCOPE_POD else None
+        )
         self._channel = channel
         self._log = logger if logger is not None else structlog.get_logger("cri-proxy")
         # NRI views of what the runtime holds, by sandbox and container ID
@@ -355,8 +368,12 @@ class CRIProxy:
         )
         if pod_qos(pod, ctr) == GUARANTEED:
             await self._note_exits(pod, ctr.name, context)
+        hugepages = None
+        if self._pod_cgroups is not None and not self.tracker.holds_blocks(pod.uid):
+            hugepages = self._pod_cgroups.hugepage_limits(pod.linux.cgroup_parent)
         try:
-            mems = self.tracker.create_container(pod_facts(pod), container_facts(pod, ctr)) or ""
+            facts = pod_facts(pod, hugepages), container_facts(pod, ctr)
+            mems = self.tracker.create_container(*facts) or ""
         except Refused as exc:
             await _fail(context, REFUSAL_CODE, exc.message)
         if mems:
