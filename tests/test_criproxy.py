@@ -94,6 +94,9 @@ class Ctr:
     created_at: int
     state: int = cri.CONTAINER_CREATED
     mems: str = ""
+    # set when the container exits on its own (tests set them)
+    exit_code: int = 0
+    finished_at: int = 0
 
 
 @dataclass
@@ -214,6 +217,8 @@ class FakeRuntime:
         resp.status.id = c.id
         resp.status.metadata.CopyFrom(c.config.metadata)
         resp.status.state = c.state  # type: ignore[assignment]
+        resp.status.exit_code = c.exit_code
+        resp.status.finished_at = c.finished_at
         if r.verbose:
             res = c.config.linux.resources
             config = json_format.MessageToDict(c.config, preserving_proto_field_name=True)
@@ -228,8 +233,11 @@ class FakeRuntime:
         return resp
 
     def UpdateContainerResources(self, r: cri.UpdateContainerResourcesRequest) -> Message:
+        c = self.containers[r.container_id]
         if r.linux.cpuset_mems:
-            self.containers[r.container_id].mems = r.linux.cpuset_mems
+            c.mems = r.linux.cpuset_mems
+        if r.linux.memory_limit_in_bytes:  # as containerd merges an update (0: unchanged)
+            c.config.linux.resources.memory_limit_in_bytes = r.linux.memory_limit_in_bytes
         return cri.UpdateContainerResourcesResponse()
 
     # -- gRPC --
@@ -399,6 +407,8 @@ async def proxied(
     manager: MemoryManager | None = None,
     persist: Callable[[], None] | None = None,
     synchronize: bool = True,
+    tracker: NodeTracker | None = None,
+    pod_cgroups: Any = None,
 ) -> AsyncIterator[Env]:
     runtime = runtime or FakeRuntime()
     manager = manager or new_manager(policy)
@@ -408,8 +418,9 @@ async def proxied(
     runtime_server.add_insecure_port(f"unix:{sockets}/runtime.sock")
     await runtime_server.start()
     channel = grpc.aio.insecure_channel(f"unix:{sockets}/runtime.sock")
-    plugin = NodeTracker(manager, persist=persist)
-    proxy = CRIProxy(plugin, channel)
+    plugin = tracker or NodeTracker(manager, persist=persist)
+    manager = plugin.manager
+    proxy = CRIProxy(plugin, channel, pod_cgroups=pod_cgroups)
     server = await start_server(proxy, str(sockets / "proxy.sock"))
     client = grpc.aio.insecure_channel(f"unix:{sockets}/proxy.sock")
     try:

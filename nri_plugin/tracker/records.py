@@ -126,6 +126,36 @@ class PodRecord:
         out.reverse()
         return out
 
+    def all_created(self) -> bool:
+        """Whether every app container and sidecar of the pod has been created.
+
+        kubelet allocates a whole pod at admission: its later containers reuse the
+        finished init containers' memory while those still hold it, and kubelet
+        releases it when the next container starts. The plugin sees the containers
+        one at a time, so it keeps a finished init container's memory until the
+        pod's other containers exist: exactly when kubelet's pod-resources API listed
+        them; else when the containers created besides the init ones add up to the
+        pod's memory limit (kubelet's ``max(apps + sidecars, init peak)``). When an
+        init container's peak is that limit, nothing tells: kubelet's own moment, the
+        next start, is taken (docs/lifecycle.md, "Init containers").
+        """
+        if self.listed is not None:
+            return self.listed <= self.first_created.keys()
+        limit = self.memory_limit
+        if limit is None:
+            return True
+        inits = {c.name for c, _ in self.finished_inits(1 << 62)}
+        created = 0
+        peak = 0
+        for name in sorted(self.first_created, key=self.first_created.__getitem__):
+            res = self.resources.get(name)
+            size = res.memory_limit if res is not None else 0
+            if name in inits:
+                peak = max(peak, size + created)
+            else:
+                created += size
+        return created >= limit or peak >= limit
+
     def next_started(self, c: ContainerRecord) -> bool:
         """Whether a container first created after ``c`` runs, or ran, in this pod."""
         after = self.restored_successors.get(c.name, frozenset())

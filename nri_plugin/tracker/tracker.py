@@ -268,6 +268,8 @@ class NodeTracker:
         first = record.first_created.get(c.name, self._clock + 1)
         released = []
         sources = set()
+        if not record.all_created():
+            return  # kubelet allocated the pod's later containers with the inits' memory held
         for init, source in record.finished_inits(first, but=c.name):
             key = (pod.uid, init.name)
             if self.owners.get(key) not in (init.id, UNSEEN, None):
@@ -506,11 +508,12 @@ class NodeTracker:
         spec = ContainerSpec(spec.name, spec.requests, spec.limits, cpuset=cpus)
         inits = tuple(record.resources[c.name].to_spec(c.name, init=True) for c, _ in lenders)
         pod = PodSpec(uid, record.name, record.namespace, inits, (spec,), GUARANTEED)
-        # reusable init memory is rebuilt from the lenders that still hold blocks: memory
-        # of init containers released since must not be reused again
-        manager.policy.forget_pod(uid)
-        for init in inits:
-            manager.refresh(pod, init)
+        # reusable init memory is what the lenders still hold: memory of init containers
+        # released since must not be reused again
+        manager.policy.lend(
+            uid,
+            [b for c, _ in lenders for b in manager.state.blocks(uid, c.name) or ()],
+        )
         blocks = manager.state.blocks(uid, name)
         if blocks is not None:
             # a restart keeps its blocks; new limits (a resize with RestartContainer) are

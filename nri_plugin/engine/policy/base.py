@@ -9,13 +9,13 @@ container found pinned after a lost checkpoint, and in-place resize.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.pod import ContainerSpec, PodSpec
 from nri_plugin.engine.policy.resize import ResizeRefusal
-from nri_plugin.engine.state import MemoryState
+from nri_plugin.engine.state import Block, MemoryState
 from nri_plugin.engine.topologymanager import MergeFocus
 
 # (the hints reported, the hints handed to the merge): the merge picks the same hint
@@ -71,6 +71,9 @@ class Policy(Protocol):
 
     def remove_container(self, state: MemoryState, pod_uid: str, container: str) -> bool:
         """Release a container's blocks; True when it had any."""
+
+    def lend(self, pod_uid: str, blocks: Iterable[Block]) -> None:
+        """Make ``blocks`` (finished init containers') reusable by the pod's next containers."""
 
     def forget_pod(self, pod_uid: str) -> None:
         """Drop in-memory bookkeeping of a pod that is gone."""

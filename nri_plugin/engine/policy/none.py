@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
 from nri_plugin.engine.pod import ContainerSpec, PodSpec
 from nri_plugin.engine.policy.base import FocusedHints
 from nri_plugin.engine.policy.resize import ResizeRefusal
-from nri_plugin.engine.state import POLICY_NONE, MemoryState
+from nri_plugin.engine.state import POLICY_NONE, Block, MemoryState
 from nri_plugin.engine.topologymanager import MergeFocus
 
 
@@ -54,6 +54,9 @@ class NonePolicy:
 
     def remove_container(self, state: MemoryState, pod_uid: str, container: str) -> bool:
         return False
+
+    def lend(self, pod_uid: str, blocks: Iterable[Block]) -> None:
+        return None
 
     def forget_pod(self, pod_uid: str) -> None:
         return None

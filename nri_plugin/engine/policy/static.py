@@ -9,7 +9,7 @@ checkpoint either).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from nri_plugin.engine.bitmask import is_narrower, mask_of, nodes_of
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
@@ -295,6 +295,20 @@ class StaticPolicy:
             current = app_mask.get(b.type, 0)
             if current:
                 app_mask[b.type] = 0 if b.size >= current else current - b.size
+
+    def lend(self, pod_uid: str, blocks: Iterable[Block]) -> None:
+        """The pod's next containers may reuse ``blocks`` (finished init containers' blocks).
+
+        kubelet builds the reusable memory while it admits the whole pod; the plugin,
+        which sees the init containers one at a time, hands over what they still hold.
+        Their blocks were shrunk as later init containers reused them, so what they hold
+        together per mask and type is kubelet's reusable amount (the largest of them).
+        """
+        reusable: dict[int, dict[str, int]] = {}
+        for b in blocks:
+            per_mask = reusable.setdefault(mask_of(b.numa_affinity), {})
+            per_mask[b.type] = per_mask.get(b.type, 0) + b.size
+        self._reusable = {pod_uid: reusable} if reusable else {}
 
     def forget_pod(self, pod_uid: str) -> None:
         self._reusable.pop(pod_uid, None)
