@@ -27,7 +27,7 @@ from nri_plugin.engine.config import (
     Config,
     ReservedMemory,
 )
-from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.pod import (
     BEST_EFFORT,
     BURSTABLE,
@@ -41,7 +41,14 @@ from nri_plugin.engine.policy import static
 from nri_plugin.engine.state import POLICY_NONE, POLICY_STATIC
 from nri_plugin.engine.topology import NumaNode, Topology, hugepage_resource_name
 from nri_plugin.inputs.config import validate_for_machine
-from nri_plugin.inputs.scenario import AdmitStep, RemoveStep, Scenario, StartStep, Step
+from nri_plugin.inputs.scenario import (
+    DEVICES_RESOURCE,
+    AdmitStep,
+    RemoveStep,
+    Scenario,
+    StartStep,
+    Step,
+)
 from nri_plugin.inputs.topology import topology_to_mapping as _topology_to_mapping
 
 MI = 1 << 20
@@ -268,7 +275,7 @@ def draw_container(
         cpuset = frozenset(draw(cpu_sets(tuple(all_cpus))))
     device_hints = None
     if draw(ints(0, 3)) == 0:
-        device_hints = tuple(draw(hint_lists(topology.node_ids)))
+        device_hints = draw_device_hints(draw, topology.node_ids)
     return ContainerSpec(
         name=name,
         requests=requests,
@@ -278,6 +285,21 @@ def draw_container(
         cpuset=cpuset,
         device_hints=device_hints,
     )
+
+
+DEVICE_RESOURCES = ("devices", "example.com/gpu", "example.com/nic")
+
+
+def draw_device_hints(draw: st.DrawFn, node_ids: tuple[int, ...]) -> DeviceHints:
+    """The device manager's hints for a container: simulate's list form (one resource,
+    ``devices``) or a mapping of one or two resources, a resource without topology
+    (``None``) among them."""
+    if draw(BOOLS):
+        return {DEVICES_RESOURCE: tuple(draw(hint_lists(node_ids)))}
+    names = draw(st.lists(one_of(DEVICE_RESOURCES), min_size=1, max_size=2, unique=True))
+    return {
+        name: None if draw(ints(0, 4)) == 0 else tuple(draw(hint_lists(node_ids))) for name in names
+    }
 
 
 @st.composite
@@ -367,6 +389,16 @@ def _hint_mapping(h: TopologyHint) -> dict[str, object]:
     return {"nodes": None if h.mask is None else nodes_of(h.mask), "preferred": h.preferred}
 
 
+def _device_hints_mapping(hints: DeviceHints) -> object:
+    """The list form for one resource named ``devices``, else the mapping form."""
+    if set(hints) == {DEVICES_RESOURCE} and hints[DEVICES_RESOURCE] is not None:
+        return [_hint_mapping(h) for h in hints[DEVICES_RESOURCE] or ()]
+    return {
+        name: None if lst is None else [_hint_mapping(h) for h in lst]
+        for name, lst in hints.items()
+    }
+
+
 def _container_mapping(c: ContainerSpec) -> dict[str, object]:
     out: dict[str, object] = {"name": c.name}
     resources: dict[str, object] = {}
@@ -381,7 +413,7 @@ def _container_mapping(c: ContainerSpec) -> dict[str, object]:
     if c.cpuset is not None:
         out["cpuset"] = format_cpulist(c.cpuset)
     if c.device_hints is not None:
-        out["deviceHints"] = [_hint_mapping(h) for h in c.device_hints]
+        out["deviceHints"] = _device_hints_mapping(c.device_hints)
     return out
 
 

@@ -7,6 +7,7 @@ as many nodes and a smaller bitmask value).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nri_plugin.engine.bitmask import nodes_of
@@ -38,3 +39,9 @@ class TopologyHint:
 # whole map, or for one resource, means "don't care"; an empty list means
 # "cannot be satisfied" (kubelet's nil vs empty distinction).
 ProviderHints = dict[str, list[TopologyHint] | None] | None
+
+# Another provider's hints for one container (kubelet's device manager: one list
+# per resource name, for the devices allocated to it). ``None`` for a resource
+# means "don't care" (devices without topology); an empty tuple, "cannot be
+# satisfied".
+DeviceHints = Mapping[str, tuple[TopologyHint, ...] | None]

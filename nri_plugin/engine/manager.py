@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from nri_plugin.engine.bitmask import format_mems, mask_of
 from nri_plugin.engine.config import RESIZE_REFUSE, Config
-from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.hint import DeviceHints, ProviderHints, TopologyHint
 from nri_plugin.engine.machine import build_machine_state
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.policy.base import AllocationError, Policy
@@ -307,9 +307,7 @@ class MemoryManager:
         """Every provider's hints as reported, and the hint lists to merge (same outcome)."""
         guaranteed = pod.qos() == GUARANTEED
         cpusets = [c.cpuset] if guaranteed and c.cpuset is not None else []
-        devices: ProviderHints = None
-        if c.device_hints is not None:
-            devices = {"devices": list(c.device_hints)}
+        devices = None if c.device_hints is None else _device_provider(c.device_hints)
         cpu = self._cpu_hint(cpusets)
         focus = self._focus(cpu, devices)
         memory, to_merge = self.policy.focused_container_hints(self.state, pod, c, focus)
@@ -319,13 +317,16 @@ class MemoryManager:
     def _pod_providers(self, pod: PodSpec) -> tuple[dict[str, ProviderHints], list[ProviderHints]]:
         guaranteed = pod.qos() == GUARANTEED
         cpusets = [c.cpuset for c in pod.all_containers() if guaranteed and c.cpuset is not None]
-        devices = {
-            f"devices/{c.name}": list(c.device_hints)
-            for c in pod.all_containers()
-            if c.device_hints is not None
-        }
+        # each container's list of each resource is merged as its own list; kubelet's
+        # device manager gives one list per resource for the whole pod, which the
+        # tracker passes as the hints of the one container it sizes the pod with
+        devices: dict[str, list[TopologyHint] | None] = {}
+        for c in pod.all_containers():
+            if c.device_hints is not None:
+                for resource, hints in _device_provider(c.device_hints).items():
+                    devices[f"{resource}/{c.name}"] = hints
         cpu = self._cpu_hint(cpusets)
-        device_hints: ProviderHints = dict(devices) if devices else None
+        device_hints: ProviderHints = devices or None
         focus = self._focus(cpu, device_hints)
         memory, to_merge = self.policy.focused_pod_hints(self.state, pod, focus)
         providers = {PROVIDER_CPU: cpu, PROVIDER_MEMORY: memory, PROVIDER_DEVICES: device_hints}
@@ -449,6 +450,11 @@ class MemoryManager:
         self.policy.remove_container(self.state, pod_uid, name)
         removed.add(name)
         return known
+
+
+def _device_provider(hints: DeviceHints) -> dict[str, list[TopologyHint] | None]:
+    """A container's device hints as the device manager's answer: resource -> hints."""
+    return {resource: None if h is None else list(h) for resource, h in hints.items()}
 
 
 def _unknown(pod_uid: str, name: str, pod: PodSpec | None, removed: bool) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.hint import DeviceHints
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, is_memory_type
 
 GUARANTEED = "Guaranteed"
@@ -34,8 +34,9 @@ class ContainerSpec:
     restartable: bool = False
     # CPUs the CPU manager pinned it to (None: not pinned)
     cpuset: frozenset[int] | None = None
-    # hints of another provider (a device plugin) for this container; None: no opinion
-    device_hints: tuple[TopologyHint, ...] | None = None
+    # the device manager's hints for this container, one list per resource (kubelet's
+    # device plugins); None: no opinion
+    device_hints: DeviceHints | None = None
 
     @property
     def is_regular_init(self) -> bool:

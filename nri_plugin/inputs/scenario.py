@@ -16,7 +16,7 @@ import yaml
 
 from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.config import Config
-from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.pod import QOS_CLASSES, ContainerSpec, PodSpec
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, MemoryState, is_memory_type
 from nri_plugin.engine.topology import Topology
@@ -34,6 +34,8 @@ _CONTAINER_KEYS = ("name", "resources", "cpuset", "deviceHints", "restartPolicy"
 _RESOURCES_KEYS = ("requests", "limits")
 _RESIZE_KEYS = ("pod", "container", "resources")
 _HINT_KEYS = ("nodes", "preferred")
+# the resource of deviceHints' list form: one provider's one list (docs/simulate.md)
+DEVICES_RESOURCE = "devices"
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def _parse_container(raw: object, where: str, init: bool, topology: Topology) ->
             )
     device_hints = None
     if "deviceHints" in body:
-        device_hints = _parse_hints(body["deviceHints"], f"{where}.deviceHints", topology)
+        device_hints = _parse_device_hints(body["deviceHints"], f"{where}.deviceHints", topology)
     return ContainerSpec(
         name=name,
         requests=requests,
@@ -330,6 +332,27 @@ def _parse_resource_list(raw: object, where: str) -> dict[str, Fraction]:
             if q >= 1 << 63:
                 raise ScenarioError(f"{what}: {value!r} cannot be represented as int64")
         out[name] = q
+    return out
+
+
+def _parse_device_hints(raw: object, where: str, topology: Topology) -> DeviceHints:
+    """``[hints...]`` (one resource, ``devices``) or ``{resource: [hints...] | null}``."""
+    if isinstance(raw, list):
+        return {DEVICES_RESOURCE: _parse_hints(raw, where, topology)}
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(
+            f"{where}: expected a list of hints or a mapping of resource name to a list of"
+            f" hints, got {_describe(raw)}"
+        )
+    out: dict[str, tuple[TopologyHint, ...] | None] = {}
+    for resource, hints in raw.items():
+        if not isinstance(resource, str) or not resource:
+            raise ScenarioError(
+                f"{where}: expected resource names (strings), got {_describe(resource)}"
+            )
+        out[resource] = (
+            None if hints is None else _parse_hints(hints, f"{where}.{resource}", topology)
+        )
     return out
 
 
