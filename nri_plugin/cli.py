@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nri_plugin import __version__
 from nri_plugin.errors import InputError
+from nri_plugin.podresources import flags as pod_resources_flags
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR")
     _add_machine_args(proxy, required=False)
     proxy.add_argument("--kubelet-config", metavar="PATH", default=None)
+    pod_resources_flags.add_arguments(proxy)
     proxy.add_argument("--metrics-address", metavar="HOST:PORT", default=None)
     proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
@@ -102,6 +104,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="the runtime's CRI socket, asked for exit codes NRI does not carry (default:"
         " containerd.sock beside the NRI socket, else /run/containerd/containerd.sock)",
     )
+    pod_resources_flags.add_arguments(p)
     p.add_argument("--metrics-address", metavar="HOST:PORT", default=None)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

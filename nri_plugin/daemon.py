@@ -6,7 +6,9 @@ Both commands go through the same steps, in this order:
    one line and exit status 2 before anything is read or written;
 2. the machine and the configuration are read and validated (kubelet's checks);
 3. the checkpoint is recovered (docs/recovery.md) into the engine's state;
-4. the front end starts listening (the CRI proxy's socket) or is set up (NRI);
+4. kubelet's pod-resources socket is looked for (said once when absent), the
+   served pod-resources socket starts (``--serve-pod-resources``), and the
+   front end starts listening (the CRI proxy's socket) or is set up (NRI);
 5. the state is written once, the metrics and health endpoint start, SIGTERM
    and SIGINT are handled;
 6. the front end serves until stopped; then every change is flushed to the
@@ -40,6 +42,7 @@ from nri_plugin.frontends.cri.proxy import (
     unix_socket_path,
 )
 from nri_plugin.frontends.exits import ExitCodes
+from nri_plugin.frontends.kubelet import KubeletResources, TrackerMemory
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
@@ -52,6 +55,9 @@ from nri_plugin.persist.exits import load_exit_records
 from nri_plugin.persist.file import STATE_FILE_NAME
 from nri_plugin.persist.recovery import recover
 from nri_plugin.persist.writer import CheckpointWriter
+from nri_plugin.podresources.client import PodResourcesClient
+from nri_plugin.podresources.server import PodResourcesServer
+from nri_plugin.podresources.server import start_server as start_pod_resources_server
 from nri_plugin.tracker.tracker import NodeTracker
 
 MODE_NRI = "nri"
@@ -62,11 +68,13 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
     """Refuse a flag value that cannot work, before anything touches the disk (InputError)."""
     if args.metrics_address:
         parse_address(args.metrics_address, "--metrics-address")
+    own_sockets = {}
     if mode == MODE_NRI:
         name, idx = prelaunched_identity(os.environ, args.plugin_name, args.plugin_index)
         check_identity(name, idx, args.socket)
         if getattr(args, "runtime_endpoint", None):
             unix_socket_path(args.runtime_endpoint, "--runtime-endpoint")
+        own_sockets["--socket"] = args.socket
     else:
         listen = unix_socket_path(args.listen, "--listen")
         runtime = unix_socket_path(args.runtime_endpoint, "--runtime-endpoint")
@@ -74,6 +82,18 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
             raise InputError(
                 f"--listen {args.listen}: is the runtime endpoint; the proxy would call itself"
             )
+        own_sockets["--listen"] = args.listen
+        own_sockets["--runtime-endpoint"] = args.runtime_endpoint
+    kubelet_socket = getattr(args, "pod_resources_socket", "")
+    if kubelet_socket:
+        unix_socket_path(kubelet_socket, "--pod-resources-socket")
+        own_sockets["--pod-resources-socket"] = kubelet_socket
+    served = getattr(args, "serve_pod_resources", None)
+    if served:
+        path = unix_socket_path(served, "--serve-pod-resources").resolve()
+        for flag, other in own_sockets.items():
+            if other and unix_socket_path(other, flag).resolve() == path:
+                raise InputError(f"--serve-pod-resources {served}: is the {flag} socket")
 
 
 def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
@@ -100,7 +120,7 @@ def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
 class FrontEnd(Protocol):
     """How events reach the tracker: an NRI connection, or a CRI proxy."""
 
-    async def start(self, tracker: NodeTracker) -> None:
+    async def start(self, tracker: NodeTracker, kubelet: KubeletResources) -> None:
         """Get ready to serve (a socket to listen on is opened here)."""
 
     async def run(self) -> None:
@@ -125,7 +145,7 @@ class NRIFrontEnd:
         self._stub: Stub | None = None
         self._exit_codes: ExitCodes | None = None
 
-    async def start(self, tracker: NodeTracker) -> None:
+    async def start(self, tracker: NodeTracker, kubelet: KubeletResources) -> None:
         self._exit_codes = ExitCodes(
             getattr(self._args, "runtime_endpoint", None),
             self._args.socket,
@@ -138,6 +158,7 @@ class NRIFrontEnd:
             logger=structlog.get_logger(),
             pod_cgroups=pod_cgroups(self._args),
             exit_codes=self._exit_codes,
+            kubelet=kubelet,
         )
         self._stub = Stub(
             plugin,
@@ -182,7 +203,7 @@ class CRIFrontEnd:
         self._proxy: CRIProxy | None = None
         self._stopped = asyncio.Event()
 
-    async def start(self, tracker: NodeTracker) -> None:
+    async def start(self, tracker: NodeTracker, kubelet: KubeletResources) -> None:
         self._channel = grpc.aio.insecure_channel(
             endpoint_target(self._args.runtime_endpoint), options=CHANNEL_OPTIONS
         )
@@ -191,6 +212,7 @@ class CRIFrontEnd:
             self._channel,
             logger=structlog.get_logger("cri-proxy"),
             pod_cgroups=pod_cgroups(self._args),
+            kubelet=kubelet,
         )
         self._server = await start_server(self._proxy, self._args.listen)
 
@@ -245,7 +267,25 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     writer.exit_records = tracker.exit_records
     metrics.state_changed(manager)
     metrics.connection(False)
-    await front.start(tracker)
+    kubelet_socket = getattr(args, "pod_resources_socket", "")
+    client = PodResourcesClient(
+        str(unix_socket_path(kubelet_socket)) if kubelet_socket else "",
+        observer=metrics,
+        logger=structlog.get_logger("pod-resources"),
+    )
+    await client.start()  # says once when the socket is absent
+    kubelet = KubeletResources(client, tracker)
+    served = None
+    if getattr(args, "serve_pod_resources", None):
+        path = str(unix_socket_path(args.serve_pod_resources))
+        served = await start_pod_resources_server(
+            PodResourcesServer(
+                TrackerMemory(tracker), client, logger=structlog.get_logger("pod-resources")
+            ),
+            path,
+        )
+        log.info("serving pod-resources", socket=path, kubelet_socket=client.socket_path)
+    await front.start(tracker, kubelet)
     writer.write_now(manager.state)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -272,6 +312,10 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
         await front.run()
     finally:
         await front.close()
+        if served is not None:
+            await served.stop(grace=1.0)
+        await kubelet.close()
+        await client.close()
         if http is not None:
             http.close()
         await writer.flush()

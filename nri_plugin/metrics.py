@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.errors import InputError
+from nri_plugin.podresources.client import FAILURE_KINDS
 from nri_plugin.tracker.tracker import Observer
 
 # kubelet's buckets for topology_manager_admission_duration_ms
@@ -92,6 +93,16 @@ class Metrics(Observer):
             registry=r,
         )
 
+        self.pod_resources_failures = Counter(
+            "nri_memory_manager_pod_resources_failures_total",
+            "Lookups and calls of kubelet's pod-resources API that brought no answer, by kind"
+            " (each lookup then behaves as without the API)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in FAILURE_KINDS:
+            self.pod_resources_failures.labels(kind)
+
         # (pod uid, container) of restore conflicts still holding blocks
         self._conflicts: set[tuple[str, str]] = set()
         # (node, type) -> the (allocatable, reserved, free) published last, and its children
@@ -144,6 +155,11 @@ class Metrics(Observer):
 
     def connection(self, connected: bool) -> None:
         self.connected.set(1 if connected else 0)
+
+    # -- the pod-resources client's observer --------------------------------
+
+    def on_failure(self, kind: str) -> None:
+        self.pod_resources_failures.labels(kind).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ NRI adjustment, container update or error.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import structlog
 from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.topologymanager import SCOPE_POD
 from nri_plugin.frontends.exits import ExitCodes
+from nri_plugin.frontends.kubelet import KubeletResources
 from nri_plugin.frontends.nri_convert import container_facts, pod_facts, update_resources
 from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.nri.connection import RpcError
@@ -56,6 +58,7 @@ class MemoryPlugin:
         tracker: NodeTracker | None = None,
         pod_cgroups: PodCgroups | None = None,
         exit_codes: ExitCodes | None = None,
+        kubelet: KubeletResources | None = None,
     ) -> None:
         self._log = logger if logger is not None else structlog.get_logger("plugin")
         self.tracker = tracker or NodeTracker(
@@ -68,6 +71,8 @@ class MemoryPlugin:
         )
         self._hugepages: dict[str, dict[str, int] | None] = {}
         self._exit_codes = exit_codes
+        # kubelet's pod-resources API: device hints, exact init containers
+        self._kubelet = kubelet
 
     @property
     def synchronized(self) -> bool:
@@ -91,48 +96,90 @@ class MemoryPlugin:
 
     def synchronize(
         self, pods: Sequence[api.PodSandbox], containers: Sequence[api.Container]
+    ) -> list[api.ContainerUpdate] | Awaitable[list[api.ContainerUpdate]]:
+        """The runtime's view; with kubelet's pod-resources API, after one ``List`` filled
+        its cache (waited for at most the client's deadline)."""
+        if self._kubelet is None:
+            return self._synchronize(pods, containers)
+        return self._synchronize_after_list(pods, containers)
+
+    async def _synchronize_after_list(
+        self, pods: Sequence[api.PodSandbox], containers: Sequence[api.Container]
+    ) -> list[api.ContainerUpdate]:
+        assert self._kubelet is not None
+        await self._kubelet.prime(pod_facts(p) for p in pods)
+        return self._synchronize(pods, containers)
+
+    def _synchronize(
+        self, pods: Sequence[api.PodSandbox], containers: Sequence[api.Container]
     ) -> list[api.ContainerUpdate]:
         by_sandbox = {p.id: p for p in pods}
         listed = []
         for c in containers:
             sandbox = by_sandbox.get(c.pod_sandbox_id)
             if sandbox is not None:
-                listed.append((pod_facts(sandbox, None, c), container_facts(sandbox, c)))
-        updates = self.tracker.synchronize([self._pod(p) for p in pods], listed)
+                facts = pod_facts(sandbox, None, c), container_facts(sandbox, c)
+                if self._kubelet is not None:
+                    facts = facts[0], self._kubelet.facts(*facts)
+                listed.append(facts)
+        pod_list = [self._pod(p) for p in pods]
+        updates = self.tracker.synchronize(pod_list, listed)
+        if self._kubelet is not None:
+            self._kubelet.synchronized(pod_list)
         return [_update_mems(cid, mems) for cid, mems in updates]
 
     def run_pod_sandbox(self, pod: api.PodSandbox) -> None:
-        self.tracker.run_pod_sandbox(self._pod(pod))
+        facts = self._pod(pod)
+        self.tracker.run_pod_sandbox(facts)
+        if self._kubelet is not None:
+            self._kubelet.sandbox_started(facts)
 
     def stop_pod_sandbox(self, pod: api.PodSandbox) -> None:
         self.tracker.stop_pod_sandbox(pod_facts(pod))
 
     def remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
         self._hugepages.pop(pod.uid, None)
-        self.tracker.remove_pod_sandbox(pod_facts(pod))
+        facts = pod_facts(pod)
+        self.tracker.remove_pod_sandbox(facts)
+        if self._kubelet is not None:
+            self._kubelet.sandbox_removed(facts)
 
     def create_container(
         self, pod: api.PodSandbox, container: api.Container
     ) -> api.ContainerAdjustment | Awaitable[api.ContainerAdjustment | None] | None:
-        """Admit the container: its adjustment at once, or (when exit codes must be asked
-        of the runtime first, see :mod:`.exits`) an awaitable of it, which the stub awaits.
+        """Admit the container: its adjustment at once, or an awaitable of it, which the
+        stub awaits, when facts must be asked first: exit codes of the runtime (see
+        :mod:`.exits`) and kubelet's answer for the pod (see :mod:`.kubelet`), together,
+        each within its deadline (100 ms).
         """
         facts = self._pod(pod, container), container_facts(pod, container)
+        waits: list[Awaitable[object]] = []
         if self._exit_codes is not None:
             unknown = self.tracker.exit_candidates(facts[0].uid, facts[1].name)
             if unknown:
-                return self._create_after_exits(facts, unknown)
+                waits.append(self._note_exit_codes(facts[0].uid, unknown))
+        if self._kubelet is not None:
+            lookup = self._kubelet.lookup(*facts)
+            if lookup is not None:
+                waits.append(lookup)
+        if waits:
+            return self._create_after(facts, waits)
         return self._create(facts)
 
-    async def _create_after_exits(
-        self, facts: tuple[PodFacts, ContainerFacts], unknown: list[str]
-    ) -> api.ContainerAdjustment | None:
+    async def _note_exit_codes(self, pod_uid: str, unknown: list[str]) -> None:
         assert self._exit_codes is not None
         for cid, code in (await self._exit_codes.of(unknown)).items():
-            self.tracker.exit_code(facts[0].uid, cid, code)
+            self.tracker.exit_code(pod_uid, cid, code)
+
+    async def _create_after(
+        self, facts: tuple[PodFacts, ContainerFacts], waits: Sequence[Awaitable[object]]
+    ) -> api.ContainerAdjustment | None:
+        await asyncio.gather(*waits)
         return self._create(facts)
 
     def _create(self, facts: tuple[PodFacts, ContainerFacts]) -> api.ContainerAdjustment | None:
+        if self._kubelet is not None:
+            facts = facts[0], self._kubelet.facts(*facts)
         try:
             mems = self.tracker.create_container(*facts)
         except Refused as exc:

@@ -32,7 +32,6 @@ is reported to the observer and logged once per pod. Kubelets without ``Get``
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import enum
 import os
@@ -47,6 +46,7 @@ import structlog
 from nri_plugin.engine.hint import ProviderHints
 from nri_plugin.podresources import wire
 from nri_plugin.podresources.devicehints import allocated_device_hints
+from nri_plugin.podresources.flags import DEFAULT_SOCKET
 from nri_plugin.podresources.gen import podresources_pb2 as pb
 from nri_plugin.podresources.ratelimit import TokenBucket
 from nri_plugin.podresources.resources import (
@@ -55,8 +55,6 @@ from nri_plugin.podresources.resources import (
     PodResources,
     device_keys,
 )
-
-DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 # How long a container's creation may wait for kubelet's answer. containerd
 # gives an NRI plugin 2 s per request and our own work takes milliseconds;
@@ -688,22 +686,3 @@ class _GetMissing(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
-
-
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--pod-resources-socket",
-        metavar="PATH",
-        default=DEFAULT_SOCKET,
-        help="kubelet's pod-resources socket, for device NUMA hints and exact init containers "
-        f"('' to not use it; default {DEFAULT_SOCKET})",
-    )
-
-
-def client_from_args(
-    args: argparse.Namespace,
-    *,
-    observer: PodResourcesObserver | None = None,
-    logger: Any = None,
-) -> PodResourcesClient:
-    return PodResourcesClient(args.pod_resources_socket, observer=observer, logger=logger)

@@ -34,7 +34,6 @@ stale socket at the path is removed first, anything else refused.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import stat
@@ -291,13 +290,3 @@ async def start_server(server: PodResourcesServer, path: str) -> Any:
         raise InputError(f"--serve-pod-resources {path}: cannot listen there ({exc})") from None
     await grpc_server.start()
     return grpc_server
-
-
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--serve-pod-resources",
-        metavar="PATH",
-        default=None,
-        help="serve a pod-resources socket with the plugin's memory added to kubelet's answers, "
-        "for node-feature-discovery or resource-topology-exporter (default: not served)",
-    )

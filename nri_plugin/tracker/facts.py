@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from nri_plugin.engine.bitmask import nodes_of
+from nri_plugin.engine.hint import DeviceHints
 from nri_plugin.engine.pod import CPU, ContainerSpec
 from nri_plugin.engine.state import MEMORY
 from nri_plugin.engine.topology import Topology
@@ -129,3 +130,6 @@ class ContainerFacts:
     # kubelet's io.kubernetes.container.restartCount annotation, when present
     restart_count: int | None = None
     error: str | None = None
+    # the device manager's hints for the devices kubelet allocated to it, one list per
+    # resource (from kubelet's pod-resources API); None: no devices, or not known
+    device_hints: DeviceHints | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
-from nri_plugin.engine.manager import AdmissionResult, MemoryManager
+from nri_plugin.engine.manager import PROVIDER_DEVICES, AdmissionResult, MemoryManager
 from nri_plugin.engine.state import Block
 from nri_plugin.engine.topologymanager import TOPOLOGY_AFFINITY_ERROR
 from nri_plugin.quantity import format_bytes_human
@@ -30,6 +30,17 @@ def free_text(manager: MemoryManager, types: Iterable[str]) -> str:
         group = "" if len(node.cells) <= 1 else f" (group {','.join(map(str, node.cells))})"
         parts.append(f"node {node_id}: {' '.join(free)}{group}")
     return "; ".join(parts)
+
+
+def device_hints_text(hints: ProviderHints) -> str:
+    """The device manager's hints, per resource ("" when it gave none)."""
+    if not hints:
+        return ""
+    parts = []
+    for resource, lst in sorted(hints.items()):
+        alternatives = "any" if lst is None else " | ".join(map(str, lst)) or "none fits"
+        parts.append(f"{resource} {alternatives}")
+    return "; device hints " + ", ".join(parts)
 
 
 def policy_text(manager: MemoryManager) -> str:
@@ -57,10 +68,11 @@ def refusal(
     cpus = ""
     if cpu_nodes is not None:
         cpus = "; CPUs on NUMA nodes " + ",".join(map(str, sorted(cpu_nodes)))
+    devices = device_hints_text(result.failed_hints.get(PROVIDER_DEVICES))
     pod_scope = f"; {sizing}" if sizing else ""
     return (
         f"{REFUSAL_PREFIX} pod {pod_ref} container {container}: {detail} ({result.reason})"
-        f"; request {request_text(memory)}{cpus}{pod_scope}; free"
+        f"; request {request_text(memory)}{cpus}{devices}{pod_scope}; free"
         f" {free_text(manager, memory)}{merged}; {policy_text(manager)}"
     )
 

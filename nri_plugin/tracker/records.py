@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.tracker.facts import EXITED, RUNNING, ContainerResources
 
 # How a container was classified.
@@ -67,6 +67,8 @@ class PodRecord:
     first_created: dict[str, int] = field(default_factory=dict)
     # names kubelet's pod-resources API lists for the pod (None: no answer)
     listed: frozenset[str] | None = None
+    # pod scope: the device manager's hints for the devices of all the listed containers
+    device_hints: DeviceHints | None = None
     # restored from the exit records of an earlier run (see NodeTracker.exit_records):
     # name -> (INIT or LISTED, source), and name -> names first created after its exit
     restored_kinds: dict[str, tuple[str, str]] = field(default_factory=dict)

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from nri_plugin.engine.bitmask import format_mems, mask_of, parse_cpulist
-from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.manager import AdmissionResult, ContainerDecision, MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.rebase import settle
@@ -138,12 +138,16 @@ class NodeTracker:
             self._release_pod(pod.uid, "pod sandbox removed")
             self.pods.pop(pod.uid, None)
 
-    def pod_listed(self, pod_uid: str, names: Iterable[str]) -> None:
+    def pod_listed(
+        self, pod_uid: str, names: Iterable[str], device_hints: DeviceHints | None = None
+    ) -> None:
         """kubelet's pod-resources API answered for the pod: these are its app containers
-        and sidecars (regular init containers are never listed)."""
+        and sidecars (regular init containers are never listed); ``device_hints``: the
+        device manager's hints for all their devices (the pod's, in pod scope)."""
         record = self.pods.get(pod_uid)
         if record is not None:
             record.listed = frozenset(names)
+            record.device_hints = device_hints
 
     def _stale_sandbox(self, pod: PodFacts) -> bool:
         """An event for a pod's replaced sandbox: the pod's current containers live on."""
@@ -204,7 +208,7 @@ class NodeTracker:
             return None
 
         lenders = self._lenders(record, name, clock) if first else []
-        outcome = self._admit(record, name, c.resources, lenders)
+        outcome = self._admit(record, name, c.resources, lenders, c.device_hints)
         if isinstance(outcome, str):
             self._observe(started, admitted=False, pinned=False, topology_error=True)
             self._log.warning(
@@ -499,13 +503,16 @@ class NodeTracker:
         name: str,
         resources: ContainerResources,
         lenders: Sequence[tuple[ContainerRecord, str]],
+        device_hints: DeviceHints | None = None,
     ) -> ContainerDecision | AdmissionResult | str:
         """Admit one container; a decision, a refusal, or why its resize was refused."""
         manager = self.manager
         uid = record.uid
         spec = resources.to_spec(name)
         cpus = resources.pinned_cpus(self.manager.topology)
-        spec = ContainerSpec(spec.name, spec.requests, spec.limits, cpuset=cpus)
+        spec = ContainerSpec(
+            spec.name, spec.requests, spec.limits, cpuset=cpus, device_hints=device_hints
+        )
         inits = tuple(record.resources[c.name].to_spec(c.name, init=True) for c, _ in lenders)
         pod = PodSpec(uid, record.name, record.namespace, inits, (spec,), GUARANTEED)
         # reusable init memory is what the lenders still hold: memory of init containers
@@ -577,7 +584,16 @@ class NodeTracker:
             f" {hugepages}; CPU hint from that container's cpuset"
         )
         whole_amounts = {t: Fraction(v) for t, v in amounts.items()}
-        whole = ContainerSpec("pod", whole_amounts, whole_amounts, cpuset=spec.cpuset)
+        if record.device_hints is not None:
+            record.sizing += "; device hints from every listed container's devices"
+        # kubelet's device manager answers for the pod's devices together, per resource
+        whole = ContainerSpec(
+            "pod",
+            whole_amounts,
+            whole_amounts,
+            cpuset=spec.cpuset,
+            device_hints=record.device_hints,
+        )
         affinity, admit, providers = self.manager.pod_affinity(
             PodSpec(pod.uid, pod.name, pod.namespace, (), (whole,), GUARANTEED)
         )
@@ -832,7 +848,7 @@ class NodeTracker:
                 late.append((c, record, resources))
         for c, record, resources in sorted(late, key=lambda x: _created(x[1], x[0])):
             # created while we were away: admit now, pin through the sync reply
-            outcome = self._admit(record, c.name, resources, [])
+            outcome = self._admit(record, c.name, resources, [], c.device_hints)
             if not isinstance(outcome, ContainerDecision):
                 failed += 1
                 message = (

@@ -48,6 +48,7 @@ from nri_plugin.engine.topologymanager import SCOPE_POD
 from nri_plugin.errors import InputError
 from nri_plugin.frontends.cri import convert
 from nri_plugin.frontends.cri.gen import cri_pb2 as cri
+from nri_plugin.frontends.kubelet import KubeletResources
 from nri_plugin.frontends.nri_convert import (
     container_facts,
     pod_facts,
@@ -146,8 +147,11 @@ class CRIProxy:
         *,
         logger: Any = None,
         pod_cgroups: PodCgroups | None = None,
+        kubelet: KubeletResources | None = None,
     ) -> None:
         self.tracker = tracker
+        # kubelet's pod-resources API: device hints, exact init containers
+        self._kubelet = kubelet
         # pod scope sizes a pod's hugepages from its cgroup (read at its first container)
         self._pod_cgroups = (
             pod_cgroups if tracker.manager.config.topology_manager_scope == SCOPE_POD else None
@@ -288,7 +292,10 @@ class CRIProxy:
         if req is not None and resp is not None and resp.pod_sandbox_id:
             pod = convert.pod_sandbox(resp.pod_sandbox_id, req.config, req.runtime_handler)
             self.sandboxes[pod.id] = pod
-            self.tracker.run_pod_sandbox(pod_facts(pod))
+            facts = pod_facts(pod)
+            self.tracker.run_pod_sandbox(facts)
+            if self._kubelet is not None:
+                self._kubelet.sandbox_started(facts)
         return answer
 
     async def _stop_pod_sandbox(self, request: bytes, context: Any) -> bytes:
@@ -315,7 +322,10 @@ class CRIProxy:
         if pod is not None:
             for cid in [cid for cid, c in self.containers.items() if c.pod_sandbox_id == pod.id]:
                 del self.containers[cid]
-            self.tracker.remove_pod_sandbox(pod_facts(pod))
+            facts = pod_facts(pod)
+            self.tracker.remove_pod_sandbox(facts)
+            if self._kubelet is not None:
+                self._kubelet.sandbox_removed(facts)
         if not isinstance(answer, bytes):
             await _abort(context, answer)
         return answer
@@ -366,13 +376,23 @@ class CRIProxy:
             req.config,
             created_at=time.time_ns(),
         )
+        # exit codes and kubelet's answer are asked together, each within its deadline
+        waits: list[Awaitable[object]] = []
         if pod_qos(pod, ctr) == GUARANTEED:
-            await self._note_exits(pod, ctr.name, context)
+            waits.append(self._note_exits(pod, ctr.name, context))
+        if self._kubelet is not None:
+            lookup = self._kubelet.lookup(pod_facts(pod), container_facts(pod, ctr))
+            if lookup is not None:
+                waits.append(lookup)
+        if waits:
+            await asyncio.gather(*waits)
         hugepages = None
         if self._pod_cgroups is not None and not self.tracker.holds_blocks(pod.uid):
             hugepages = self._pod_cgroups.hugepage_limits(pod.linux.cgroup_parent)
         try:
             facts = pod_facts(pod, hugepages), container_facts(pod, ctr)
+            if self._kubelet is not None:
+                facts = facts[0], self._kubelet.facts(*facts)
             mems = self.tracker.create_container(*facts) or ""
         except Refused as exc:
             await _fail(context, REFUSAL_CODE, exc.message)
@@ -613,6 +633,9 @@ class CRIProxy:
             return convert.listed_container(item, status.status, status.info)
 
         pods = list(await asyncio.gather(*(pod_view(p) for p in ready)))
+        if self._kubelet is not None:
+            # containers admitted late get their device hints too
+            await self._kubelet.prime(pod_facts(p) for p in pods)
         views = await asyncio.gather(
             *(container_view(c) for c in listed if c.pod_sandbox_id in ready_ids)
         )
@@ -628,7 +651,12 @@ class CRIProxy:
             for c in containers
             if c.pod_sandbox_id in by_sandbox
         ]
-        updates = self.tracker.synchronize([pod_facts(p) for p in pods], listed, mems_shown=False)
+        if self._kubelet is not None:
+            listed = [(p, self._kubelet.facts(p, c)) for p, c in listed]
+        pod_list = [pod_facts(p) for p in pods]
+        updates = self.tracker.synchronize(pod_list, listed, mems_shown=False)
+        if self._kubelet is not None:
+            self._kubelet.synchronized(pod_list)
         self.sandboxes = {p.id: p for p in pods}
         self.containers = {c.id: c for c in containers}
         pinned = await self._apply(updates)
