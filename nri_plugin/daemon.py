@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,10 +91,13 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
         own_sockets["--pod-resources-socket"] = kubelet_socket
     served = getattr(args, "serve_pod_resources", None)
     if served:
-        path = unix_socket_path(served, "--serve-pod-resources").resolve()
+        path = unix_socket_path(served, "--serve-pod-resources")
         for flag, other in own_sockets.items():
-            if other and unix_socket_path(other, flag).resolve() == path:
+            if other and unix_socket_path(other, flag).resolve() == path.resolve():
                 raise InputError(f"--serve-pod-resources {served}: is the {flag} socket")
+        # a stale socket is replaced at start; anything else there is refused now
+        if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise InputError(f"--serve-pod-resources {served}: exists and is not a socket")
 
 
 def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:

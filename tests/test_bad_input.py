@@ -13,8 +13,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import struct
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,6 +32,7 @@ from nri_plugin.engine.pod import ContainerSpec, PodSpec
 from nri_plugin.engine.rebase import OUTCOME_NONE, OUTCOME_POLICY_CHANGED, OUTCOME_UNTRUSTED
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
+from nri_plugin.frontends.kubelet import KubeletResources
 from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
 from nri_plugin.inputs.config import parse_config
 from nri_plugin.inputs.topology import topology_from_mapping
@@ -39,8 +42,10 @@ from nri_plugin.nri.stub import PLUGIN_SERVICE, Stub
 from nri_plugin.persist.file import write_file
 from nri_plugin.persist.format import MAX_FILE_BYTES, dumps
 from nri_plugin.persist.recovery import recover
+from nri_plugin.podresources.client import PodResourcesClient
 from tests.nri.fake_runtime import FakeRuntime
 from tests.nri_builders import container, pod
+from tests.podresources_standin import running_standin
 
 GI = 1 << 30
 MI = 1 << 20
@@ -708,6 +713,22 @@ FLAG_ROWS = [
         ["--state-dir", "{config}/sub"],
         r"{config}/sub/memory_manager_state: cannot write checkpoint: Not a directory",
     ),
+    (
+        "flag-pod-resources-socket-scheme",
+        ["--pod-resources-socket", "tcp://127.0.0.1:1"],
+        r"--pod-resources-socket 'tcp://127.0.0.1:1': only unix sockets are supported"
+        r" \(a path or unix:///path\), not tcp",
+    ),
+    (
+        "flag-serve-pod-resources-is-kubelets",
+        ["--pod-resources-socket", "/tmp/k.sock", "--serve-pod-resources", "unix:///tmp/k.sock"],
+        r"--serve-pod-resources unix:///tmp/k.sock: is the --pod-resources-socket socket",
+    ),
+    (
+        "flag-serve-pod-resources-not-a-socket",
+        ["--serve-pod-resources", "{config}"],
+        r"--serve-pod-resources {config}: exists and is not a socket",
+    ),
 ]
 
 
@@ -753,6 +774,168 @@ def test_run_with_a_garbage_prelaunch_socket_fd(
         str(tmp_path / "state"),
     )
     assert_refused(ran, "run", r"NRI_PLUGIN_SOCKET='three' is not a file descriptor number")
+
+
+# -- kubelet's pod-resources API (--pod-resources-socket) ------------------------------
+
+PODRES_GPU_POD = {
+    "name": "pod-uid-1",
+    "namespace": "default",
+    "containers": [{"name": "app", "devices": {"example.com/gpu": ["gpu1"]}}],
+}
+
+
+def _podres_node(**behaviour: Any) -> dict[str, Any]:
+    devices = {"example.com/gpu": [{"id": "gpu0", "numa": [0]}, {"id": "gpu1", "numa": [1]}]}
+    return {"node": {"devices": devices}, "pods": [PODRES_GPU_POD], "behaviour": behaviour}
+
+
+def _podres_absent(path: Path) -> contextlib.AbstractAsyncContextManager[Any]:
+    return contextlib.nullcontext()  # type: ignore[return-value]
+
+
+def _podres_dead(path: Path) -> contextlib.AbstractAsyncContextManager[Any]:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # kubelet died without removing its socket
+    stale.close()
+    return contextlib.nullcontext()  # type: ignore[return-value]
+
+
+def _podres_standin(**behaviour: Any) -> Callable[[Path], Any]:
+    return lambda path: running_standin(path, _podres_node(**behaviour))
+
+
+@contextlib.asynccontextmanager
+async def _podres_rate_limited(path: Path) -> AsyncIterator[Any]:
+    async with running_standin(path, _podres_node()) as standin:
+        standin.kubelet.qps, standin.kubelet.burst = 0.001, 1
+        standin.kubelet.rate_limit = True
+        # kubelet's other clients took its last token
+        channel_client = PodResourcesClient(str(path), logger=ListLogger())
+        await channel_client.start()
+        await channel_client.refresh_inventory()
+        await channel_client.close()
+        yield standin
+
+
+@contextlib.asynccontextmanager
+async def _podres_other_pod(path: Path) -> AsyncIterator[Any]:
+    async with running_standin(path, _podres_node()) as standin:
+        real = standin.kubelet.pod
+        standin.kubelet.pod = lambda p: real({**p, "name": "someone-else"})  # type: ignore[method-assign]
+        yield standin
+
+
+@contextlib.asynccontextmanager
+async def _podres_unknown_pod(path: Path) -> AsyncIterator[Any]:
+    async with running_standin(path, {**_podres_node(), "pods": []}) as standin:
+        yield standin
+
+
+PODRES_ROWS: list[tuple[str, Callable[[Path], Any], str]] = [
+    ("podres-socket-absent", _podres_absent, "socket-absent"),
+    ("podres-dead", _podres_dead, "unavailable"),
+    ("podres-slow", _podres_standin(delay=2.0), "deadline"),
+    ("podres-rate-limited", _podres_rate_limited, "rate-limited"),
+    ("podres-unknown-pod", _podres_unknown_pod, "not-found"),
+    ("podres-other-pod", _podres_other_pod, "mismatch"),
+]
+
+
+async def _podres_create(
+    path: Path, policy: str = "restricted"
+) -> tuple[MemoryPlugin, ListLogger, Any, list[str], float]:
+    """A GPU container (on node 1 when kubelet answers) created with the API at ``path``:
+    the plugin, its log, the adjustment or refusal, the failures counted, the time taken."""
+    log, kinds = ListLogger(), []
+
+    class Counted:
+        def on_failure(self, kind: str) -> None:
+            kinds.append(kind)
+
+    client = PodResourcesClient(str(path), observer=Counted(), logger=log)
+    await client.start()
+    plugin = MemoryPlugin(MemoryManager(TOPOLOGY, CONFIG), logger=log)
+    if policy != "restricted":
+        config = parse_config({"topologyManagerPolicy": policy, "reservedMemory": ["0:memory=1Gi"]})
+        plugin = MemoryPlugin(MemoryManager(TOPOLOGY, config), logger=log)
+    plugin._kubelet = KubeletResources(client, plugin.tracker)
+    p = pod("uid-1")
+    plugin.run_pod_sandbox(p)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    result: Any = plugin.create_container(p, container(p, "app", "c1", GI, cpus="0-7"))
+    try:
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+    except AdmissionRefused as exc:
+        result = exc
+    took = loop.time() - start
+    await client.close()
+    return plugin, log, result, kinds, took
+
+
+@pytest.mark.parametrize(
+    ("kubelet", "kind"), [pytest.param(k, kind, id=i) for i, k, kind in PODRES_ROWS]
+)
+def test_pod_resources_without_an_answer(
+    kubelet: Callable[[Path], Any], kind: str, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        path = Path(tempfile.mkdtemp(prefix="br-", dir="/tmp")) / "k.sock"
+        try:
+            async with kubelet(path):
+                _, log, result, kinds, took = await _podres_create(path)
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        # as without the API: node 0, the first that fits; the GPU on node 1 unknown
+        assert isinstance(result, api.ContainerAdjustment)
+        assert result.linux.resources.cpu.mems == "0"
+        # (kubelet rate-limiting refuses the inventory asked at connection too)
+        assert set(kinds) == {kind} and kinds.count(kind) in (1, 2)
+        assert took <= 0.1 + 0.25  # the client's deadline, and the decision
+        if kind == "socket-absent":
+            log.find("pod-resources socket absent: no device hints, init containers inferred")
+        else:
+            assert log.find("pod-resources: no answer for pod", "warning")["kind"] == kind
+
+    asyncio.run(scenario())
+
+
+def test_pod_resources_device_without_topology() -> None:
+    # row podres-device-without-topology
+    async def scenario() -> None:
+        path = Path(tempfile.mkdtemp(prefix="br-", dir="/tmp")) / "k.sock"
+        node = _podres_node()
+        node["node"]["devices"]["example.com/gpu"] = [{"id": "gpu0"}, {"id": "gpu1"}]
+        try:
+            async with running_standin(path, node):
+                _, log, result, kinds, _ = await _podres_create(path)
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        assert result.linux.resources.cpu.mems == "0" and kinds == []
+        assert log.find("admission")["hints"]["devices"] == {"example.com/gpu": None}
+
+    asyncio.run(scenario())
+
+
+def test_pod_resources_device_on_a_node_the_machine_lacks() -> None:
+    # row podres-device-unknown-node
+    async def scenario() -> None:
+        path = Path(tempfile.mkdtemp(prefix="br-", dir="/tmp")) / "k.sock"
+        node = _podres_node()
+        node["node"]["devices"]["example.com/gpu"] = [{"id": "gpu1", "numa": [7]}]
+        try:
+            async with running_standin(path, node):
+                _, _, refused, kinds, _ = await _podres_create(path)
+                _, _, best_effort, _, _ = await _podres_create(path, "best-effort")
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        assert isinstance(refused, AdmissionRefused) and kinds == []
+        assert "device hints example.com/gpu none fits" in str(refused)
+        assert best_effort.linux.resources.cpu.mems == "0"
+
+    asyncio.run(scenario())
 
 
 # -- the state file (<state-dir>/memory_manager_state) ---------------------------------

@@ -409,6 +409,7 @@ async def proxied(
     synchronize: bool = True,
     tracker: NodeTracker | None = None,
     pod_cgroups: Any = None,
+    kubelet: Any = None,
 ) -> AsyncIterator[Env]:
     runtime = runtime or FakeRuntime()
     manager = manager or new_manager(policy)
@@ -420,7 +421,7 @@ async def proxied(
     channel = grpc.aio.insecure_channel(f"unix:{sockets}/runtime.sock")
     plugin = tracker or NodeTracker(manager, persist=persist)
     manager = plugin.manager
-    proxy = CRIProxy(plugin, channel, pod_cgroups=pod_cgroups)
+    proxy = CRIProxy(plugin, channel, pod_cgroups=pod_cgroups, kubelet=kubelet)
     server = await start_server(proxy, str(sockets / "proxy.sock"))
     client = grpc.aio.insecure_channel(f"unix:{sockets}/proxy.sock")
     try:
