@@ -19,20 +19,34 @@ states differ by design (kubelet reserves a whole pod at admission, the
 plugin each container at its creation), so the comparison is made at these
 points.
 
+kubelet's pod-resources API is a stand-in kubelet (tests/podresources_standin.py)
+on a unix socket, served in the node's event loop: the pods drawn as "listed"
+are known to it, with devices allocated to some of their Guaranteed
+containers (sidecars and app containers: kubelet never lists regular init
+containers) from a node inventory of devices on one NUMA node, on two, and
+without topology. `simulate` gets the device manager's hints for the same
+devices (``devicehints.allocated_device_hints`` with the same inventory): per
+container in container scope; in pod scope the hints of all the pod's
+devices together, given on one container (docs/simulate.md). Live decisions
+with device hints must equal simulate's.
+
 What the runtime cannot show the plugin is kept out of the generated pods
 (docs/lifecycle.md, "What the plugin cannot know"): zero-sized hugepage
 requests (a limit of 0 is what kubelet sends for every page size), a cpuset of
-every CPU (the shared pool), device hints (they come from kubelet's
-pod-resources API), and in pod scope hugepage sizes that only init containers
-request and cpusets that differ between a pod's containers.
+every CPU (the shared pool), devices of regular init containers and of pods
+that are not Guaranteed (the plugin leaves those alone), and in pod scope
+hugepage sizes that only init containers request and cpusets that differ
+between a pod's containers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Protocol
@@ -58,12 +72,17 @@ from nri_plugin.engine.state import HUGEPAGES_PREFIX, POLICY_STATIC
 from nri_plugin.engine.topology import Topology
 from nri_plugin.engine.topologymanager import SCOPE_POD
 from nri_plugin.frontends.cri.gen import cri_pb2 as cri
+from nri_plugin.frontends.kubelet import KubeletResources, device_hints
 from nri_plugin.frontends.nri import AdmissionRefused, MemoryPlugin
 from nri_plugin.frontends.simulate import apply_step
 from nri_plugin.inputs.scenario import AdmitStep, RemoveStep, ResizeStep, StartStep, Step
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.persist.format import to_checkpoint
+from nri_plugin.podresources.client import PodResourcesClient
+from nri_plugin.podresources.devicehints import allocated_device_hints
+from nri_plugin.podresources.resources import ContainerDevices
 from nri_plugin.tracker.tracker import NodeTracker
+from tests.podresources_standin import running_standin
 from tests.strategies import BOOLS, _pick, configs, draw_container, ints, one_of, topologies
 from tests.test_criproxy import FakeRuntime, proxied
 
@@ -73,11 +92,17 @@ MI = 1 << 20
 # -- what happens on the node ---------------------------------------------------------------
 
 
+# container name -> resource name -> the ids of the devices kubelet allocated to it
+Devices = Mapping[str, Mapping[str, tuple[str, ...]]]
+
+
 @dataclass(frozen=True)
 class Admit:
     pod: PodSpec
-    # kubelet's pod-resources API answered for the pod (its app containers and sidecars)
+    # kubelet's pod-resources API answers for the pod (its app containers and sidecars)
     listed: bool = False
+    # the devices kubelet allocated to its containers (listed pods only)
+    devices: Devices = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,112 @@ def cpu_quota(spec: ContainerSpec) -> int:
     return 0 if cores is None else int(cores * 100_000)
 
 
+# -- kubelet's devices and its pod-resources API -----------------------------------------------
+
+GPU, NIC, QAT = "example.com/gpu", "example.com/nic", "example.com/qat"
+
+
+def inventory(topology: Topology) -> dict[str, list[dict[str, Any]]]:
+    """The node's devices: two GPUs and a NIC per NUMA node, a NIC on the first two nodes
+    together, two accelerators without topology."""
+    nodes = topology.node_ids
+    gpus = [{"id": f"gpu{n}-{i}", "numa": [n]} for n in nodes for i in range(2)]
+    nics = [{"id": f"nic{n}", "numa": [n]} for n in nodes]
+    if len(nodes) > 1:
+        nics.append({"id": "nic-wide", "numa": list(nodes[:2])})
+    return {GPU: gpus, NIC: nics, QAT: [{"id": "qat0"}, {"id": "qat1"}]}
+
+
+def _entries(topology: Topology, devices: Mapping[str, Iterable[str]]) -> list[ContainerDevices]:
+    numa = {
+        (resource, d["id"]): tuple(d.get("numa", ()))
+        for resource, known in inventory(topology).items()
+        for d in known
+    }
+    return [ContainerDevices(r, (i,), numa[(r, i)]) for r, ids in devices.items() for i in ids]
+
+
+def simulated_pod(topology: Topology, scope: str, op: Admit) -> PodSpec:
+    """The pod as simulate gets it: the device manager's hints for its allocated devices
+    (kubelet's GetTopologyHints, or GetPodTopologyHints on one container in pod scope)."""
+    if not op.devices:
+        return op.pod
+    every = _entries(topology, {r: [d["id"] for d in ds] for r, ds in inventory(topology).items()})
+    node_ids = topology.node_ids
+
+    def hints(devices: Mapping[str, Iterable[str]]) -> Any:
+        return device_hints(allocated_device_hints(node_ids, _entries(topology, devices), every))
+
+    if scope == SCOPE_POD:
+        whole: dict[str, list[str]] = {}
+        for devices in op.devices.values():
+            for resource, ids in devices.items():
+                whole.setdefault(resource, []).extend(ids)
+        first = op.pod.containers[0]
+        return op.pod.with_container(replace(first, device_hints=hints(whole)))
+    pod = op.pod
+    for name, devices in op.devices.items():
+        c = pod.container(name)
+        assert c is not None
+        pod = pod.with_container(replace(c, device_hints=hints(devices)))
+    return pod
+
+
+def standin_pod(spec: PodSpec, devices: Devices) -> dict[str, Any]:
+    """The pod as the stand-in kubelet knows it."""
+
+    def c(container: ContainerSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": container.name}
+        if container.restartable:
+            out["restartPolicy"] = "Always"
+        if container.name in devices:
+            out["devices"] = {r: list(ids) for r, ids in devices[container.name].items()}
+        return out
+
+    return {
+        "name": spec.name,
+        "namespace": spec.namespace,
+        "initContainers": [c(x) for x in spec.init_containers],
+        "containers": [c(x) for x in spec.containers],
+    }
+
+
+class Kubelet:
+    """The stand-in kubelet's pod-resources socket, served in ``loop``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, topology: Topology) -> None:
+        self.loop = loop
+        self.dir = tempfile.mkdtemp(prefix="lvs-", dir="/tmp")  # unix socket paths < 108
+        self.path = f"{self.dir}/kubelet.sock"
+        spec = {
+            "node": {"devices": inventory(topology)},
+            "pods": [],
+            "behaviour": {"rateLimit": False},
+        }
+        self._context = running_standin(self.path, spec)
+        self.standin = loop.run_until_complete(self._context.__aenter__())
+
+    def add(self, spec: PodSpec, devices: Devices) -> None:
+        self.standin.kubelet.add_pod(standin_pod(spec, devices))
+
+    def remove(self, spec: PodSpec) -> None:
+        self.standin.kubelet.remove_pod(spec.namespace, spec.name)
+
+    async def client(self) -> PodResourcesClient:
+        """The plugin's client; kubelet's deadline and rate limits are other tests' concern:
+        here every answer must come."""
+        client = PodResourcesClient(
+            self.path, logger=_Quiet(), deadline=30.0, qps=1e6, burst=1_000_000
+        )
+        await client.start()
+        assert await client.refresh_inventory() is not None
+        return client
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self._context.__aexit__(None, None, None))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 # -- the simulate side -----------------------------------------------------------------------
 
 
@@ -220,20 +351,31 @@ class NriNode:
         self.topology, self.config = topology, config
         self.cgroups = FakeCgroups()
         self.exits = FakeExitCodes()
+        self.loop = asyncio.new_event_loop()
+        self.kubelet = Kubelet(self.loop, topology)
+        self.client: PodResourcesClient | None = None
         self.plugin = self._plugin(MemoryManager(topology, config))
         self.pods: dict[str, LivePod] = {}
         self.serial = 0
-        self.loop = asyncio.new_event_loop()
 
     def _plugin(self, manager: MemoryManager) -> MemoryPlugin:
+        if self.client is not None:
+            self.loop.run_until_complete(self.client.close())
+        self.client = self.loop.run_until_complete(self.kubelet.client())
+        tracker = NodeTracker(manager, logger=_Quiet())
         return MemoryPlugin(
             manager,
+            tracker=tracker,
             logger=_Quiet(),
             pod_cgroups=self.cgroups,  # type: ignore[arg-type]
             exit_codes=self.exits,  # type: ignore[arg-type]
+            kubelet=KubeletResources(self.client, tracker),
         )
 
     def close(self) -> None:
+        if self.client is not None:
+            self.loop.run_until_complete(self.client.close())
+        self.kubelet.close()
         self.loop.close()
 
     def state(self) -> dict[str, object]:
@@ -241,6 +383,15 @@ class NriNode:
 
     def _resolve(self, result: Any) -> Any:
         return self.loop.run_until_complete(result) if inspect.isawaitable(result) else result
+
+    def _on_loop(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A handler call as the stub makes it: in the event loop, its awaitable awaited."""
+
+        async def handle() -> Any:
+            result = call(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        return self.loop.run_until_complete(handle())
 
     def _message(self, pod: LivePod, c: LiveContainer) -> api.Container:
         ctr = api.Container(id=c.id, pod_sandbox_id=pod.sandbox.id, name=c.spec.name, state=c.state)
@@ -263,27 +414,27 @@ class NriNode:
     def create(self, pod: LivePod, spec: ContainerSpec, attempt: int = 0) -> bool:
         c = LiveContainer(spec, self._new_id(), api.CONTAINER_CREATED, attempt)
         try:
-            self._resolve(self.plugin.create_container(pod.sandbox, self._message(pod, c)))
+            self._on_loop(self.plugin.create_container, pod.sandbox, self._message(pod, c))
         except AdmissionRefused:
             # containerd's undo of a failed creation
-            self.plugin.stop_container(pod.sandbox, self._message(pod, c))
-            self.plugin.remove_container(pod.sandbox, self._message(pod, c))
+            self._on_loop(self.plugin.stop_container, pod.sandbox, self._message(pod, c))
+            self._on_loop(self.plugin.remove_container, pod.sandbox, self._message(pod, c))
             return False
         pod.containers[spec.name] = c
         return True
 
     def start(self, pod: LivePod, name: str) -> None:
         c = pod.containers[name]
-        self.plugin.start_container(pod.sandbox, self._message(pod, c))
+        self._on_loop(self.plugin.start_container, pod.sandbox, self._message(pod, c))
         c.state = api.CONTAINER_RUNNING
 
     def exit(self, pod: LivePod, name: str, code: int) -> None:
         c = pod.containers[name]
         self.exits.codes[c.id] = code
-        self.plugin.stop_container(pod.sandbox, self._message(pod, c))
+        self._on_loop(self.plugin.stop_container, pod.sandbox, self._message(pod, c))
         c.state = api.CONTAINER_STOPPED
 
-    def admit(self, spec: PodSpec, listed: bool = False) -> bool:
+    def admit(self, spec: PodSpec, listed: bool = False, devices: Devices | None = None) -> bool:
         sandbox = api.PodSandbox(
             id=f"sb-{spec.uid}", uid=spec.uid, name=spec.name, namespace=spec.namespace
         )
@@ -293,10 +444,9 @@ class NriNode:
             sandbox.linux.pod_resources.memory.limit.value = memory
         self.cgroups.by_parent[sandbox.linux.cgroup_parent] = pod_hugepages(spec)
         pod = self.pods[spec.uid] = LivePod(spec, sandbox)
-        self.plugin.run_pod_sandbox(sandbox)
         if listed:
-            names = [c.name for c in spec.all_containers() if not c.is_regular_init]
-            self.plugin.tracker.pod_listed(spec.uid, names)
+            self.kubelet.add(spec, devices or {})
+        self._on_loop(self.plugin.run_pod_sandbox, sandbox)
         for init in spec.init_containers:
             if not self.create(pod, init):
                 return False
@@ -333,23 +483,24 @@ class NriNode:
         update = api.LinuxResources()
         _set_resources(update, resized)
         try:
-            self._resolve(self.plugin.update_container(pod.sandbox, self._message(pod, c), update))
+            self._on_loop(self.plugin.update_container, pod.sandbox, self._message(pod, c), update)
         except AdmissionRefused:
             return False
         c.spec = resized
-        self.plugin.post_update_container(pod.sandbox, self._message(pod, c))
+        self._on_loop(self.plugin.post_update_container, pod.sandbox, self._message(pod, c))
         return True
 
     def remove(self, uid: str) -> None:
         pod = self.pods.pop(uid)
         for c in pod.containers.values():
             if c.state == api.CONTAINER_RUNNING:
-                self.plugin.stop_container(pod.sandbox, self._message(pod, c))
+                self._on_loop(self.plugin.stop_container, pod.sandbox, self._message(pod, c))
                 c.state = api.CONTAINER_STOPPED
-        self.plugin.stop_pod_sandbox(pod.sandbox)
+        self._on_loop(self.plugin.stop_pod_sandbox, pod.sandbox)
         for c in pod.containers.values():
-            self.plugin.remove_container(pod.sandbox, self._message(pod, c))
-        self.plugin.remove_pod_sandbox(pod.sandbox)
+            self._on_loop(self.plugin.remove_container, pod.sandbox, self._message(pod, c))
+        self._on_loop(self.plugin.remove_pod_sandbox, pod.sandbox)
+        self.kubelet.remove(pod.spec)
 
     def restart_plugin(self) -> None:
         old = self.plugin
@@ -368,7 +519,7 @@ class NriNode:
             msg.linux.resources.cpu.mems = old.tracker.mems(
                 msg.labels["io.kubernetes.pod.uid"], msg.name
             )
-        self.plugin.synchronize([p.sandbox for p in self.pods.values()], listed)
+        self._on_loop(self.plugin.synchronize, [p.sandbox for p in self.pods.values()], listed)
 
 
 class CriNode:
@@ -383,17 +534,28 @@ class CriNode:
         self.ids: dict[tuple[str, str], tuple[str, int, ContainerSpec]] = {}
         self._env: Any = None
         self._context: Any = None
+        self.kubelet = Kubelet(self.loop, topology)
+        self.client: PodResourcesClient | None = None
         self._open(NodeTracker(MemoryManager(topology, config), logger=_Quiet()))
 
     def _open(self, tracker: NodeTracker) -> None:
-        self._context = proxied(tracker=tracker, runtime=self.runtime, pod_cgroups=self.cgroups)
+        self.client = self.loop.run_until_complete(self.kubelet.client())
+        self._context = proxied(
+            tracker=tracker,
+            runtime=self.runtime,
+            pod_cgroups=self.cgroups,
+            kubelet=KubeletResources(self.client, tracker),
+        )
         self._env = self.loop.run_until_complete(self._context.__aenter__())
 
     def _shut(self) -> None:
         self.loop.run_until_complete(self._context.__aexit__(None, None, None))
+        if self.client is not None:
+            self.loop.run_until_complete(self.client.close())
 
     def close(self) -> None:
         self._shut()
+        self.kubelet.close()
         self.loop.close()
 
     def state(self) -> dict[str, object]:
@@ -438,7 +600,7 @@ class CriNode:
         c = self.runtime.containers[self.ids[(uid, name)][0]]
         c.state, c.exit_code, c.finished_at = cri.CONTAINER_EXITED, code, 1
 
-    def admit(self, spec: PodSpec, listed: bool = False) -> bool:
+    def admit(self, spec: PodSpec, listed: bool = False, devices: Devices | None = None) -> bool:
         config = cri.PodSandboxConfig()
         config.metadata.name, config.metadata.uid = spec.name, spec.uid
         config.metadata.namespace = spec.namespace
@@ -448,13 +610,12 @@ class CriNode:
         if memory:
             config.linux.resources.memory_limit_in_bytes = memory
         self.cgroups.by_parent[config.linux.cgroup_parent] = pod_hugepages(spec)
+        if listed:
+            self.kubelet.add(spec, devices or {})
         resp = self._call(
             "RunPodSandbox", cri.RunPodSandboxRequest(config=config), cri.RunPodSandboxResponse
         )
         self.pods[spec.uid] = (spec, resp.pod_sandbox_id)
-        if listed:
-            names = [c.name for c in spec.all_containers() if not c.is_regular_init]
-            self._env.plugin.pod_listed(spec.uid, names)
         for init in spec.init_containers:
             if not self._create(spec.uid, init, 0):
                 return False
@@ -498,9 +659,10 @@ class CriNode:
         return True
 
     def remove(self, uid: str) -> None:
-        _, sandbox = self.pods.pop(uid)
+        spec, sandbox = self.pods.pop(uid)
         self._call("StopPodSandbox", cri.StopPodSandboxRequest(pod_sandbox_id=sandbox))
         self._call("RemovePodSandbox", cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox))
+        self.kubelet.remove(spec)
 
     def restart_plugin(self) -> None:
         old = self._env.plugin
@@ -546,8 +708,9 @@ def live_pods(draw: st.DrawFn, topology: Topology, uid: str, scope: str) -> PodS
     apps = [
         draw_container(draw, topology, f"app{i}", qos, needs_burstable=i == 0) for i in range(n_app)
     ]
-    # device hints come from kubelet's pod-resources API, not used here; a cpuset of
-    # every CPU of the machine is the shared pool to the plugin (no CPU hint)
+    # device hints come from kubelet's pod-resources API (drawn as devices, see
+    # workloads); a cpuset of every CPU of the machine is the shared pool to the plugin
+    # (no CPU hint)
     every_cpu = frozenset().union(*(n.cpus for n in topology.nodes))
     containers = [
         replace(
@@ -619,7 +782,9 @@ def workloads(draw: st.DrawFn, max_ops: int = 14) -> tuple[Topology, Config, lis
             pod = draw(live_pods(topology, f"pod-{serial}", config.topology_manager_scope))
             # without kubelet's listing, a pod whose init container's memory is its peak
             # may see later containers placed otherwise (docs/lifecycle.md): listed here
-            ops.append(Admit(pod, draw(BOOLS) or _init_peak(pod) >= sandbox_memory(pod)))
+            listed = draw(BOOLS) or _init_peak(pod) >= sandbox_memory(pod)
+            devices = _draw_devices(draw, topology, pod) if listed else {}
+            ops.append(Admit(pod, listed, devices))
             live[pod.uid] = pod
             continue
         pod = live[_pick(draw, sorted(live))]
@@ -636,6 +801,23 @@ def workloads(draw: st.DrawFn, max_ops: int = 14) -> tuple[Topology, Config, lis
         else:
             ops.append(RestartPlugin())
     return topology, config, ops
+
+
+def _draw_devices(draw: st.DrawFn, topology: Topology, pod: PodSpec) -> Devices:
+    """Devices kubelet allocated to some of a Guaranteed pod's listed containers."""
+    if pod.qos() != GUARANTEED:
+        return {}
+    ids = {r: tuple(d["id"] for d in devices) for r, devices in inventory(topology).items()}
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for c in pod.all_containers():
+        if c.is_regular_init or draw(ints(0, 2)) != 0:
+            continue
+        resources = draw(st.lists(one_of((GPU, GPU, NIC, QAT)), min_size=1, max_size=2))
+        out[c.name] = {
+            r: tuple(draw(st.lists(one_of(ids[r]), min_size=1, max_size=2, unique=True)))
+            for r in dict.fromkeys(resources)
+        }
+    return out
 
 
 def _resized(draw: st.DrawFn, c: ContainerSpec) -> ContainerSpec:
@@ -655,7 +837,7 @@ def _resized(draw: st.DrawFn, c: ContainerSpec) -> ContainerSpec:
 class Node(Protocol):
     """A runtime with the plugin in front, driven as kubelet drives it."""
 
-    def admit(self, spec: PodSpec, listed: bool) -> bool: ...
+    def admit(self, spec: PodSpec, listed: bool, devices: Devices) -> bool: ...
 
     def crash(self, uid: str, name: str, code: int) -> None: ...
 
@@ -677,8 +859,14 @@ def run_workload(node: Node, topology: Topology, config: Config, ops: list[Op]) 
         if isinstance(op, (Crash, Resize, Remove)) and not admitted.get(op.uid):
             continue  # a pod the node refused, or removed, is not running
         if isinstance(op, Admit):
-            live_ok = node.admit(op.pod, op.listed)
-            result = sim.step(AdmitStep(op.pod))
+            live_ok = node.admit(op.pod, op.listed, op.devices)
+            simulated = simulated_pod(topology, config.topology_manager_scope, op)
+            if op.devices:
+                # the same admission without the device hints, on a copy: did they matter?
+                blind = Simulated(topology, config)
+                blind.manager.state = sim.manager.state.clone()
+                blind_result = blind.step(AdmitStep(op.pod))
+            result = sim.step(AdmitStep(simulated))
             assert isinstance(result, AdmissionResult)
             if live_ok != result.admitted:
                 pytest.fail(
@@ -689,6 +877,13 @@ def run_workload(node: Node, topology: Topology, config: Config, ops: list[Op]) 
             seen["admitted" if live_ok else "refused"] += 1
             if live_ok and op.pod.init_containers:
                 seen["admitted with init containers"] += 1
+            if op.devices:
+                seen[f"{'admitted' if live_ok else 'refused'} with device hints"] += 1
+                assert isinstance(blind_result, AdmissionResult)
+                if blind_result.admitted != result.admitted or (
+                    result.admitted and to_checkpoint(blind.manager.state) != sim.state()
+                ):
+                    seen["device hints changed the decision"] += 1
             if live_ok:
                 sim.step(StartStep(op.pod.uid))
             else:
@@ -763,6 +958,9 @@ def test_workloads_reach_the_interesting_events() -> None:
         "resize restart refused",
         "remove",
         "plugin restart",
+        "admitted with device hints",
+        "refused with device hints",
+        "device hints changed the decision",
     ):
         assert seen[event] > 0, (event, seen)
 
