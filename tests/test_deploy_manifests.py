@@ -310,6 +310,18 @@ def test_every_path_flag_points_inside_a_fitting_mount(rendering: Rendering) -> 
     kubelet_volume = rendering.volume(mount_for(rendering, flags["--kubelet-config"])["name"])
     assert kubelet_volume["hostPath"] == {"path": "/var/lib/kubelet/config.yaml", "type": "File"}
 
+    if "--pod-resources-socket" in flags:
+        mount = mount_for(rendering, flags["--pod-resources-socket"])
+        assert mount["readOnly"] is True
+        path = rendering.volume(mount["name"])["hostPath"]["path"]
+        assert path == "/var/lib/kubelet/pod-resources"
+        assert PurePosixPath(flags["--pod-resources-socket"]).parent == PurePosixPath(path)
+
+    if "--serve-pod-resources" in flags:
+        mount = mount_for(rendering, flags["--serve-pod-resources"])
+        assert not mount.get("readOnly")
+        assert rendering.volume(mount["name"])["hostPath"]["type"] == "DirectoryOrCreate"
+
     if "--sysfs-root" in flags:
         mount = mount_for(rendering, flags["--sysfs-root"])
         assert mount["mountPath"] == flags["--sysfs-root"]
@@ -328,11 +340,15 @@ def test_mounts_match_volumes_and_only_state_and_socket_are_writable(
         "/var/lib/nri-memory-manager",
         "/sys",
         "/var/lib/kubelet/config.yaml",
+        "/var/lib/kubelet/pod-resources",
+        "/run/nri-memory-manager",
     }
     writable = {
         volumes[m["name"]].get("hostPath", {}).get("path") for m in mounts if not m.get("readOnly")
     }
-    assert writable == {"/var/run/nri", "/var/lib/nri-memory-manager"}
+    # kubelet's pod-resources socket is reached through a read-only mount (connecting to a
+    # unix socket needs no write access to the file system: tests/e2e/test_pod_resources.py)
+    assert writable == {"/var/run/nri", "/var/lib/nri-memory-manager", "/run/nri-memory-manager"}
     (sys_mount,) = [
         m for m in mounts if volumes[m["name"]].get("hostPath", {}).get("path") == "/sys"
     ]

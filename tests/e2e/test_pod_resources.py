@@ -44,13 +44,26 @@ from nri_plugin.podresources.client import LOOKUP_DEADLINE_S
 from nri_plugin.podresources.gen import podresources_pb2 as pb
 from nri_plugin.podresources.gen import podresources_pb2_grpc as pb_grpc
 
-from .harness import Containerd, CRIClient, CRIError
+from .conftest import FLAVOR_IDS, _closed_and_clean
+from .harness import FLAVOR_TAG, FLAVORS, Containerd, CRIClient, CRIError, E2EPaths
 from .test_plugin import GI, ROOT, MemoryManagerPlugin, wait_exited
 
 GPU = "example.com/gpu"
 # what CreateContainer may take beyond a prompt kubelet's figure and the client's deadline:
 # containerd's own work varies by tens of milliseconds on a busy 2-core machine
 SLACK_S = 0.3
+
+
+@pytest.fixture(scope="module", params=FLAVORS, ids=FLAVOR_IDS)
+def containerd(request: pytest.FixtureRequest, e2e_paths: E2EPaths) -> Iterator[Containerd]:
+    """This module's own containerd per flavor (run-<tag>pr), so that the CreateContainer
+    figures are not another module's containerd's."""
+    ctrd = Containerd(e2e_paths, request.param, f"{FLAVOR_TAG[request.param]}pr")
+    try:
+        ctrd.start()
+        yield ctrd
+    finally:
+        _closed_and_clean(ctrd)
 
 
 class StandinKubelet:
