@@ -174,7 +174,10 @@ class MemoryPlugin:
     async def _create_after(
         self, facts: tuple[PodFacts, ContainerFacts], waits: Sequence[Awaitable[object]]
     ) -> api.ContainerAdjustment | None:
-        await asyncio.gather(*waits)
+        if len(waits) == 1:
+            await waits[0]  # no task to schedule for the common case
+        else:
+            await asyncio.gather(*waits)
         return self._create(facts)
 
     def _create(self, facts: tuple[PodFacts, ContainerFacts]) -> api.ContainerAdjustment | None:
