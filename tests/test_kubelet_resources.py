@@ -389,7 +389,11 @@ def test_a_slow_kubelet_never_holds_create_container_past_the_deadline(sockets: 
             mems, took = await _today(n, "g")
             assert mems == "0"  # as without the API: the device is not known in time
             assert took <= prc.LOOKUP_DEADLINE_S + SLACK_S
-            assert n.failures() == {prc.DEADLINE: 1}
+            # the pod's next container: counted again, logged once per pod
+            g = pod("g")
+            mems, took = await timed(n.create(g, container(g, "side", "c2", GI, cpus=SHARED)))
+            assert mems == "0" and took <= prc.LOOKUP_DEADLINE_S + SLACK_S
+            assert n.failures() == {prc.DEADLINE: 2}
             warnings = n.log.named("pod-resources: no answer for pod")
             assert [w["pod"] for w in warnings] == ["default/pod-g"]
 
@@ -636,3 +640,24 @@ def test_answering_alone_the_provider_lists_what_the_tracker_knows() -> None:
     blocks = provider.memory_blocks("default", "pod-g", "app")
     assert [(b.memory_type, b.size) for b in blocks] == [("memory", GI)]
     assert provider.memory_blocks("default", "nobody", "app") == ()
+
+
+# -- the flags -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "cri-proxy"])
+def test_both_commands_take_the_pod_resources_flags(command: str) -> None:
+    from nri_plugin.cli import build_parser
+    from nri_plugin.podresources import flags
+
+    parser = build_parser()
+    extra = ["--listen", "/tmp/l.sock", "--runtime-endpoint", "/tmp/r.sock"]
+    args = parser.parse_args([command, *(extra if command == "cri-proxy" else [])])
+    assert args.pod_resources_socket == flags.DEFAULT_SOCKET == prc.DEFAULT_SOCKET
+    assert args.serve_pod_resources is None
+    # the help text's figure is the client's deadline
+    assert f"{round(prc.LOOKUP_DEADLINE_S * 1000)} ms" == flags.DEADLINE_TEXT
+    sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    text = sub.format_help()
+    assert "--pod-resources-socket PATH" in text and "--serve-pod-resources PATH" in text
+    assert flags.DEADLINE_TEXT in " ".join(text.split())
