@@ -44,7 +44,7 @@ from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
-from nri_plugin.inputs.topology import discover_sysfs, load_topology_file
+from nri_plugin.inputs.topology import discover_sysfs, host_node_ids, load_topology_file
 from nri_plugin.logs import configure_logging
 from nri_plugin.metrics import Metrics, parse_address, serve_http
 from nri_plugin.nri.stub import Stub, check_identity, prelaunched_identity
@@ -52,6 +52,7 @@ from nri_plugin.persist.exits import load_exit_records
 from nri_plugin.persist.file import STATE_FILE_NAME
 from nri_plugin.persist.recovery import recover
 from nri_plugin.persist.writer import CheckpointWriter
+from nri_plugin.tracker.nodemap import ANNOTATION, NodeMap, checked_map, default_map
 from nri_plugin.tracker.tracker import NodeTracker
 
 MODE_NRI = "nri"
@@ -90,6 +91,31 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
         )
     validate_for_machine(config, topology, source=args.config or "config")
     return topology, config
+
+
+def node_map(args: argparse.Namespace, topology: Topology, config: Config, log: Any) -> NodeMap:
+    """Fake NUMA nodes onto the host's when the fake topology names nodes the host lacks."""
+    if not args.topology_file:
+        if config.host_node_map:
+            raise InputError(
+                f"{args.config or 'config'}: hostNodeMap: only with --topology-file (a fake"
+                " topology); with --sysfs-root the topology is the host's"
+            )
+        return NodeMap()
+    host = host_node_ids("/sys")
+    fake = list(topology.node_ids)
+    if config.host_node_map:
+        mapping = checked_map(config.host_node_map, fake, host, f"{args.config}: hostNodeMap")
+    else:
+        mapping = default_map(fake, host)
+    result = NodeMap(mapping)
+    if result.active:
+        log.info(
+            "fake NUMA nodes written as the host's in cpuset.mems",
+            host_node_map=result.describe(),
+            annotation=ANNOTATION,
+        )
+    return result
 
 
 def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
@@ -229,6 +255,7 @@ class CRIFrontEnd:
 async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     log = structlog.get_logger("nri-memory-manager")
     topology, config = load_machine(args)
+    nodes = node_map(args, topology, config, log)
     state_path = Path(args.state_dir) / STATE_FILE_NAME
     recovery = recover(topology, config, state_path, log)
     manager = recovery.manager
@@ -239,7 +266,11 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
         set_aside=recovery.report.set_aside_as is not None,
     )
     tracker = NodeTracker(
-        manager, persist=lambda: writer.request(manager.state), observer=metrics, logger=log
+        manager,
+        persist=lambda: writer.request(manager.state),
+        observer=metrics,
+        logger=log,
+        node_map=nodes,
     )
     tracker.restore_exit_records(load_exit_records(writer.exits_path, log))
     writer.exit_records = tracker.exit_records

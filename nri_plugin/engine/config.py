@@ -69,6 +69,9 @@ class Config:
     # and still be accepted with the checkpoint (recovery.py)
     memory_drift_tolerance: int = DEFAULT_MEMORY_DRIFT_TOLERANCE
     in_place_resize: str = RESIZE_ACCOUNT
+    # fake NUMA node -> host NUMA node for cpuset.mems with a fake topology (the daemon's,
+    # not the engine's: decisions stay on the fake nodes; nri_plugin/tracker/nodemap.py)
+    host_node_map: Mapping[int, int] | None = None
 
     def reserved(self, numa_node: int, type: str) -> int:
         """Bytes of ``type`` reserved on ``numa_node`` (0 if none)."""

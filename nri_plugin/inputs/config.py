@@ -68,6 +68,7 @@ _CONFIG_KEYS = (
     "evictionHard",
     "memoryDriftTolerance",
     "inPlaceResize",
+    "hostNodeMap",
 )
 _RESERVATION_KEYS = ("numaNode", "limits")
 _FLAG_FORMAT = "numaNodeID:type=quantity[,type=quantity...]"
@@ -447,6 +448,7 @@ def parse_config(data: object, *, source: str = "config") -> Config:
                 f"{at('inPlaceResize')}: unknown mode: {_q(resize)} (expected"
                 f" {', '.join(RESIZE_MODES)})"
             )
+    host_map = _parse_host_node_map(data.get("hostNodeMap"), at("hostNodeMap"))
     return Config(
         policy=policy,
         topology_manager_policy=tm_policy,
@@ -459,7 +461,26 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         eviction_hard=_parse_eviction(data.get("evictionHard"), at("evictionHard")),
         memory_drift_tolerance=drift,
         in_place_resize=resize,
+        host_node_map=host_map,
     )
+
+
+def _parse_host_node_map(data: object, where: str) -> dict[int, int] | None:
+    """``{fake node: host node}``, both NUMA node ids (YAML keys may be strings)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fake NUMA node to host NUMA node")
+    out: dict[int, int] = {}
+    for key, value in data.items():
+        fake = _atoi(str(key)) if not isinstance(key, bool) else None
+        host = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if fake is None or fake < 0 or fake > 1023:
+            raise ConfigError(f"{where}: {_q(str(key))} is not a NUMA node id")
+        if host is None or not 0 <= host <= 1023:
+            raise ConfigError(f"{where}.{fake}: {_describe(value)} is not a NUMA node id")
+        out[fake] = host
+    return out
 
 
 def load_config_file(path: str | Path) -> Config:

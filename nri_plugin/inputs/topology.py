@@ -305,6 +305,23 @@ def _sysfs_node(node_dir: Path, node_id: int) -> NumaNode:
     return NumaNode(id=node_id, cpus=cpus, memory=memory, hugepages=pools)
 
 
+def host_node_ids(root: str | Path = "/sys") -> list[int]:
+    """The NUMA node ids this host has (``node<N>`` under devices/system/node); [0] without."""
+    base = Path(root) / "devices" / "system" / "node"
+    try:
+        names = [entry.name for entry in base.iterdir()]
+    except OSError:
+        return [0]  # a kernel without NUMA support: one node
+    ids = []
+    for name in names:
+        match = _NODE_DIR_RE.fullmatch(name)
+        if match is not None:
+            node_id = bounded_int(match[1], MAX_NUMA_NODE_ID)
+            if node_id is not None:
+                ids.append(node_id)
+    return sorted(ids) or [0]
+
+
 def discover_sysfs(root: str | Path = "/sys") -> Topology:
     """The machine as Linux describes it under ``<root>/devices/system/node``."""
     base = Path(root) / "devices" / "system" / "node"

@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from nri_plugin.engine.bitmask import format_mems, mask_of, parse_cpulist
+from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.hint import TopologyHint
 from nri_plugin.engine.manager import AdmissionResult, ContainerDecision, MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
@@ -52,6 +52,7 @@ from nri_plugin.tracker.facts import (
     ContainerResources,
     PodFacts,
 )
+from nri_plugin.tracker.nodemap import NodeMap
 from nri_plugin.tracker.records import INIT, LISTED, ContainerRecord, PodRecord
 
 # The owner of a name's blocks when the instance holding them was never seen (it
@@ -91,14 +92,15 @@ class NodeTracker:
         persist: Callable[[], None] | None = None,
         observer: Observer | None = None,
         logger: Any = None,
-        mems_text: Callable[[int], str] = format_mems,
+        node_map: NodeMap | None = None,
     ) -> None:
         self.manager = manager
         self._persist = persist or (lambda: None)
         self._observer = observer or Observer()
         self._log = logger if logger is not None else structlog.get_logger("tracker")
-        # NUMA node mask -> the cpuset.mems text to write (the host's nodes for a fake one)
-        self._mems_text = mems_text
+        # fake NUMA nodes -> the host's, for the cpuset.mems written (nodemap.py)
+        self.node_map = node_map or NodeMap()
+        self._mems_text = self.node_map.mems_text
         self.pods: dict[str, PodRecord] = {}
         # (pod uid, container name) -> id of the container that holds the blocks
         self.owners: dict[tuple[str, str], str] = {}
@@ -122,6 +124,12 @@ class NodeTracker:
     def mems(self, pod_uid: str, name: str) -> str:
         """The cpuset.mems of the container's blocks ("" when it holds none)."""
         return self._mems_text(blocks_mask(self.manager.state.blocks(pod_uid, name) or ()))
+
+    def annotations(self, pod_uid: str, name: str) -> dict[str, str]:
+        """Annotations to give the container: its fake NUMA nodes when they are mapped."""
+        return self.node_map.annotations(
+            blocks_mask(self.manager.state.blocks(pod_uid, name) or ())
+        )
 
     # -- pods ----------------------------------------------------------------------------
 
@@ -245,7 +253,7 @@ class NodeTracker:
             qos=qos,
             result="pinned",
             cpuset_mems=mems,
-            numa_nodes=outcome.cpuset_mems,
+            numa_nodes=outcome.cpuset_mems if self.node_map.active else None,
             hints=messages.providers_json(outcome.provider_hints),
             merged_hint=messages.hint_json(outcome.affinity),
             blocks=[messages.block_json(b) for b in outcome.allocations],
@@ -857,7 +865,12 @@ class NodeTracker:
         return adopted, admitted, failed, updates
 
     def _nodes_in_force(self, c: ContainerFacts) -> int:
-        """The NUMA nodes a listed container is pinned to (0: none we can read)."""
+        """The NUMA nodes a listed container is pinned to (0: none we can read).
+
+        With fake nodes mapped to the host's, its annotation says which fake ones.
+        """
+        if self.node_map.active:
+            return self.node_map.fake_nodes(c.annotations)
         if not c.mems:
             return 0
         try:

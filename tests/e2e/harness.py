@@ -53,6 +53,8 @@ GUARANTEED_OOM_SCORE_ADJ = -997
 BESTEFFORT_OOM_SCORE_ADJ = 1000
 
 CRI_TIMEOUT_S = 60.0
+# the annotation naming the fake NUMA nodes a container got (nri_plugin/tracker/nodemap.py)
+NUMA_NODES_ANNOTATION = "nri-memory-manager.io/numa-nodes"
 _CGROUP_FS = "/sys/fs/cgroup"
 
 
@@ -556,6 +558,22 @@ class CRIClient:
     def mems(self, container_id: str) -> str:
         """`linux.resources.cpu.mems` of the stored spec ("" when unset)."""
         cpu = self.spec(container_id).get("linux", {}).get("resources", {}).get("cpu", {})
+        return str(cpu.get("mems", ""))
+
+    def numa_nodes(self, container_id: str) -> str:
+        """The NUMA nodes the plugin gave the container, as it decided them.
+
+        With a fake topology the plugin writes the host's nodes into cpuset.mems and
+        names the fake ones in the annotation `nri-memory-manager.io/numa-nodes`;
+        without a mapping the two are the same.
+        """
+        info = self.info(container_id)
+        spec = info["runtimeSpec"]
+        # NRI's annotation lands in the OCI spec; the CRI proxy's in the container's config
+        for given in (spec.get("annotations"), info.get("config", {}).get("annotations")):
+            if given and NUMA_NODES_ANNOTATION in given:
+                return str(given[NUMA_NODES_ANNOTATION])
+        cpu = spec.get("linux", {}).get("resources", {}).get("cpu", {})
         return str(cpu.get("mems", ""))
 
     def host_cpuset_mems(self, container_id: str) -> str:

@@ -130,7 +130,7 @@ class Workload:
         return cid
 
     def mems(self) -> dict[str, str]:
-        return {label: self.cri.mems(cid) for label, cid in self.containers.items()}
+        return {label: self.cri.numa_nodes(cid) for label, cid in self.containers.items()}
 
     def host_mems(self) -> dict[str, str]:
         return {cid: self.cri.host_cpuset_mems(cid) for cid in sorted(self.running)}
@@ -270,8 +270,9 @@ def test_state_is_rebuilt_from_the_runtime(damage: str, cri: CRIClient, plugin: 
         assert untrusted and untrusted[-1]["kept_as"] == str(kept)
     assert not plugin.state_file.is_symlink()
     # and the rebuilt state is what admissions use: 4Gi fill node 0, then 3Gi fill node 3
-    assert cri.mems(w.create(w.pod("after-a"), "app", memory_limit=4 * GI, cpu_millis=1000)) == "0"
-    assert cri.mems(w.create(w.pod("after-b"), "app", memory_limit=3 * GI, cpu_millis=1000)) == "3"
+    after_a = w.create(w.pod("after-a"), "app", memory_limit=4 * GI, cpu_millis=1000)
+    after_b = w.create(w.pod("after-b"), "app", memory_limit=3 * GI, cpu_millis=1000)
+    assert (cri.numa_nodes(after_a), cri.numa_nodes(after_b)) == ("0", "3")
 
 
 def test_restart_with_an_intact_file_changes_nothing(cri: CRIClient, plugin: Plugin) -> None:
