@@ -41,10 +41,11 @@ from nri_plugin.frontends.cri.proxy import (
 )
 from nri_plugin.frontends.nri_convert import pod_qos
 from nri_plugin.inputs.config import parse_config
-from nri_plugin.inputs.topology import topology_from_mapping
+from nri_plugin.inputs.topology import host_node_ids, topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.persist.file import load_file
 from nri_plugin.persist.format import to_checkpoint
+from nri_plugin.tracker.nodemap import ANNOTATION, NodeMap, default_map
 from nri_plugin.tracker.tracker import NodeTracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1001,7 +1002,13 @@ def test_cli_serves_persists_and_stops_cleanly(tmp_path: Path) -> None:
             kubelet = Kubelet(client, runtime)
             sid = await kubelet.run_pod("u1")
             cid = await kubelet.create(sid, container_config("app", memory=GI, cpus="4"))
-            assert runtime.containers[cid].mems == "1"
+            # fake node 1, written as the host node it maps to when this host lacks node 1
+            host = NodeMap(default_map(range(4), host_node_ids("/sys")))
+            assert runtime.containers[cid].mems == host.mems_text(1 << 1)
+            received = cri.CreateContainerRequest.FromString(
+                runtime.received("CreateContainer")[-1]
+            )
+            assert received.config.annotations.get(ANNOTATION, "1") == "1"
             metrics = await asyncio.to_thread(_get, port, "/metrics")
             assert "memory_manager_pinning_requests_total 1.0" in metrics
             await client.close()
