@@ -8,6 +8,7 @@ gauges show each node's memory map.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -80,6 +81,13 @@ class Metrics(Observer):
             " last start",
             registry=r,
         )
+        self.waiting_containers = Gauge(
+            "nri_memory_manager_refused_containers",
+            "Containers of a pod whose last creation was refused (they wait in"
+            " CreateContainerError while kubelet retries them)",
+            ["namespace", "pod"],
+            registry=r,
+        )
         self.resizes = Counter(
             "nri_memory_manager_resizes_total",
             "In-place resizes of containers holding blocks, by result",
@@ -116,6 +124,13 @@ class Metrics(Observer):
             self.pinning_requests.inc()
         if not admitted:
             self.pinning_errors.inc()
+
+    def waiting(self, namespace: str, pod: str, containers: int) -> None:
+        if containers:
+            self.waiting_containers.labels(namespace, pod).set(containers)
+        else:
+            with contextlib.suppress(KeyError):
+                self.waiting_containers.remove(namespace, pod)
 
     def resize(self, *, resized: bool) -> None:
         self.resizes.labels("resized" if resized else "refused").inc()

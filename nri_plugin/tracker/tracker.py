@@ -77,6 +77,9 @@ class Observer:
 
     def resize(self, *, resized: bool) -> None: ...
 
+    def waiting(self, namespace: str, pod: str, containers: int) -> None:
+        """How many containers of a pod wait after a refused creation (0: none any more)."""
+
     def state_changed(self, manager: MemoryManager) -> None: ...
 
     def connection(self, connected: bool) -> None: ...
@@ -109,6 +112,9 @@ class NodeTracker:
         self.synchronized = False
         # pods that may have exited containers holding blocks (see exit_records)
         self._exits_watch: set[str] = set()
+        # pod uid -> names of its containers whose last creation was refused (kubelet retries
+        # them: they wait in CreateContainerError)
+        self._refused: dict[str, set[str]] = {}
         # exit records of an earlier run, applied at the next Synchronize
         self._restored_exits: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -219,6 +225,7 @@ class NodeTracker:
                 "admission", pod=record.ref, pod_uid=uid, container=name, qos=qos,
                 result="refused", reason="resize", message=outcome,
             )  # fmt: skip
+            self._waiting(record, name, refused=True)
             raise Refused(outcome)
         if isinstance(outcome, AdmissionResult):
             self._observe(
@@ -241,7 +248,9 @@ class NodeTracker:
                 message=message,
             )
             self._persist()
+            self._waiting(record, name, refused=True)
             raise Refused(message)
+        self._waiting(record, name, refused=False)
         self.owners[(uid, name)] = cid
         mems = self._mems_text(blocks_mask(outcome.allocations))
         seconds = time.perf_counter() - started
@@ -906,7 +915,29 @@ class NodeTracker:
         _update_record(record, pod)
         return record
 
+    def _waiting(self, record: PodRecord, name: str, *, refused: bool) -> None:
+        """Count the pod's containers waiting after a refusal, for an alert to fire."""
+        names = self._refused.get(record.uid)
+        if refused:
+            if names is None:
+                names = set()
+                self._refused[record.uid] = names
+            elif name in names:
+                return
+            names.add(name)
+        elif names is None or name not in names:
+            return
+        else:
+            names.discard(name)
+            if not names:
+                del self._refused[record.uid]
+        self._observer.waiting(record.namespace, record.name, len(names))
+
     def _release_pod(self, uid: str, reason: str) -> None:
+        record = self.pods.get(uid)
+        if record is not None and uid in self._refused:
+            del self._refused[uid]
+            self._observer.waiting(record.namespace, record.name, 0)
         names = list(self.manager.state.entries.get(uid, {}))
         for key in [k for k in self.owners if k[0] == uid]:
             del self.owners[key]
