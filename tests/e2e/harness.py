@@ -576,6 +576,24 @@ class CRIClient:
         cpu = spec.get("linux", {}).get("resources", {}).get("cpu", {})
         return str(cpu.get("mems", ""))
 
+    def exit_code(self, container_id: str) -> int:
+        """The exit code of an exited container (CRI ContainerStatus)."""
+        r = self._call(
+            "ContainerStatus", self.api.ContainerStatusRequest(container_id=container_id)
+        )
+        return int(r.status.exit_code)
+
+    def process_mems(self, container_id: str) -> str:
+        """The NUMA nodes the running container's process may allocate from, as the
+        kernel reports them (`Mems_allowed_list` in /proc/PID/status)."""
+        pid = int(self.info(container_id).get("pid") or 0)
+        if pid <= 0:
+            raise HarnessError(f"container {container_id} has no process")
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Mems_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+        raise HarnessError(f"/proc/{pid}/status has no Mems_allowed_list")
+
     def host_cpuset_mems(self, container_id: str) -> str:
         """What the kernel enforces: the container cgroup's cpuset.mems (cgroup v1 or v2)."""
         path: str = self.spec(container_id)["linux"]["cgroupsPath"].lstrip("/")
