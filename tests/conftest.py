@@ -12,8 +12,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 E2E_DIR = Path(__file__).parent / "e2e"
+
+
+# No property test is a timing test (speed targets live in benchmarks/): hypothesis's
+# default 200 ms per-example deadline only fails examples on a loaded machine.
+settings.register_profile("nmm", deadline=None)
+settings.load_profile("nmm")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -452,13 +452,16 @@ def states(draw: st.DrawFn) -> MemoryState:
     return MemoryState(policy, machine, entries)
 
 
-@settings(max_examples=300)
+# deadline=None: correctness properties, not timings (speed is benchmarks/' business); a
+# state of a few hundred blocks serialised twice can exceed hypothesis's 200 ms default
+# on a loaded 2-core machine and fail for no fault of the code.
+@settings(max_examples=300, deadline=None)
 @given(states())
 def test_dumps_is_the_text_of_to_checkpoint(state: MemoryState) -> None:
     assert dumps(state) == reference_dumps(state)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(states())
 def test_round_trip_any_state(state: MemoryState) -> None:
     data = json.loads(dumps(state))
