@@ -329,7 +329,7 @@ def test_config_file_unreadable(
 def test_run_refuses_a_bad_config_before_connecting(
     tmp_path: Path, machine: Path, cli: Callable[..., Ran]
 ) -> None:
-    # row config-*: `run` applies the same checks (and never reaches the socket)
+    # every config-* row holds for `run` too (and it never reaches the socket)
     path = tmp_path / "config.yaml"
     path.write_text("policy: dynamic\n")
     ran = cli(
