@@ -158,8 +158,15 @@ def parse_document(text: str, source: str, error: type[InputError]) -> object:
             data = json.loads(text)
         except RecursionError:
             raise error(too_deep(source)) from None
-        except ValueError:
-            pass  # not JSON: flow-style YAML, or an error YAML words better
+        except ValueError as e:
+            if len(text) > MAX_YAML_CHARS:  # too large for YAML: it was meant as JSON
+                problem = (
+                    f"{e.msg} at line {e.lineno}, column {e.colno}"
+                    if isinstance(e, json.JSONDecodeError)
+                    else "a number of more than 4300 digits"
+                )
+                raise error(f"{source}: not valid JSON: {problem}") from None
+            # else flow-style YAML, or an error that YAML words as well
         else:
             check_depth(data, source, error)
             return data
