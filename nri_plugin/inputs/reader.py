@@ -23,7 +23,9 @@ import datetime
 import difflib
 import json
 from collections.abc import Iterable, Mapping
+from itertools import compress
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -182,23 +184,26 @@ def too_deep(source: str) -> str:
     return f"{source}: nested deeper than {MAX_DEPTH} levels"
 
 
-_CONTAINERS = frozenset((dict, list))
+_IS_CONTAINER = frozenset((dict, list)).__contains__
 
 
 def check_depth(data: object, source: str, error: type[InputError]) -> None:
-    """Refuse ``data`` nested deeper than :data:`MAX_DEPTH` (no recursion, so any depth)."""
-    if not isinstance(data, dict | list):
-        return
-    stack: list[tuple[dict[object, object] | list[object], int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
+    """Refuse ``data`` nested deeper than :data:`MAX_DEPTH` (no recursion, so any depth).
+
+    Level by level, and the children that are containers are picked in C
+    (``compress``/``map``), so a long list of scalars costs next to nothing.
+    """
+    level: list[Any] = [data] if _IS_CONTAINER(type(data)) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > MAX_DEPTH:
             raise error(too_deep(source))
-        children = value.values() if isinstance(value, dict) else value
-        # set(map(type, ...)) runs in C: a long list of scalars costs little
-        if _CONTAINERS.isdisjoint(set(map(type, children))):
-            continue
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+        below: list[Any] = []
+        for value in level:
+            children = list(value.values()) if type(value) is dict else value
+            below.extend(compress(children, map(_IS_CONTAINER, map(type, children))))
+        level = below
 
 
 def _parse_yaml(text: str, source: str, error: type[InputError]) -> object:
