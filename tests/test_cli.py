@@ -159,7 +159,9 @@ def test_bad_scenarios_exit_2_naming_the_value(case: str) -> None:
 def test_missing_scenario_file_is_exit_2() -> None:
     proc = run("simulate", "/nonexistent/scenario.yaml")
     assert proc.returncode == 2
-    assert "/nonexistent/scenario.yaml" in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "nri-memory-manager simulate: /nonexistent/scenario.yaml: no such file"
+    ]
 
 
 def test_check_config_accepts_and_refuses(tmp_path: Path) -> None:
