@@ -116,7 +116,7 @@ def test_unknown_top_level_key_is_named() -> None:
         'config: unknown key "reservedMemroy" (known: policy, '
     )
     assert error_of({"reservedMemroy": []}).endswith('did you mean "reservedMemory"?')
-    assert error_of(["policy"]) == "config: expected a mapping, got a list"
+    assert error_of(["policy"]) == "config: expected a mapping, got a list of 1 item"
 
 
 def test_memory_drift_tolerance() -> None:

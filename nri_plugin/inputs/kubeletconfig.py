@@ -27,7 +27,6 @@ Rules (docs/kubelet-alignment.md):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,9 +43,9 @@ from nri_plugin.engine.config import (
     ReservedMemory,
 )
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, MEMORY
-from nri_plugin.errors import ConfigError
-from nri_plugin.inputs.config import parse_config
-from nri_plugin.inputs.reader import read_document
+from nri_plugin.errors import ConfigError, quote
+from nri_plugin.inputs.config import CONFIG_FILE_LIMIT, parse_config
+from nri_plugin.inputs.reader import describe, read_document
 from nri_plugin.quantity import format_quantity, parse_quantity
 
 KUBELET_API_VERSION = "kubelet.config.k8s.io/v1beta1"
@@ -86,30 +85,26 @@ class KubeletSettings:
     cpu_manager_policy: str
 
 
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _optional_string(data: Mapping[object, object], key: str, default: str, path: str) -> str:
     value = data.get(key)
     if value is None:
         return default
     if not isinstance(value, str):
-        raise ConfigError(f"{path}: {key}: expected a string, got {value!r}")
+        raise ConfigError(f"{path}: {key}: expected a string, got {describe(value)}")
     return value
 
 
 def read_kubelet_config(path: str | Path) -> KubeletSettings:
     """The shared settings of a KubeletConfiguration file, validated as our config is."""
-    data = read_document(path, ConfigError)
+    data = read_document(path, ConfigError, limit=CONFIG_FILE_LIMIT, what="config files")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a {KUBELET_KIND} mapping")
+        raise ConfigError(f"{path}: expected a {KUBELET_KIND} mapping, got {describe(data)}")
     for key, want in (("apiVersion", KUBELET_API_VERSION), ("kind", KUBELET_KIND)):
         if data.get(key) != want:
             got = data.get(key)
-            shown = _q(got) if isinstance(got, str) else "nothing"
+            shown = quote(got) if isinstance(got, str) else "nothing"
             raise ConfigError(
-                f"{path}: {key} is {shown}, expected {_q(want)} (a kubelet --config file)"
+                f"{path}: {key} is {shown}, expected {quote(want)} (a kubelet --config file)"
             )
     shared = {key: data[key] for key in SHARED_KEYS if data.get(key) is not None}
     try:
@@ -277,7 +272,7 @@ def align_with_kubelet(
         if diff is not None:
             what, ours_text, kubelet_text = diff
             raise ConfigError(
-                f"{what}: {_q(ours_text)} in {ours_name} but {_q(kubelet_text)} in"
+                f"{what}: {quote(ours_text)} in {ours_name} but {quote(kubelet_text)} in"
                 f" {kubelet.path}{_kubelet_default_note(key, kubelet)}; make them equal or"
                 f" remove {key} from {ours_name} to take kubelet's"
             )

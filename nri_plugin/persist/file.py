@@ -12,6 +12,7 @@ from typing import Any
 
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
+from nri_plugin.inputs.reader import decode_text
 from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, from_checkpoint, parse_json
 
 # kubelet's name for the memory manager's checkpoint, in its state directory
@@ -29,11 +30,7 @@ def load_file(path: str | Path) -> MemoryState | None:
     raw = read_regular_file(p, MAX_FILE_BYTES, what="checkpoint")
     if raw is None:
         return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StateError(f"{p}: checkpoint is not UTF-8 text (byte {exc.start})") from exc
-    return from_checkpoint(parse_json(text, source=p), source=p)
+    return from_checkpoint(parse_json(decode_text(raw, p, StateError), source=p), source=p)
 
 
 def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> bytes | None:
@@ -48,7 +45,7 @@ def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> by
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+        raise StateError(f"{p}: cannot read: {exc.strerror}") from exc
     if stat.S_ISLNK(st.st_mode):
         raise StateError(f"{p}: {what} is a symlink; refusing to follow it")
     if not stat.S_ISREG(st.st_mode):
@@ -60,16 +57,16 @@ def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> by
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+        raise StateError(f"{p}: cannot read: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise StateError(f"{p}: {what} is not a regular file")
             raw = f.read(limit + 1)
     except OSError as exc:
-        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+        raise StateError(f"{p}: cannot read: {exc.strerror}") from exc
     if len(raw) > limit:
-        raise StateError(f"{p}: {what} is larger than {limit} bytes")
+        raise StateError(f"{p}: larger than {limit} bytes (the limit for {what} files)")
     return raw
 
 

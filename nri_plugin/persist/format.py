@@ -33,7 +33,8 @@ from nri_plugin.engine.state import (
     NodeState,
     is_memory_type,
 )
-from nri_plugin.errors import StateError
+from nri_plugin.errors import StateError, quote
+from nri_plugin.inputs.reader import describe, too_deep
 from nri_plugin.persist.checksum import (
     _NEW_NAMES,
     _OLD_NAMES,
@@ -171,30 +172,8 @@ def dumps(state: MemoryState) -> str:
 # -- reading -----------------------------------------------------------------
 
 
-def _show(value: object) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number with a fraction or exponent"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+def _key(value: object) -> str:
+    return quote(value) if isinstance(value, str) else describe(value)
 
 
 class _Reader:
@@ -209,7 +188,7 @@ class _Reader:
 
     def obj(self, value: object, path: str) -> dict[object, object]:
         if not isinstance(value, dict):
-            self.fail(path, f"must be a JSON object, got {_type_name(value)}")
+            self.fail(path, f"must be a JSON object, got {describe(value)}")
         return value
 
     def field(self, obj: dict[object, object], key: str, path: str) -> object:
@@ -219,24 +198,24 @@ class _Reader:
 
     def string(self, value: object, path: str) -> str:
         if not isinstance(value, str):
-            self.fail(path, f"must be a string, got {_type_name(value)}")
+            self.fail(path, f"must be a string, got {describe(value)}")
         return value
 
     def key(self, value: object, path: str) -> str:
         if not isinstance(value, str):
-            self.fail(path, f"key {_show(value)} must be a string")
+            self.fail(path, f"key {_key(value)} must be a string")
         # An empty pod UID or container name is read, as kubelet reads it: the
         # writer accepts it, and a file we wrote must load back.
         try:
             value.encode()
         except UnicodeEncodeError:
-            self.fail(path, f"key {_show(value)} is not valid UTF-8")
+            self.fail(path, f"key {_key(value)} is not valid UTF-8")
         return value
 
     def integer(self, value: object, path: str, limit: int) -> int:
         # bool is an int subclass in Python; JSON true is not a number.
         if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(path, f"must be a non-negative integer, got {_show(value)}")
+            self.fail(path, f"must be a non-negative integer, got {describe(value)}")
         if value < 0:
             self.fail(path, f"must be a non-negative integer, got {value}")
         if value > limit:
@@ -245,7 +224,7 @@ class _Reader:
 
     def node_ids(self, value: object, path: str, *, allow_empty: bool) -> list[int]:
         if not isinstance(value, list):
-            self.fail(path, f"must be a list of NUMA node ids, got {_type_name(value)}")
+            self.fail(path, f"must be a list of NUMA node ids, got {describe(value)}")
         ids = [self.integer(v, f"{path}[{i}]", MAX_INT64) for i, v in enumerate(value)]
         if not ids and not allow_empty:
             self.fail(path, "must name at least one NUMA node")
@@ -261,7 +240,7 @@ class _Reader:
             # at most 20 digits converted: a long digit string is no node id (and int()
             # refuses more than 4300 digits)
             return self.integer(int(key), f"{path}.{key}", MAX_INT64)
-        self.fail(path, f"key {_show(key)} must be a NUMA node id (a non-negative decimal)")
+        self.fail(path, f"key {_key(key)} must be a NUMA node id (a non-negative decimal)")
 
 
 def _join(path: str, key: str) -> str:
@@ -323,7 +302,7 @@ def _decode_node(raw: object, path: str, r: _Reader) -> tuple[NodeState, str]:
     for raw_type, raw_table in r.obj(r.field(node, "memoryMap", path), map_path).items():
         mem_type = r.key(raw_type, map_path)
         if not is_memory_type(mem_type):
-            r.fail(map_path, f"key {_show(mem_type)} is not 'memory' or 'hugepages-<size>'")
+            r.fail(map_path, f"key {quote(mem_type)} is not 'memory' or 'hugepages-<size>'")
         memory_map[mem_type] = _decode_table(raw_table, f"{map_path}.{mem_type}", r)
 
     has_cells, has_nodes = KEY_CELLS in node, KEY_NODES in node
@@ -346,7 +325,7 @@ def _decode_table(raw: object, path: str, r: _Reader) -> MemoryTable:
 
 def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
     if not isinstance(raw, list):
-        r.fail(path, f"must be a list of memory blocks, got {_type_name(raw)}")
+        r.fail(path, f"must be a list of memory blocks, got {describe(raw)}")
     blocks = []
     for i, raw_block in enumerate(raw):
         block_path = f"{path}[{i}]"
@@ -358,7 +337,7 @@ def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
         )
         mem_type = r.string(r.field(block, "type", block_path), f"{block_path}.type")
         if not is_memory_type(mem_type):
-            r.fail(f"{block_path}.type", f"{_show(mem_type)} is not 'memory' or 'hugepages-<size>'")
+            r.fail(f"{block_path}.type", f"{quote(mem_type)} is not 'memory' or 'hugepages-<size>'")
         size = r.integer(r.field(block, "size", block_path), f"{block_path}.size", MAX_UINT64)
         blocks.append(Block(numa_affinity=tuple(mask), type=mem_type, size=size))
     return blocks
@@ -402,7 +381,7 @@ def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
         else:
             r.fail(
                 "policyName",
-                f"{_show(policy_name)} is not {POLICY_STATIC!r} or {POLICY_NONE!r}"
+                f"{quote(policy_name)} is not {POLICY_STATIC!r} or {POLICY_NONE!r}"
                 " (lower-case names are only read from old checkpoints that use 'nodes')",
             )
     return MemoryState(policy_name=policy_name, machine=d.machine, entries=d.entries)
@@ -416,7 +395,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     for key, value in pairs:
         if key in out:
             # Go keeps the last one silently; a duplicate means a hand-edited file.
-            raise StateError(f"duplicate key {_show(key)}")
+            raise StateError(f"duplicate key {quote(key)}")
         out[key] = value
     return out
 
@@ -430,16 +409,24 @@ def parse_json(text: str, *, source: str) -> object:
     if not text.strip():
         raise StateError(f"{source}: checkpoint is empty")
     try:
-        return json.loads(
+        data = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
         )
     except StateError as exc:
         raise StateError(f"{source}: {exc}") from exc
     except json.JSONDecodeError as exc:
+        # a writer that crashed mid-file leaves text that ends early
+        ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated")
+        cut = " (cut short?)" if ends_early else ""
+        problem = exc.msg.removesuffix(" at")  # "Unterminated string starting at"
         raise StateError(
-            f"{source}: checkpoint is not valid JSON (truncated?): {exc.msg}"
-            f" at line {exc.lineno} column {exc.colno}"
+            f"{source}: not valid JSON: {problem} at line {exc.lineno}, column {exc.colno}{cut}"
         ) from exc
-    except (ValueError, RecursionError) as exc:
-        # e.g. an integer with more digits than Python converts, or absurd nesting
-        raise StateError(f"{source}: checkpoint is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise StateError(too_deep(source)) from None
+    except ValueError:
+        # the only other refusal: an integer longer than Python converts
+        raise StateError(f"{source}: not valid JSON: a number of more than 4300 digits") from None
+    # No depth check beyond the json module's: the decoder below walks kubelet's fixed
+    # layout, so anything nested deeper is refused there, at no extra cost at start.
+    return data

@@ -11,6 +11,7 @@ Usable outside pytest (benchmarks, demos): nothing here imports pytest.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -56,6 +57,24 @@ CRI_TIMEOUT_S = 60.0
 # the annotation naming the fake NUMA nodes a container got (nri_plugin/tracker/nodemap.py)
 NUMA_NODES_ANNOTATION = "nri-memory-manager.io/numa-nodes"
 _CGROUP_FS = "/sys/fs/cgroup"
+
+# Instances started and not yet torn down. Whatever a process leaves here when it
+# exits (its teardown was cut short, or never ran) is swept at exit.
+_LIVE: set[Containerd] = set()
+
+
+def sweep_live_instances() -> None:
+    """Remove every instance this process started and did not close (an atexit hook)."""
+    for ctrd in list(_LIVE):
+        with contextlib.suppress(Exception):
+            for plugin in ctrd._plugins:
+                plugin.stop()
+        with contextlib.suppress(Exception):
+            ctrd._sweep()
+        _LIVE.discard(ctrd)
+
+
+atexit.register(sweep_live_instances)
 
 
 class HarnessError(RuntimeError):
@@ -903,6 +922,7 @@ class Containerd:
         """Start containerd; the first start also clears leftovers and imports the image."""
         if self.running:
             raise HarnessError(f"containerd {self.instance} already running")
+        _LIVE.add(self)
         if not self._started_once:
             self._created_run_containerd = not Path("/run/containerd").exists()
             self._sweep()  # a crashed earlier run may have left this instance's traces
@@ -1060,6 +1080,7 @@ class Containerd:
             plugin.stop()
         self.stop()
         self._sweep()
+        _LIVE.discard(self)
         if errors:
             raise HarnessError(f"containerd {self.instance} teardown: " + "; ".join(errors))
 
