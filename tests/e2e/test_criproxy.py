@@ -2,8 +2,8 @@
 
 A CRI client talks to the proxy's socket as kubelet would; the container specs
 are read back from containerd itself. The policy runs on a fake 4-NUMA
-topology; this machine has one real node, so containers pinned elsewhere are
-created (their OCI spec read back), not started.
+topology, bigger than this machine: the proxy writes the host nodes the fake
+ones map to into cpuset.mems and names the fake ones in an annotation.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 Crash loops, finished init containers, in-place resizes and pod scope, driven as
 kubelet drives CRI. After each sequence the plugin's state file must equal what
 `simulate` computes for the same admissions, starts and resizes
-(docs/lifecycle.md, "The invariant"). Containers pinned to NUMA node 0 really run
-(this machine has one node); the fake topology's other nodes are only checked in
-the OCI spec.
+(docs/lifecycle.md, "The invariant"). The fake nodes map to this machine's, so
+the containers started here run wherever they were placed (test_running.py).
 """
 
 from __future__ import annotations

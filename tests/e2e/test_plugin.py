@@ -1,7 +1,10 @@
 """nri-memory-manager run against a real containerd (2.x and 1.7), driven as kubelet drives CRI.
 
-The plugin runs on a fake 4-NUMA topology; this machine has one real node, so
-containers pinned elsewhere are created (their OCI spec read back), not started.
+The plugin runs on a fake 4-NUMA topology, bigger than this machine: it writes
+the host nodes the fake ones map to into cpuset.mems and names the fake ones in
+an annotation (`CRIClient.numa_nodes`). These tests read the OCI spec the
+plugin's answer produced; tests/e2e/test_running.py starts containers on every
+fake node.
 """
 
 from __future__ import annotations

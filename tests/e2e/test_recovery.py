@@ -6,8 +6,9 @@ group, single-node pods (one with two containers),
 Burstable and BestEffort pods. The plugin is then killed with SIGKILL, its
 state file deleted, corrupted, truncated or replaced by a symlink, and the
 plugin started again: what it rebuilds from Synchronize must equal, field by
-field, what it had. Containers pinned to NUMA node 0 (the one real node here)
-run; the others are created and not started, as in test_plugin.py.
+field, what it had. The fake nodes map to this machine's (README, "Running on a
+node"), so the containers run, except those whose CPU-manager cpuset
+names CPUs this machine lacks (kept for their CPU hints): those are created only.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def busy_node(cri: CRIClient, plugin: Plugin) -> Workload:
     p = w.pod("runner")
     w.create(p, "app", start=True, memory_limit=GI, cpu_millis=1000, cpuset_cpus="0-1")
     # wider than any node: a group; node 0 serves single-node pods, so [1,2]
-    w.create(w.pod("group"), "app", memory_limit=12 * GI, cpu_millis=2000)
+    w.create(w.pod("group"), "app", start=True, memory_limit=12 * GI, cpu_millis=2000)
     p = w.pod("two")
     w.create(p, "app", memory_limit=2 * GI, cpu_millis=1000, cpuset_cpus="12-13")
     w.create(p, "side", memory_limit=GI, cpu_millis=1000, cpuset_cpus="12-13")
