@@ -162,9 +162,9 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from nri_plugin.display import format_state
-    from nri_plugin.persist.file import load_file
-    from nri_plugin.persist.format import to_checkpoint
+    from nri_plugin.display import format_checkpoint
+    from nri_plugin.persist.file import load_checkpoint
+    from nri_plugin.persist.format import checkpoint_to_json
 
     if args.state_file:
         path = Path(args.state_file)
@@ -172,14 +172,14 @@ def cmd_state(args: argparse.Namespace) -> int:
         from nri_plugin.persist.file import STATE_FILE_NAME
 
         path = Path(args.state_dir or DEFAULT_STATE_DIR) / STATE_FILE_NAME
-    state = load_file(path)
-    if state is None:
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
         raise InputError(f"{path}: no checkpoint file")
     if args.json:
-        print(json.dumps(to_checkpoint(state), indent=2))
+        print(json.dumps(checkpoint_to_json(checkpoint), indent=2))
     else:
         print(f"checkpoint: {path}")
-        print(format_state(state))
+        print(format_checkpoint(checkpoint))
     return EXIT_OK
 
 

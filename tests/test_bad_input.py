@@ -37,7 +37,7 @@ from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.stub import PLUGIN_SERVICE, Stub
 from nri_plugin.persist.file import write_file
-from nri_plugin.persist.format import MAX_FILE_BYTES, dumps
+from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, read_checkpoint
 from nri_plugin.persist.recovery import recover
 from tests.nri.fake_runtime import FakeRuntime
 from tests.nri_builders import container, pod
@@ -45,6 +45,7 @@ from tests.nri_builders import container, pod
 GI = 1 << 30
 MI = 1 << 20
 HUGE = "9" * 5000  # more digits than Python's int() converts
+KUBELET_DATA = Path(__file__).parent / "data" / "kubelet"
 
 TOPOLOGY_YAML = """\
 nodes:
@@ -779,6 +780,33 @@ def reseal(state: MemoryState) -> str:
     return dumps(state)
 
 
+def kubelet_file(
+    name: str, edit: Callable[[dict[str, Any]], object] | None = None
+) -> Callable[[Path], object]:
+    """A state file of tests/data/kubelet (a kubelet version's form), edited."""
+
+    def damage(path: Path) -> None:
+        data = json.loads((KUBELET_DATA / name).read_text())
+        if edit is not None:
+            edit(data)
+        path.write_text(json.dumps(data))
+
+    return damage
+
+
+def _grow_pod_entry(data: dict[str, Any]) -> None:
+    for entry in data["podEntries"].values():
+        entry["memoryBlocks"][0]["size"] += GI
+
+
+def _replace_v1_fields(data: dict[str, Any]) -> None:
+    """v1 fields with one pod fewer than data, under their own right checksum."""
+    state = read_checkpoint(data).state
+    del state.entries[min(state.entries)]
+    other = json.loads(dumps(state))
+    data.update(entries=other["entries"], checksum=other["checksum"])
+
+
 STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
     ("state-empty", lambda p: p.write_text(""), OUTCOME_UNTRUSTED, r".*: checkpoint is empty"),
     (
@@ -791,7 +819,55 @@ STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
         "state-checksum-mismatch",
         lambda p: p.write_text(reseal(valid_state()).replace('"free":', '"free":1', 1)),
         OUTCOME_UNTRUSTED,
-        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the content .*",
+        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the content"
+        r" \(computed \d+ as kubelet's v1 form, \d+ as kubelet 1.36's v2 form\)",
+    ),
+    (
+        "state-kubelet-v2-checksum",
+        kubelet_file("memory_manager_state.v2-pod-entries", lambda d: _grow_pod_entry(d)),
+        OUTCOME_UNTRUSTED,
+        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the content"
+        r" of kubelet 1.36's v2 form \(computed \d+\)",
+    ),
+    (
+        "state-kubelet-v3-data-checksum",
+        kubelet_file("memory_manager_state.v3", lambda d: d.update(data=d["data"] + " ")),
+        OUTCOME_UNTRUSTED,
+        r".*: dataChecksum: checkpoint is corrupted: stored checksum \d+ does not match data"
+        r" of kubelet 1.37's v3 form \(computed \d+\)",
+    ),
+    (
+        "state-kubelet-v3-v1-checksum",
+        kubelet_file("memory_manager_state.v3", lambda d: d.update(checksum=d["checksum"] + 1)),
+        OUTCOME_UNTRUSTED,
+        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the v1"
+        r" fields of kubelet 1.37's v3 form \(computed \d+\)",
+    ),
+    (
+        "state-kubelet-v3-disagree",
+        kubelet_file("memory_manager_state.v3", lambda d: _replace_v1_fields(d)),
+        OUTCOME_UNTRUSTED,
+        r".*: entries: differs from data.entries: kubelet 1.37's v3 form keeps one state twice, .*",
+    ),
+    (
+        "state-kubelet-v3-incomplete",
+        kubelet_file("memory_manager_state.v3", lambda d: d.pop("dataChecksum")),
+        OUTCOME_UNTRUSTED,
+        r".*: dataChecksum: is missing \(kubelet 1.37's v3 form has both data and dataChecksum\)",
+    ),
+    (
+        "state-kubelet-v3-and-v2",
+        kubelet_file("memory_manager_state.v3", lambda d: d.update(podEntries={})),
+        OUTCOME_UNTRUSTED,
+        r".*: podEntries: beside data: kubelet 1.36's field in kubelet 1.37's v3 form, .*",
+    ),
+    (
+        "state-kubelet-pod-level",
+        kubelet_file("memory_manager_state.v3-pod-entries"),
+        OUTCOME_UNTRUSTED,
+        r'.*: data.podEntries: pod "[0-9a-f-]+" holds pod-level memory \(kubelet\'s'
+        r" PodLevelResourceManagers, pod scope; read as kubelet 1.37's v3 form\), which this"
+        r" plugin does not model: .*",
     ),
     (
         "state-foreign-policy-name",
@@ -1454,6 +1530,17 @@ SIMULATE_ROWS = [
         "simulate-deep-nesting",
         "{" + '"a":{' * 100_000,
         r"{file}: invalid YAML or JSON: nested too deeply",
+    ),
+    (
+        "simulate-initial-state-pod-level",
+        SCENARIO_HEAD
+        + "initialState: "
+        + (KUBELET_DATA / "memory_manager_state.v2-pod-entries").read_text()
+        + "\nsteps: []\n",
+        r'initialState: podEntries: pod "[0-9a-f-]+" holds pod-level memory \(kubelet\'s'
+        r" PodLevelResourceManagers, pod scope; read as kubelet 1.36's v2 form\), which this"
+        r" plugin does not model: the entries of its containers share the pod's blocks; remove"
+        r" the pod from podEntries and entries to use the rest",
     ),
 ]
 
