@@ -32,6 +32,7 @@ from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
 from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
 from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
@@ -277,6 +278,35 @@ CONFIG_ROWS = [
         r'{file}: config.memoryDriftTolerance: "-1Mi" must not be negative',
     ),
     (
+        "config-unknown-memory-option",
+        "reservedMemory: ['0:memory=1Gi']\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerence: auto}\n",
+        r"{file}: config.memoryManagerPolicyOptions: unknown Memory Manager Policy option:"
+        r' "memory-drift-tolerence" \(known: memory-drift-tolerance\); did you mean'
+        r' "memory-drift-tolerance"\?',
+    ),
+    (
+        "config-drift-bad-value",
+        "reservedMemory: ['0:memory=1Gi']\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerance: sometimes}\n",
+        r"{file}: config.memoryManagerPolicyOptions.memory-drift-tolerance: \"sometimes\" is not"
+        r' auto, off or a quantity such as "128Mi"',
+    ),
+    (
+        "config-drift-both-names",
+        "reservedMemory: ['0:memory=1Gi']\nmemoryDriftTolerance: 64Mi\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerance: auto}\n",
+        r"{file}: config: memoryDriftTolerance and"
+        r" memoryManagerPolicyOptions.memory-drift-tolerance are both set;"
+        r" memoryDriftTolerance is the older name of the same setting: keep one",
+    ),
+    (
+        "config-drift-beyond-bad",
+        "reservedMemory: ['0:memory=1Gi']\nmemoryDriftBeyondTolerance: accept\n",
+        r'{file}: config.memoryDriftBeyondTolerance: unknown choice: "accept" \(expected refuse,'
+        r" accept-if-fits\)",
+    ),
+    (
         "config-huge-integer",
         f"reservedMemory: [{{numaNode: {HUGE}, limits: {{memory: 1Gi}}}}]\n",
         r"{file}: not valid YAML or JSON: Exceeds the limit \(4300 digits\).*",
@@ -406,6 +436,66 @@ def test_kubelet_config(
         str(tmp_path / "no.sock"),
     )
     assert_refused(ran, "run", pattern, config=config, kubelet=kubelet)
+
+
+def test_kubelet_drift_tolerance_conflict(
+    tmp_path: Path, machine: Path, cli: Callable[..., Ran]
+) -> None:
+    # row kubelet-drift-conflict
+    config = tmp_path / "config.yaml"
+    config.write_text(GOOD_CONFIG + "memoryDriftTolerance: auto\n")
+    kubelet = tmp_path / "kubelet.yaml"
+    kubelet.write_text(
+        KUBELET_HEAD + "memoryManagerPolicyOptions: {memory-drift-tolerance: 'off'}\n"
+    )
+    ran = cli(
+        "run",
+        "--config",
+        str(config),
+        "--topology-file",
+        str(machine),
+        "--kubelet-config",
+        str(kubelet),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--socket",
+        str(tmp_path / "no.sock"),
+    )
+    assert_refused(
+        ran,
+        "run",
+        r'memoryManagerPolicyOptions.memory-drift-tolerance: "auto" in {config} but "off" in'
+        r" {kubelet}; make them equal or remove memoryManagerPolicyOptions.memory-drift-tolerance"
+        r" \(or memoryDriftTolerance\) from {config} to take kubelet's",
+        config=config,
+        kubelet=kubelet,
+    )
+
+
+def test_kubelet_options_of_a_newer_kubelet(tmp_path: Path) -> None:
+    # row kubelet-unknown-option: not an error; one warning naming them and the file
+    kubelet = tmp_path / "kubelet.yaml"
+    kubelet.write_text(
+        KUBELET_HEAD
+        + "topologyManagerPolicyOptions: {restrict-to-cpu-numa-nodes: 'true'}\n"
+        + "cpuManagerPolicy: numa-aware\n"
+    )
+    log = ListLogger()
+    aligned = align_with_kubelet(CONFIG, str(kubelet), log)
+    assert aligned.topology_manager_policy == "restricted"
+    warnings = [(e, kw) for lvl, e, kw in log.records if lvl == "warning"]
+    assert warnings == [
+        (
+            "kubelet's config sets options the plugin does not know; ignored",
+            {
+                "kubelet_config": str(kubelet),
+                "ignored": [
+                    'topologyManagerPolicyOptions.restrict-to-cpu-numa-nodes: "true"',
+                    'cpuManagerPolicy: "numa-aware"',
+                ],
+            },
+        )
+    ]
 
 
 # -- fake topology file (--topology-file) ---------------------------------------------
