@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -27,11 +28,17 @@ from nri_plugin import daemon as run_module
 from nri_plugin.cli import main as cli_main
 from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.pod import ContainerSpec, PodSpec
-from nri_plugin.engine.rebase import OUTCOME_NONE, OUTCOME_POLICY_CHANGED, OUTCOME_UNTRUSTED
+from nri_plugin.engine.rebase import (
+    OUTCOME_NONE,
+    OUTCOME_POLICY_CHANGED,
+    OUTCOME_REBASED,
+    OUTCOME_UNTRUSTED,
+)
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
 from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
 from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.iomem import resolve_drift_tolerance
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri import mux, ttrpc
@@ -1114,6 +1121,75 @@ def test_state_file_naming_a_node_the_machine_lost_refuses_the_start(tmp_path: P
     ):
         recover(small, CONFIG, path, ListLogger())
     assert path.exists()  # left as it is
+
+
+def _drifted(memory: tuple[str, str]) -> Any:
+    return topology_from_mapping(
+        {
+            "nodes": [
+                {"id": i, "cpus": f"{4 * i}-{4 * i + 3}", "memory": m, "hugepages": {"2Mi": "1Gi"}}
+                for i, m in enumerate(memory)
+            ]
+        }
+    )
+
+
+def test_state_drift_beyond_tolerance_refuses_the_start(tmp_path: Path) -> None:
+    # row state-drift-beyond-tolerance
+    path = tmp_path / "memory_manager_state"
+    write_file(path, valid_state())
+    content = path.read_bytes()
+    with pytest.raises(StateError) as err:
+        recover(_drifted(("8Gi", "7Gi")), CONFIG, path, ListLogger())
+    assert str(err.value) == (
+        "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 7Gi (7516192768 bytes), a"
+        " drift of 1Gi (1073741824 bytes), more than the memory-drift-tolerance of 64Mi"
+        " (67108864 bytes); drain the node, or raise memory-drift-tolerance, or set"
+        " memoryDriftBeyondTolerance: accept-if-fits to start while the running allocations"
+        " still fit, then restart"
+    )
+    assert path.read_bytes() == content
+    accepting = dataclasses.replace(CONFIG, memory_drift_beyond_tolerance="accept-if-fits")
+    assert recover(_drifted(("8Gi", "7Gi")), accepting, path, ListLogger()).report.outcome == (
+        OUTCOME_REBASED
+    )
+
+
+def test_state_drift_shrinking_under_blocks_refuses_the_start(tmp_path: Path) -> None:
+    # row state-drift-shrink-under-blocks: node 1 holds all its 7Gi; 16Mi less no longer fit
+    path = tmp_path / "memory_manager_state"
+    manager = MemoryManager(TOPOLOGY, CONFIG)
+    assert manager.admit(guaranteed("app", 7 * GI, frozenset({4}))).admitted
+    write_file(path, manager.state)
+    with pytest.raises(StateError) as err:
+        recover(_drifted(("8Gi", "8176Mi")), CONFIG, path, ListLogger())
+    message = str(err.value)
+    assert (
+        ", within the memory-drift-tolerance of 64Mi (67108864 bytes), and the running" in message
+    )
+    assert message.endswith("short by 16Mi (16777216 bytes); drain the node, then restart")
+
+
+def test_iomem_without_addresses_keeps_the_exact_comparison(tmp_path: Path) -> None:
+    # row iomem-zeroed
+    iomem = tmp_path / "iomem"
+    iomem.write_text("00000000-00000000 : System RAM\n  00000000-00000000 : Kernel code\n")
+    log = ListLogger()
+    auto = parse_config({"memoryManagerPolicyOptions": {"memory-drift-tolerance": "auto"}})
+    assert resolve_drift_tolerance(auto, log, str(iomem)).memory_drift_tolerance == 0
+    [(level, event, fields)] = log.records
+    assert level == "warning" and event.startswith(
+        "memory-drift-tolerance auto: the kernel image size is unknown;"
+    )
+    assert fields["reason"] == "the addresses read as zero (no CAP_SYS_ADMIN)"
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    assert resolve_drift_tolerance(auto, log, str(empty)).memory_drift_tolerance == 0
+    assert resolve_drift_tolerance(auto, log, str(tmp_path / "absent")).memory_drift_tolerance == 0
+    assert [f["reason"] for _, _, f in log.records[1:]] == [
+        "no Kernel code, data or bss lines",
+        f"cannot read {tmp_path / 'absent'}: No such file or directory",
+    ]
 
 
 def test_state_command_on_a_bad_file(tmp_path: Path, cli: Callable[..., Ran]) -> None:
