@@ -497,7 +497,8 @@ def _refuse_shrink_under_blocks(
         without_drift = sum(lacking_before.get((n, MEMORY), 0) for n in c.nodes)
         if now <= without_drift:
             continue
-        d = next(d for d in shrunk if d.node in c.nodes)
+        # only the nodes of its own masks change what a group lacks
+        d = next((d for d in shrunk if d.node in c.nodes), shrunk[0])
         where = "within" if d.within_tolerance else "more than"
         raise StateError(
             f"{d.describe()}, {where} {_tolerance_text(d.tolerance)}, and the running"

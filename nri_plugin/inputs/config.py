@@ -352,7 +352,7 @@ def _unknown_option(where: str, manager: str, name: str, known: tuple[str, ...])
     )
 
 
-def parse_drift_tolerance(value: object, where: str) -> tuple[str, int]:
+def _parse_drift_tolerance(value: object, where: str) -> tuple[str, int]:
     """``memory-drift-tolerance``: (the setting as written, the bytes it tolerates now).
 
     ``auto`` tolerates nothing until it is resolved at start (inputs/iomem.py).
@@ -399,9 +399,9 @@ def _parse_drift(data: dict[object, object], source: str) -> tuple[str | None, i
         )
     if spelled is not None:
         where = f"{source}.{options_key}.{OPTION_MEMORY_DRIFT_TOLERANCE}"
-        return parse_drift_tolerance(spelled, where)
+        return _parse_drift_tolerance(spelled, where)
     if alias is not None:
-        return parse_drift_tolerance(alias, f"{source}.{DRIFT_ALIAS}")
+        return _parse_drift_tolerance(alias, f"{source}.{DRIFT_ALIAS}")
     return None, DEFAULT_MEMORY_DRIFT_TOLERANCE
 
 

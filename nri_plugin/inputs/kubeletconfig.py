@@ -72,8 +72,8 @@ DEFAULT_KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 TOPOLOGY_KEYS = ("topologyManagerPolicy", "topologyManagerScope", "topologyManagerPolicyOptions")
 MEMORY_OPTIONS_KEY = "memoryManagerPolicyOptions"
 DRIFT_KEY = f"{MEMORY_OPTIONS_KEY}.{OPTION_MEMORY_DRIFT_TOLERANCE}"
-# Policy names kubelet knows today (memory_manager.go, cpu_manager.go), compared as
-# kubelet's docs spell them either way.
+# Policy names kubelet knows through 1.37 (memory_manager.go, cpu_manager.go), compared
+# in lower case: kubelet's docs write "none" where its code writes "None".
 _MEMORY_MANAGER_POLICIES = ("none", "static", "besteffort")
 _CPU_MANAGER_POLICIES = ("none", "static")
 RESERVATION_KEYS = ("kubeReserved", "systemReserved", "evictionHard")
@@ -166,10 +166,10 @@ def read_kubelet_config(path: str | Path) -> KubeletSettings:
     if topology_options is not None:
         shared["topologyManagerPolicyOptions"] = topology_options
     memory_options = _known_options(data, MEMORY_OPTIONS_KEY, MEMORY_OPTIONS, ignored)
-    if memory_options:
+    if memory_options is None and data.get(MEMORY_OPTIONS_KEY) is not None:
+        shared[MEMORY_OPTIONS_KEY] = data[MEMORY_OPTIONS_KEY]  # not a mapping: refused
+    elif memory_options:
         shared[MEMORY_OPTIONS_KEY] = memory_options
-    elif data.get(MEMORY_OPTIONS_KEY) is not None and memory_options is None:
-        shared[MEMORY_OPTIONS_KEY] = data[MEMORY_OPTIONS_KEY]  # refused as in our file
     try:
         parsed = parse_config(shared, source=KUBELET_KIND)
     except ConfigError as e:
