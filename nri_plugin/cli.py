@@ -322,21 +322,21 @@ def cmd_topology(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nri_plugin.display import format_state
-    from nri_plugin.persist.file import STATE_FILE_NAME, load_file
-    from nri_plugin.persist.format import to_checkpoint
+    from nri_plugin.display import format_checkpoint
+    from nri_plugin.persist.file import STATE_FILE_NAME, load_checkpoint
+    from nri_plugin.persist.format import checkpoint_to_json
 
     if args.state_file:
         path = Path(args.state_file)
     else:
         path = Path(args.state_dir or DEFAULT_STATE_DIR) / STATE_FILE_NAME
-    state = load_file(path)
-    if state is None:
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
         raise InputError(f"{path}: no such file")
     if args.json:
-        _emit(json.dumps(to_checkpoint(state), indent=2))
+        _emit(json.dumps(checkpoint_to_json(checkpoint), indent=2))
     else:
-        _emit(f"checkpoint: {path}\n{format_state(state)}")
+        _emit(f"checkpoint: {path}\n{format_checkpoint(checkpoint)}")
     return EXIT_OK
 
 

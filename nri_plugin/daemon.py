@@ -43,6 +43,7 @@ from nri_plugin.frontends.exits import ExitCodes
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
+from nri_plugin.inputs.iomem import IOMEM_PATH, resolve_drift_tolerance
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import discover_sysfs, host_node_ids, load_topology_file
 from nri_plugin.logs import configure_logging
@@ -77,8 +78,11 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
             )
 
 
-def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
-    """The topology and the validated configuration (kubelet's file aligned when given)."""
+def load_machine(args: argparse.Namespace, *, iomem: str = IOMEM_PATH) -> tuple[Topology, Config]:
+    """The topology and the validated configuration (kubelet's file aligned when given).
+
+    ``memory-drift-tolerance: auto`` is resolved here, from ``iomem``.
+    """
     topology = (
         load_topology_file(args.topology_file)
         if args.topology_file
@@ -90,6 +94,7 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
             config, args.kubelet_config, structlog.get_logger("config"), config_source=args.config
         )
     validate_for_machine(config, topology, source=args.config or "config")
+    config = resolve_drift_tolerance(config, structlog.get_logger("config"), iomem)
     return topology, config
 
 
@@ -264,6 +269,8 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     metrics.restored(
         conflicts={(c.pod_uid, c.container) for c in recovery.report.conflicts},
         set_aside=recovery.report.set_aside_as is not None,
+        drift_tolerance=recovery.report.drift_tolerance,
+        memory_drift=recovery.report.memory_drift,
     )
     tracker = NodeTracker(
         manager,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -27,17 +28,24 @@ from nri_plugin import daemon as run_module
 from nri_plugin.cli import main as cli_main
 from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.pod import ContainerSpec, PodSpec
-from nri_plugin.engine.rebase import OUTCOME_NONE, OUTCOME_POLICY_CHANGED, OUTCOME_UNTRUSTED
+from nri_plugin.engine.rebase import (
+    OUTCOME_NONE,
+    OUTCOME_POLICY_CHANGED,
+    OUTCOME_REBASED,
+    OUTCOME_UNTRUSTED,
+)
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
 from nri_plugin.frontends.nri import REFUSAL_PREFIX, AdmissionRefused, MemoryPlugin
 from nri_plugin.inputs.config import parse_config
+from nri_plugin.inputs.iomem import resolve_drift_tolerance
+from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.stub import PLUGIN_SERVICE, Stub
 from nri_plugin.persist.file import write_file
-from nri_plugin.persist.format import MAX_FILE_BYTES, dumps
+from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, read_checkpoint
 from nri_plugin.persist.recovery import recover
 from tests.nri.fake_runtime import FakeRuntime
 from tests.nri_builders import container, pod
@@ -45,6 +53,7 @@ from tests.nri_builders import container, pod
 GI = 1 << 30
 MI = 1 << 20
 HUGE = "9" * 5000  # more digits than Python's int() converts
+KUBELET_DATA = Path(__file__).parent / "data" / "kubelet"
 
 TOPOLOGY_YAML = """\
 nodes:
@@ -280,6 +289,35 @@ CONFIG_ROWS = [
         r'{file}: config.memoryDriftTolerance: "-1Mi" must not be negative',
     ),
     (
+        "config-unknown-memory-option",
+        "reservedMemory: ['0:memory=1Gi']\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerence: auto}\n",
+        r"{file}: config.memoryManagerPolicyOptions: unknown Memory Manager Policy option:"
+        r' "memory-drift-tolerence" \(known: memory-drift-tolerance\); did you mean'
+        r' "memory-drift-tolerance"\?',
+    ),
+    (
+        "config-drift-bad-value",
+        "reservedMemory: ['0:memory=1Gi']\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerance: sometimes}\n",
+        r"{file}: config.memoryManagerPolicyOptions.memory-drift-tolerance: \"sometimes\" is not"
+        r' auto, off or a quantity such as "128Mi"',
+    ),
+    (
+        "config-drift-both-names",
+        "reservedMemory: ['0:memory=1Gi']\nmemoryDriftTolerance: 64Mi\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerance: auto}\n",
+        r"{file}: config: memoryDriftTolerance and"
+        r" memoryManagerPolicyOptions.memory-drift-tolerance are both set;"
+        r" memoryDriftTolerance is the older name of the same setting: keep one",
+    ),
+    (
+        "config-drift-beyond-bad",
+        "reservedMemory: ['0:memory=1Gi']\nmemoryDriftBeyondTolerance: accept\n",
+        r'{file}: config.memoryDriftBeyondTolerance: unknown choice: "accept" \(expected refuse,'
+        r" accept-if-fits\)",
+    ),
+    (
         "config-huge-integer",
         f"reservedMemory: [{{numaNode: {HUGE}, limits: {{memory: 1Gi}}}}]\n",
         r"{file}: not valid YAML or JSON: a number of more than 4300 digits",
@@ -413,6 +451,66 @@ def test_kubelet_config(
         str(tmp_path / "no.sock"),
     )
     assert_refused(ran, "run", pattern, config=config, kubelet=kubelet)
+
+
+def test_kubelet_drift_tolerance_conflict(
+    tmp_path: Path, machine: Path, cli: Callable[..., Ran]
+) -> None:
+    # row kubelet-drift-conflict
+    config = tmp_path / "config.yaml"
+    config.write_text(GOOD_CONFIG + "memoryDriftTolerance: auto\n")
+    kubelet = tmp_path / "kubelet.yaml"
+    kubelet.write_text(
+        KUBELET_HEAD + "memoryManagerPolicyOptions: {memory-drift-tolerance: 'off'}\n"
+    )
+    ran = cli(
+        "run",
+        "--config",
+        str(config),
+        "--topology-file",
+        str(machine),
+        "--kubelet-config",
+        str(kubelet),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--socket",
+        str(tmp_path / "no.sock"),
+    )
+    assert_refused(
+        ran,
+        "run",
+        r'memoryManagerPolicyOptions.memory-drift-tolerance: "auto" in {config} but "off" in'
+        r" {kubelet}; make them equal or remove memoryManagerPolicyOptions.memory-drift-tolerance"
+        r" \(or memoryDriftTolerance\) from {config} to take kubelet's",
+        config=config,
+        kubelet=kubelet,
+    )
+
+
+def test_kubelet_options_of_a_newer_kubelet(tmp_path: Path) -> None:
+    # row kubelet-unknown-option: not an error; one warning naming them and the file
+    kubelet = tmp_path / "kubelet.yaml"
+    kubelet.write_text(
+        KUBELET_HEAD
+        + "topologyManagerPolicyOptions: {restrict-to-cpu-numa-nodes: 'true'}\n"
+        + "cpuManagerPolicy: numa-aware\n"
+    )
+    log = ListLogger()
+    aligned = align_with_kubelet(CONFIG, str(kubelet), log)
+    assert aligned.topology_manager_policy == "restricted"
+    warnings = [(e, kw) for lvl, e, kw in log.records if lvl == "warning"]
+    assert warnings == [
+        (
+            "kubelet's config sets options the plugin does not know; ignored",
+            {
+                "kubelet_config": str(kubelet),
+                "ignored": [
+                    'topologyManagerPolicyOptions.restrict-to-cpu-numa-nodes: "true"',
+                    'cpuManagerPolicy: "numa-aware"',
+                ],
+            },
+        )
+    ]
 
 
 # -- fake topology file (--topology-file) ---------------------------------------------
@@ -789,6 +887,33 @@ def reseal(state: MemoryState) -> str:
     return dumps(state)
 
 
+def kubelet_file(
+    name: str, edit: Callable[[dict[str, Any]], object] | None = None
+) -> Callable[[Path], object]:
+    """A state file of tests/data/kubelet (a kubelet version's form), edited."""
+
+    def damage(path: Path) -> None:
+        data = json.loads((KUBELET_DATA / name).read_text())
+        if edit is not None:
+            edit(data)
+        path.write_text(json.dumps(data))
+
+    return damage
+
+
+def _grow_pod_entry(data: dict[str, Any]) -> None:
+    for entry in data["podEntries"].values():
+        entry["memoryBlocks"][0]["size"] += GI
+
+
+def _replace_v1_fields(data: dict[str, Any]) -> None:
+    """v1 fields with one pod fewer than data, under their own right checksum."""
+    state = read_checkpoint(data).state
+    del state.entries[min(state.entries)]
+    other = json.loads(dumps(state))
+    data.update(entries=other["entries"], checksum=other["checksum"])
+
+
 STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
     ("state-empty", lambda p: p.write_text(""), OUTCOME_UNTRUSTED, r".*: checkpoint is empty"),
     (
@@ -801,7 +926,55 @@ STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
         "state-checksum-mismatch",
         lambda p: p.write_text(reseal(valid_state()).replace('"free":', '"free":1', 1)),
         OUTCOME_UNTRUSTED,
-        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the content .*",
+        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the content"
+        r" \(computed \d+ as kubelet's v1 form, \d+ as kubelet 1.36's v2 form\)",
+    ),
+    (
+        "state-kubelet-v2-checksum",
+        kubelet_file("memory_manager_state.v2-pod-entries", lambda d: _grow_pod_entry(d)),
+        OUTCOME_UNTRUSTED,
+        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the content"
+        r" of kubelet 1.36's v2 form \(computed \d+\)",
+    ),
+    (
+        "state-kubelet-v3-data-checksum",
+        kubelet_file("memory_manager_state.v3", lambda d: d.update(data=d["data"] + " ")),
+        OUTCOME_UNTRUSTED,
+        r".*: dataChecksum: checkpoint is corrupted: stored checksum \d+ does not match data"
+        r" of kubelet 1.37's v3 form \(computed \d+\)",
+    ),
+    (
+        "state-kubelet-v3-v1-checksum",
+        kubelet_file("memory_manager_state.v3", lambda d: d.update(checksum=d["checksum"] + 1)),
+        OUTCOME_UNTRUSTED,
+        r".*: checksum: checkpoint is corrupted: stored checksum \d+ does not match the v1"
+        r" fields of kubelet 1.37's v3 form \(computed \d+\)",
+    ),
+    (
+        "state-kubelet-v3-disagree",
+        kubelet_file("memory_manager_state.v3", lambda d: _replace_v1_fields(d)),
+        OUTCOME_UNTRUSTED,
+        r".*: entries: differs from data.entries: kubelet 1.37's v3 form keeps one state twice, .*",
+    ),
+    (
+        "state-kubelet-v3-incomplete",
+        kubelet_file("memory_manager_state.v3", lambda d: d.pop("dataChecksum")),
+        OUTCOME_UNTRUSTED,
+        r".*: dataChecksum: is missing \(kubelet 1.37's v3 form has both data and dataChecksum\)",
+    ),
+    (
+        "state-kubelet-v3-and-v2",
+        kubelet_file("memory_manager_state.v3", lambda d: d.update(podEntries={})),
+        OUTCOME_UNTRUSTED,
+        r".*: podEntries: beside data: kubelet 1.36's field in kubelet 1.37's v3 form, .*",
+    ),
+    (
+        "state-kubelet-pod-level",
+        kubelet_file("memory_manager_state.v3-pod-entries"),
+        OUTCOME_UNTRUSTED,
+        r'.*: data.podEntries: pod "[0-9a-f-]+" holds pod-level memory \(kubelet\'s'
+        r" PodLevelResourceManagers, pod scope; read as kubelet 1.37's v3 form\), which this"
+        r" plugin does not model: .*",
     ),
     (
         "state-foreign-policy-name",
@@ -958,6 +1131,75 @@ def test_state_file_naming_a_node_the_machine_lost_refuses_the_start(tmp_path: P
     ):
         recover(small, CONFIG, path, ListLogger())
     assert path.exists()  # left as it is
+
+
+def _drifted(memory: tuple[str, str]) -> Any:
+    return topology_from_mapping(
+        {
+            "nodes": [
+                {"id": i, "cpus": f"{4 * i}-{4 * i + 3}", "memory": m, "hugepages": {"2Mi": "1Gi"}}
+                for i, m in enumerate(memory)
+            ]
+        }
+    )
+
+
+def test_state_drift_beyond_tolerance_refuses_the_start(tmp_path: Path) -> None:
+    # row state-drift-beyond-tolerance
+    path = tmp_path / "memory_manager_state"
+    write_file(path, valid_state())
+    content = path.read_bytes()
+    with pytest.raises(StateError) as err:
+        recover(_drifted(("8Gi", "7Gi")), CONFIG, path, ListLogger())
+    assert str(err.value) == (
+        "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 7Gi (7516192768 bytes), a"
+        " drift of 1Gi (1073741824 bytes), more than the memory-drift-tolerance of 64Mi"
+        " (67108864 bytes); drain the node, or raise memory-drift-tolerance, or set"
+        " memoryDriftBeyondTolerance: accept-if-fits to start while the running allocations"
+        " still fit, then restart"
+    )
+    assert path.read_bytes() == content
+    accepting = dataclasses.replace(CONFIG, memory_drift_beyond_tolerance="accept-if-fits")
+    assert recover(_drifted(("8Gi", "7Gi")), accepting, path, ListLogger()).report.outcome == (
+        OUTCOME_REBASED
+    )
+
+
+def test_state_drift_shrinking_under_blocks_refuses_the_start(tmp_path: Path) -> None:
+    # row state-drift-shrink-under-blocks: node 1 holds all its 7Gi; 16Mi less no longer fit
+    path = tmp_path / "memory_manager_state"
+    manager = MemoryManager(TOPOLOGY, CONFIG)
+    assert manager.admit(guaranteed("app", 7 * GI, frozenset({4}))).admitted
+    write_file(path, manager.state)
+    with pytest.raises(StateError) as err:
+        recover(_drifted(("8Gi", "8176Mi")), CONFIG, path, ListLogger())
+    message = str(err.value)
+    assert (
+        ", within the memory-drift-tolerance of 64Mi (67108864 bytes), and the running" in message
+    )
+    assert message.endswith("short by 16Mi (16777216 bytes); drain the node, then restart")
+
+
+def test_iomem_without_addresses_keeps_the_exact_comparison(tmp_path: Path) -> None:
+    # row iomem-zeroed
+    iomem = tmp_path / "iomem"
+    iomem.write_text("00000000-00000000 : System RAM\n  00000000-00000000 : Kernel code\n")
+    log = ListLogger()
+    auto = parse_config({"memoryManagerPolicyOptions": {"memory-drift-tolerance": "auto"}})
+    assert resolve_drift_tolerance(auto, log, str(iomem)).memory_drift_tolerance == 0
+    [(level, event, fields)] = log.records
+    assert level == "warning" and event.startswith(
+        "memory-drift-tolerance auto: the kernel image size is unknown;"
+    )
+    assert fields["reason"] == "the addresses read as zero (no CAP_SYS_ADMIN)"
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    assert resolve_drift_tolerance(auto, log, str(empty)).memory_drift_tolerance == 0
+    assert resolve_drift_tolerance(auto, log, str(tmp_path / "absent")).memory_drift_tolerance == 0
+    assert [f["reason"] for _, _, f in log.records[1:]] == [
+        "no Kernel code, data or bss lines",
+        f"cannot read {tmp_path / 'absent'}: No such file or directory",
+    ]
 
 
 def test_state_command_on_a_bad_file(tmp_path: Path, cli: Callable[..., Ran]) -> None:
@@ -1496,6 +1738,17 @@ SIMULATE_ROWS = [
         "simulate-deep-nesting",
         "{" + '"a":{' * 100_000,
         r"{file}: nested deeper than 64 levels",
+    ),
+    (
+        "simulate-initial-state-pod-level",
+        SCENARIO_HEAD
+        + "initialState: "
+        + (KUBELET_DATA / "memory_manager_state.v2-pod-entries").read_text()
+        + "\nsteps: []\n",
+        r'{file}: initialState: podEntries: pod "[0-9a-f-]+" holds pod-level memory \(kubelet\'s'
+        r" PodLevelResourceManagers, pod scope; read as kubelet 1.36's v2 form\), which this"
+        r" plugin does not model: the entries of its containers share the pod's blocks; remove"
+        r" the pod from podEntries and entries to use the rest",
     ),
 ]
 

@@ -135,7 +135,8 @@ BAD_SCENARIOS = {
         "config: {policy: none}\n"
         "initialState: {policyName: None, machineState: {}, checksum: 1}\n",
         "initialState: checksum: checkpoint is corrupted: stored checksum 1 does not match the"
-        " content (computed 4236770233)",
+        " content (computed 4236770233 as kubelet's v1 form, 512582496 as kubelet 1.36's v2"
+        " form)",
     ),
     "duplicate container": (
         "topology: {nodes: [{id: 0, cpus: '0', memory: 4Gi}]}\n"

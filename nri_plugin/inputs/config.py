@@ -8,6 +8,7 @@ topology managers are constructed (:func:`validate_for_machine`).
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import struct
@@ -18,7 +19,12 @@ from nri_plugin.engine.config import (
     DEFAULT_EVICTION_HARD,
     DEFAULT_MAX_ALLOWABLE_NUMA_NODES,
     DEFAULT_MEMORY_DRIFT_TOLERANCE,
+    DRIFT_BEYOND_MODES,
+    DRIFT_BEYOND_REFUSE,
+    DRIFT_TOLERANCE_AUTO,
+    DRIFT_TOLERANCE_OFF,
     OPTION_MAX_ALLOWABLE,
+    OPTION_MEMORY_DRIFT_TOLERANCE,
     OPTION_PREFER_CLOSEST,
     RESIZE_ACCOUNT,
     RESIZE_MODES,
@@ -65,10 +71,16 @@ _CONFIG_KEYS = (
     "kubeReserved",
     "systemReserved",
     "evictionHard",
+    "memoryManagerPolicyOptions",
     "memoryDriftTolerance",
+    "memoryDriftBeyondTolerance",
     "inPlaceResize",
     "hostNodeMap",
 )
+TOPOLOGY_OPTIONS = (OPTION_PREFER_CLOSEST, OPTION_MAX_ALLOWABLE)
+MEMORY_OPTIONS = (OPTION_MEMORY_DRIFT_TOLERANCE,)
+# memoryDriftTolerance: the older name of memoryManagerPolicyOptions.memory-drift-tolerance
+DRIFT_ALIAS = "memoryDriftTolerance"
 _RESERVATION_KEYS = ("numaNode", "limits")
 # Config files (ours and kubelet's) are a few hundred bytes; 1 MiB refuses garbage
 # before YAML spends seconds on it.
@@ -310,11 +322,70 @@ def _parse_options(data: object, where: str) -> tuple[bool, int]:
                     f" should not be less than {DEFAULT_MAX_ALLOWABLE_NUMA_NODES}"
                 )
         else:
-            raise ConfigError(
-                f"{where}: unknown Topology Manager Policy option: {quote(name)} (known:"
-                f" {OPTION_PREFER_CLOSEST}, {OPTION_MAX_ALLOWABLE})"
-            )
+            raise ConfigError(_unknown_option(where, "Topology Manager", name, TOPOLOGY_OPTIONS))
     return prefer_closest, max_allowable
+
+
+def _unknown_option(where: str, manager: str, name: str, known: tuple[str, ...]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    did_you_mean = f"; did you mean {quote(hint[0])}?" if hint else ""
+    return (
+        f"{where}: unknown {manager} Policy option: {quote(name)} (known:"
+        f" {', '.join(known)}){did_you_mean}"
+    )
+
+
+def _parse_drift_tolerance(value: object, where: str) -> tuple[str, int]:
+    """``memory-drift-tolerance``: (the setting as written, the bytes it tolerates now).
+
+    ``auto`` tolerates nothing until it is resolved at start (inputs/iomem.py).
+    """
+    if value is False:
+        # YAML 1.1 reads a bare `off` as false; kubelet's options are strings
+        return DRIFT_TOLERANCE_OFF, 0
+    if value in (DRIFT_TOLERANCE_AUTO, DRIFT_TOLERANCE_OFF):
+        return str(value), 0
+    expected = 'auto, off or a quantity such as "128Mi"'
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ConfigError(f"{where}: expected {expected}, got {describe(value)}")
+    if isinstance(value, str):
+        try:
+            parse_quantity(value, allow_negative=True)
+        except QuantityError:
+            raise ConfigError(f"{where}: {quote(short(value))} is not {expected}") from None
+    return str(value), _bytes(value, where)
+
+
+def _parse_memory_options(data: object, where: str) -> dict[str, object]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping option -> value, got {describe(data)}")
+    for raw_name in data:
+        if str(raw_name) not in MEMORY_OPTIONS:
+            raise ConfigError(
+                _unknown_option(where, "Memory Manager", str(raw_name), MEMORY_OPTIONS)
+            )
+    return {str(k): v for k, v in data.items()}
+
+
+def _parse_drift(data: dict[object, object], source: str) -> tuple[str | None, int]:
+    """The drift tolerance of memoryManagerPolicyOptions or of its older name (not both)."""
+    options_key = "memoryManagerPolicyOptions"
+    options = _parse_memory_options(data.get(options_key), f"{source}.{options_key}")
+    spelled = options.get(OPTION_MEMORY_DRIFT_TOLERANCE)
+    alias = data.get(DRIFT_ALIAS)
+    if spelled is not None and alias is not None:
+        raise ConfigError(
+            f"{source}: {DRIFT_ALIAS} and {options_key}.{OPTION_MEMORY_DRIFT_TOLERANCE} are both"
+            f" set; {DRIFT_ALIAS} is the older name of the same setting: keep one"
+        )
+    if spelled is not None:
+        where = f"{source}.{options_key}.{OPTION_MEMORY_DRIFT_TOLERANCE}"
+        return _parse_drift_tolerance(spelled, where)
+    if alias is not None:
+        return _parse_drift_tolerance(alias, f"{source}.{DRIFT_ALIAS}")
+    return None, DEFAULT_MEMORY_DRIFT_TOLERANCE
 
 
 def _parse_reserved_resources(data: object, where: str) -> dict[str, int] | None:
@@ -417,9 +488,15 @@ def parse_config(data: object, *, source: str = "config") -> Config:
     prefer_closest, max_allowable = _parse_options(
         data.get("topologyManagerPolicyOptions"), at("topologyManagerPolicyOptions")
     )
-    drift = DEFAULT_MEMORY_DRIFT_TOLERANCE
-    if data.get("memoryDriftTolerance") is not None:
-        drift = _bytes(data["memoryDriftTolerance"], at("memoryDriftTolerance"))
+    drift_option, drift = _parse_drift(data, source)
+    beyond = DRIFT_BEYOND_REFUSE
+    if data.get("memoryDriftBeyondTolerance") is not None:
+        beyond = _string(data["memoryDriftBeyondTolerance"], at("memoryDriftBeyondTolerance"))
+        if beyond not in DRIFT_BEYOND_MODES:
+            raise ConfigError(
+                f"{at('memoryDriftBeyondTolerance')}: unknown choice: {quote(beyond)} (expected"
+                f" {', '.join(DRIFT_BEYOND_MODES)})"
+            )
     resize = RESIZE_ACCOUNT
     if data.get("inPlaceResize") is not None:
         resize = _string(data["inPlaceResize"], at("inPlaceResize"))
@@ -440,6 +517,8 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         system_reserved=_parse_reserved_resources(data.get("systemReserved"), at("systemReserved")),
         eviction_hard=_parse_eviction(data.get("evictionHard"), at("evictionHard")),
         memory_drift_tolerance=drift,
+        memory_drift_tolerance_option=drift_option,
+        memory_drift_beyond_tolerance=beyond,
         in_place_resize=resize,
         host_node_map=host_map,
     )

@@ -13,7 +13,14 @@ from typing import Any
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
 from nri_plugin.inputs.reader import decode_text
-from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, from_checkpoint, parse_json
+from nri_plugin.persist.format import (
+    MAX_FILE_BYTES,
+    Checkpoint,
+    dumps,
+    from_checkpoint,
+    parse_json,
+    read_checkpoint,
+)
 
 # kubelet's name for the memory manager's checkpoint, in its state directory
 STATE_FILE_NAME = "memory_manager_state"
@@ -24,13 +31,29 @@ EXITS_FILE_NAME = "exited_containers"
 def load_file(path: str | Path) -> MemoryState | None:
     """Read and verify the checkpoint at ``path``; None when there is no file.
 
-    A symlink is refused (never followed), as is anything but a regular file.
+    A symlink is refused (never followed), as is anything but a regular file;
+    so is a file with pod-level entries (:func:`~nri_plugin.persist.format.from_checkpoint`).
     """
     p = os.fspath(path)
+    data = _read_json(p)
+    return None if data is _ABSENT else from_checkpoint(data, source=p)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint | None:
+    """Like :func:`load_file`, keeping the form and any pod-level entries (``state``)."""
+    p = os.fspath(path)
+    data = _read_json(p)
+    return None if data is _ABSENT else read_checkpoint(data, source=p)
+
+
+_ABSENT = object()  # no file (a file may hold JSON null)
+
+
+def _read_json(p: str) -> object:
     raw = read_regular_file(p, MAX_FILE_BYTES, what="checkpoint")
     if raw is None:
-        return None
-    return from_checkpoint(parse_json(decode_text(raw, p, StateError), source=p), source=p)
+        return _ABSENT
+    return parse_json(decode_text(raw, p, StateError), source=p)
 
 
 def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> bytes | None:

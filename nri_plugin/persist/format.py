@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from nri_plugin.engine.state import (
@@ -38,10 +38,13 @@ from nri_plugin.inputs.reader import describe, too_deep
 from nri_plugin.persist.checksum import (
     _NEW_NAMES,
     _OLD_NAMES,
+    _V1_STRUCT_NAMES,
     _dump,
     _go_order,
+    _GoNames,
     _join_in_batches,
     checksum,
+    data_checksum,
     fnv1a_32,
 )
 
@@ -59,6 +62,40 @@ KEY_NODES = "nodes"  # the group key of the first implementation (KEP-1769, kube
 _LEGACY_POLICY_NAMES = {"static": POLICY_STATIC, "none": POLICY_NONE}
 
 _TABLE_FIELDS = ("total", "systemReserved", "allocatable", "reserved", "free")
+
+KEY_POD_ENTRIES = "podEntries"  # kubelet 1.36's v2 (PodLevelResourceManagers)
+KEY_DATA = "data"  # kubelet 1.37's v3: the state as a JSON string ...
+KEY_DATA_CHECKSUM = "dataChecksum"  # ... and the checksum of that string
+
+# The checkpoint versions kubelet writes (pkg/kubelet/cm/memorymanager/state/checkpoint.go),
+# as messages and `state` name them.
+FORM_V1 = "v1"
+FORM_V2 = "v2"
+FORM_V3 = "v3"
+FORMS = {
+    FORM_V1: "kubelet's v1 form",
+    FORM_V2: "kubelet 1.36's v2 form",
+    FORM_V3: "kubelet 1.37's v3 form",
+}
+# Who writes each form, for `state` and the docs.
+FORM_WRITERS = {
+    FORM_V1: "kubelet 1.34 and 1.35, 1.36 without PodLevelResourceManagers, and this plugin",
+    FORM_V2: "kubelet 1.36 with PodLevelResourceManagers: podEntries, under the checksum",
+    FORM_V3: "kubelet 1.37: the v1 fields, plus data (with podEntries) and dataChecksum",
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: the state, the form it was written in, and pod-level entries.
+
+    ``pod_entries`` (pod UID -> blocks) is what kubelet's ``PodLevelResourceManagers``
+    reserved for whole pods (v2, v3); empty for v1 and for every file we write.
+    """
+
+    state: MemoryState
+    form: str
+    pod_entries: Mapping[str, tuple[Block, ...]] = field(default_factory=dict)
 
 
 # -- writing -----------------------------------------------------------------
@@ -88,6 +125,30 @@ def to_checkpoint(state: MemoryState) -> dict[str, object]:
             for uid, containers in sorted(state.entries.items(), key=lambda kv: _go_order(kv[0]))
         }
     out["checksum"] = checksum(state)
+    return out
+
+
+def checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, object]:
+    """A read checkpoint as JSON: our v1 form, or kubelet 1.36's v2 when it holds podEntries.
+
+    Either is a checkpoint that reads back (``state --json``); the v2 form is the
+    one that keeps pod-level entries under a checksum in plain fields.
+    """
+    out = to_checkpoint(checkpoint.state)
+    if not checkpoint.pod_entries:
+        return out
+    state = checkpoint.state
+    del out["checksum"]
+    out[KEY_POD_ENTRIES] = {
+        uid: {"memoryBlocks": [_block_to_json(b) for b in blocks]}
+        for uid, blocks in sorted(checkpoint.pod_entries.items(), key=lambda kv: _go_order(kv[0]))
+    }
+    names = _NEW_NAMES
+    out["checksum"] = fnv1a_32(
+        _dump(
+            state.policy_name, state.machine, state.entries, names, checkpoint.pod_entries
+        ).encode()
+    )
     return out
 
 
@@ -255,11 +316,12 @@ class _Decoded:
     machine: dict[int, NodeState]
     entries: dict[str, dict[str, list[Block]]]
     legacy_layout: bool
-    stored_checksum: int
+    # v2's podEntries (None: the key is absent); a pod entry without
+    # "memoryBlocks" is None too, as Go's nil slice (it hashes as <nil>)
+    pod_entries: dict[str, list[Block] | None] | None
 
 
-def _decode(data: object, r: _Reader) -> _Decoded:
-    top = r.obj(data, "")
+def _decode(top: dict[object, object], r: _Reader) -> _Decoded:
     policy_name = r.string(r.field(top, "policyName", ""), "policyName")
 
     machine: dict[int, NodeState] = {}
@@ -288,8 +350,19 @@ def _decode(data: object, r: _Reader) -> _Decoded:
                 containers[name] = _decode_blocks(raw_blocks, f"{pod_path}.{name}", r)
             entries[uid] = containers
 
-    stored = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
-    return _Decoded(policy_name, machine, entries, KEY_NODES in layouts, stored)
+    pod_entries: dict[str, list[Block] | None] | None = None
+    if KEY_POD_ENTRIES in top:
+        pod_entries = {}
+        for raw_uid, raw_entry in r.obj(top[KEY_POD_ENTRIES], KEY_POD_ENTRIES).items():
+            uid = r.key(raw_uid, KEY_POD_ENTRIES)
+            entry_path = f"{KEY_POD_ENTRIES}.{uid}"
+            entry = r.obj(raw_entry, entry_path)
+            pod_entries[uid] = (
+                _decode_blocks(entry["memoryBlocks"], f"{entry_path}.memoryBlocks", r)
+                if "memoryBlocks" in entry
+                else None
+            )
+    return _Decoded(policy_name, machine, entries, KEY_NODES in layouts, pod_entries)
 
 
 def _decode_node(raw: object, path: str, r: _Reader) -> tuple[NodeState, str]:
@@ -343,36 +416,139 @@ def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
     return blocks
 
 
-def _checksum_candidates(d: _Decoded) -> list[int]:
-    """Checksums a genuine writer of this content could have stored."""
-    sums = [fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _NEW_NAMES).encode())]
+def _v1_candidates(d: _Decoded) -> Iterator[int]:
+    """Checksums a genuine writer of this content in the v1 form could have stored.
+
+    Lazily, the one kubelet and this plugin write today first: a large state is
+    dumped once at start.
+    """
+
+    def sum_of(policy_name: str, names: _GoNames) -> int:
+        return fnv1a_32(_dump(policy_name, d.machine, d.entries, names).encode())
+
+    yield sum_of(d.policy_name, _NEW_NAMES)
+    if not d.legacy_layout:
+        yield sum_of(d.policy_name, _V1_STRUCT_NAMES)
+        return
+    yield sum_of(d.policy_name, _OLD_NAMES)
+    # The kubernetes.io example shows "Static" but its checksum was made
+    # with the first implementation's "static"; accept that one edit.
+    lower = d.policy_name.lower()
+    if lower != d.policy_name and lower in _LEGACY_POLICY_NAMES:
+        yield sum_of(lower, _OLD_NAMES)
+
+
+def _v2_checksum(d: _Decoded) -> int:
+    pods = d.pod_entries if d.pod_entries is not None else {}
+    return fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _NEW_NAMES, pods).encode())
+
+
+def _corrupted(stored: int, what: str) -> str:
+    return f"checkpoint is corrupted: stored checksum {stored} does not match {what}"
+
+
+def _verify_v1_or_v2(top: dict[object, object], d: _Decoded, r: _Reader) -> str:
+    """The form whose checksum the file carries (v1 or v2); StateError naming it if none."""
+    stored = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
+    if d.pod_entries is not None:
+        v2 = _v2_checksum(d)
+        if stored != v2:
+            r.fail(
+                "checksum", _corrupted(stored, f"the content of {FORMS[FORM_V2]} (computed {v2})")
+            )
+        return FORM_V2
+    v1 = []
+    for candidate in _v1_candidates(d):
+        if stored == candidate:
+            return FORM_V1
+        v1.append(candidate)
     if d.legacy_layout:
-        sums.append(fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _OLD_NAMES).encode()))
-        # The kubernetes.io example shows "Static" but its checksum was made
-        # with the first implementation's "static"; accept that one edit.
-        lower = d.policy_name.lower()
-        if lower != d.policy_name and lower in _LEGACY_POLICY_NAMES:
-            sums.append(fnv1a_32(_dump(lower, d.machine, d.entries, _OLD_NAMES).encode()))
-    return sums
+        r.fail("checksum", _corrupted(stored, f"the content (computed {v1[1]})"))
+    # kubelet 1.36 with PodLevelResourceManagers on omits an empty podEntries from
+    # the JSON but still hashes the field: the file looks like v1, the sum is v2's
+    v2 = _v2_checksum(d)
+    if stored == v2:
+        return FORM_V2
+    r.fail(
+        "checksum",
+        _corrupted(
+            stored,
+            f"the content (computed {v1[0]} as {FORMS[FORM_V1]}, {v2} as {FORMS[FORM_V2]})",
+        ),
+    )
 
 
-def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
-    """Decode a parsed checkpoint (JSON or YAML), verify its checksum and policy name.
+def _read_v3(top: dict[object, object], r: _Reader) -> tuple[_Decoded, str]:
+    """kubelet 1.37's form: the v1 fields, and the same state (plus podEntries) in ``data``.
+
+    Both checksums are verified, and the two copies must agree: kubelet 1.37
+    reads ``data``, an older kubelet (or a downgrade) the v1 fields.
+    """
+    form = FORMS[FORM_V3]
+    for key in (KEY_DATA, KEY_DATA_CHECKSUM):
+        if key not in top:
+            r.fail(key, f"is missing ({form} has both {KEY_DATA} and {KEY_DATA_CHECKSUM})")
+    if KEY_POD_ENTRIES in top:
+        r.fail(
+            KEY_POD_ENTRIES,
+            f"beside {KEY_DATA}: kubelet 1.36's field in {form}, which keeps podEntries"
+            f" in {KEY_DATA}; no kubelet writes both",
+        )
+    data = r.string(top[KEY_DATA], KEY_DATA)
+    stored = r.integer(top[KEY_DATA_CHECKSUM], KEY_DATA_CHECKSUM, MAX_UINT64)
+    computed = data_checksum(data)
+    if stored != computed:
+        r.fail(KEY_DATA_CHECKSUM, _corrupted(stored, f"{KEY_DATA} of {form} (computed {computed})"))
+    inner_reader = _Reader(f"{r.source}: {KEY_DATA}")
+    inner = inner_reader.obj(parse_json(data, source=inner_reader.source), "")
+    if "checksum" in inner:
+        inner_reader.fail("checksum", f"is not a field of {form}'s {KEY_DATA}")
+    d = _decode(inner, inner_reader)
+
+    legacy = _decode(top, r)
+    if legacy.legacy_layout:
+        r.fail("machineState", f"uses {KEY_NODES!r} in {form}, which writes {KEY_CELLS!r}")
+    stored_v1 = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
+    v1 = next(_v1_candidates(legacy))
+    if stored_v1 != v1:
+        r.fail("checksum", _corrupted(stored_v1, f"the v1 fields of {form} (computed {v1})"))
+    if (legacy.policy_name, legacy.machine, legacy.entries) != (
+        d.policy_name,
+        d.machine,
+        d.entries,
+    ):
+        differing = next(
+            key
+            for key, a, b in (
+                ("policyName", legacy.policy_name, d.policy_name),
+                ("machineState", legacy.machine, d.machine),
+                ("entries", legacy.entries, d.entries),
+            )
+            if a != b
+        )
+        r.fail(
+            differing,
+            f"differs from {KEY_DATA}.{differing}: {form} keeps one state twice, the v1 fields"
+            " for kubelet 1.36 and older and data for 1.37 and newer",
+        )
+    return d, FORM_V3
+
+
+def read_checkpoint(data: object, *, source: str = "state") -> Checkpoint:
+    """Decode a parsed checkpoint of any form kubelet 1.34-1.37 writes, verifying its checksums.
 
     Accepts the group key ``cells`` and the older ``nodes``. The returned
     state uses kubelet's current policy spelling (``Static`` / ``None``).
-    Raises :class:`StateError` naming ``source`` and the offending key path.
+    Raises :class:`StateError` naming ``source``, the offending key path and,
+    for a checksum that does not match, the form it was read as.
     """
     r = _Reader(source)
-    d = _decode(data, r)
-
-    candidates = _checksum_candidates(d)
-    if d.stored_checksum not in candidates:
-        r.fail(
-            "checksum",
-            f"checkpoint is corrupted: stored checksum {d.stored_checksum} does not match"
-            f" the content (computed {candidates[1 if d.legacy_layout else 0]})",
-        )
+    top = r.obj(data, "")
+    if KEY_DATA in top or KEY_DATA_CHECKSUM in top:
+        d, form = _read_v3(top, r)
+    else:
+        d = _decode(top, r)
+        form = _verify_v1_or_v2(top, d, r)
 
     policy_name = d.policy_name
     if policy_name not in (POLICY_STATIC, POLICY_NONE):
@@ -384,7 +560,32 @@ def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
                 f"{quote(policy_name)} is not {POLICY_STATIC!r} or {POLICY_NONE!r}"
                 " (lower-case names are only read from old checkpoints that use 'nodes')",
             )
-    return MemoryState(policy_name=policy_name, machine=d.machine, entries=d.entries)
+    pods = {uid: tuple(blocks or ()) for uid, blocks in (d.pod_entries or {}).items()}
+    state = MemoryState(policy_name=policy_name, machine=d.machine, entries=d.entries)
+    return Checkpoint(state, form, pods)
+
+
+def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
+    """The state of a parsed checkpoint (:func:`read_checkpoint`), refusing pod-level entries.
+
+    Pod-level memory (kubelet's ``PodLevelResourceManagers``, ``podEntries``)
+    is reserved for a whole pod, and the entries of that pod's containers are
+    views of it, not allocations of their own: the engine does not model that
+    (docs/simulate.md, "initialState"), so such a state is refused rather than
+    read wrong.
+    """
+    checkpoint = read_checkpoint(data, source=source)
+    held = [uid for uid, blocks in sorted(checkpoint.pod_entries.items()) if blocks]
+    if held:
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        _Reader(source).fail(
+            f"{KEY_DATA}.{KEY_POD_ENTRIES}" if checkpoint.form == FORM_V3 else KEY_POD_ENTRIES,
+            f"pod {quote(str(held[0]))}{more} holds pod-level memory (kubelet's"
+            f" PodLevelResourceManagers, pod scope; read as {FORMS[checkpoint.form]}), which"
+            " this plugin does not model: the entries of its containers share the pod's"
+            " blocks; remove the pod from podEntries and entries to use the rest",
+        )
+    return checkpoint.state
 
 
 # -- the file ----------------------------------------------------------------

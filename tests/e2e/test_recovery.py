@@ -332,11 +332,23 @@ def test_drift_within_tolerance_is_accepted(cri: CRIClient, plugin: Plugin) -> N
     assert w.mems()["group/app"] == "1,2"
 
 
-def test_drift_beyond_tolerance_that_still_fits_is_accepted(cri: CRIClient, plugin: Plugin) -> None:
+def test_drift_beyond_tolerance_refuses_unless_accept_if_fits_is_chosen(
+    cri: CRIClient, plugin: Plugin
+) -> None:
     busy_node(cri, plugin)
     before = plugin.state()
     plugin.crash()
-    plugin.write(topology_text(("8Gi", "8Gi", "8Gi", "6Gi")), config_text())  # 5Gi for 4Gi
+    content = plugin.state_file.read_bytes()
+    moved = topology_text(("8Gi", "8Gi", "8Gi", "6Gi"))  # 5Gi for 4Gi: it still fits
+    plugin.write(moved, config_text())
+    with pytest.raises(PluginExited):  # KEP-6232: beyond the bound, not the same machine
+        plugin.start()
+    assert plugin.proc is not None and plugin.proc.returncode == 2
+    last = plugin.proc.log_text().strip().splitlines()[-1]
+    assert last.startswith("nri-memory-manager run: NUMA node 3 memory total was 8Gi")
+    assert "a drift of 2Gi (2147483648 bytes), more than the memory-drift-tolerance" in last
+    assert plugin.state_file.read_bytes() == content
+    plugin.write(moved, config_text(extra="memoryDriftBeyondTolerance: accept-if-fits\n"))
     plugin.start()
     after = plugin.state()
     assert after["entries"] == before["entries"]
@@ -351,7 +363,10 @@ def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(
     before = plugin.state()
     plugin.crash()
     content = plugin.state_file.read_bytes()
-    plugin.write(topology_text(("8Gi", "8Gi", "8Gi", "4Gi")), config_text())  # 3Gi for 4Gi
+    plugin.write(
+        topology_text(("8Gi", "8Gi", "8Gi", "4Gi")),  # 3Gi for 4Gi
+        config_text(extra="memoryDriftBeyondTolerance: accept-if-fits\n"),
+    )
     with pytest.raises(PluginExited):
         plugin.start()
     assert plugin.proc is not None and plugin.proc.returncode == 2
@@ -369,14 +384,15 @@ def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(
 def test_tolerance_comes_from_the_config(cri: CRIClient, plugin: Plugin) -> None:
     busy_node(cri, plugin)
     plugin.crash()
-    # node 0 holds 2Gi: 5Gi less leaves 1Gi allocatable, yet within a 6Gi tolerance
+    # node 0 holds 2Gi: 4Gi less leaves exactly 2Gi allocatable, within a 6Gi tolerance
     plugin.write(
-        topology_text(("3Gi", "8Gi", "8Gi", "8Gi")),
-        config_text(extra="memoryDriftTolerance: 6Gi\n"),
+        topology_text(("4Gi", "8Gi", "8Gi", "8Gi")),
+        config_text(extra="memoryManagerPolicyOptions: {memory-drift-tolerance: 6Gi}\n"),
     )
     plugin.start()
     node0 = plugin.state()["machineState"]["0"]["memoryMap"]["memory"]
-    assert (node0["total"], node0["allocatable"], node0["reserved"]) == (3 * GI, 2 * GI, 2 * GI)
+    assert (node0["total"], node0["allocatable"], node0["reserved"]) == (4 * GI, 2 * GI, 2 * GI)
+    assert node0["free"] == 0
 
 
 # -- change without drain ------------------------------------------------------------------------
