@@ -70,9 +70,7 @@ def parse_cpulist(text: str, *, what: str = "cpulist") -> frozenset[int]:
         last = bounded_int(match[2], MAX_CPU_ID) if match[2] is not None else first
         if first is None or last is None:
             big = match[1] if first is None else match[2]
-            raise TopologyError(
-                f"{what}: {quote(text)} names CPU {short(big)}, above {MAX_CPU_ID}"
-            )
+            raise TopologyError(f"{what}: {quote(text)} names CPU {short(big)}, above {MAX_CPU_ID}")
         if last < first:
             raise TopologyError(f"{what}: {quote(text)} has the descending range {quote(item)}")
         cpus.update(range(first, last + 1))
