@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dedicated fuzz run of the NRI wire input (docs/fuzzing.md): by default
-# 1.4 million inputs over the three targets of hack/fuzz.py, coverage-guided by
-# atheris when it installs, else by hack/fuzz.py's own mutator.
+# 1.4 million inputs over the three targets of tests/fuzz (python -m tests.fuzz), coverage-guided by
+# atheris when it installs, else by our own mutator (tests/fuzz/engines.py).
 #
 #   hack/fuzz.sh                 # everything, defaults below
 #   RUNS_WIRE=100000 RUNS_PLUGIN=20000 RUNS_CONN=10000 hack/fuzz.sh   # a quick pass
@@ -23,12 +23,12 @@ mkdir -p "$WORK"
 
 if [ "$ENGINE" != mutate ] && ! $PY -c "import atheris" 2>/dev/null; then
     .venv/bin/pip install --quiet atheris ||
-        echo "== atheris does not install here: using hack/fuzz.py's own mutator"
+        echo "== atheris does not install here: using our own mutator"
 fi
 
 if [ "$(id -u)" = 0 ] && [ -e "${NMM_E2E_DIR:-/tmp/nmm-e2e}/setup.done" ]; then
     echo "== recording real containerd traffic as seeds"
-    $PY hack/fuzz.py capture --out "$WORK/corpus" || echo "== capture failed: synthetic seeds only"
+    $PY -m tests.fuzz capture --out "$WORK/corpus" || echo "== capture failed: synthetic seeds only"
 else
     echo "== not root or no e2e setup: synthetic seeds only"
 fi
@@ -38,7 +38,7 @@ declare -A MAXLEN=([wire]=131072 [plugin]=65536 [conn]=131072)
 pids=()
 for target in wire plugin conn; do
     echo "== $target: ${RUNS[$target]} inputs, log $WORK/$target.log"
-    $PY hack/fuzz.py run --target "$target" --runs "${RUNS[$target]}" --engine "$ENGINE" \
+    $PY -m tests.fuzz run --target "$target" --runs "${RUNS[$target]}" --engine "$ENGINE" \
         --corpus "$WORK/corpus" --work "$WORK" --max-len "${MAXLEN[$target]}" \
         --report-every 50000 >"$WORK/$target.log" 2>&1 &
     pids+=($!)
@@ -60,7 +60,7 @@ for target in wire plugin conn; do
 done
 echo "total: $total inputs"
 if compgen -G "$WORK/crashes/*" >/dev/null; then
-    echo "== crashes (reproduce with: hack/fuzz.py repro --target T FILE):"
+    echo "== crashes (reproduce with: .venv/bin/python -m tests.fuzz repro --target T FILE):"
     ls -1 "$WORK/crashes"
     status=1
 fi

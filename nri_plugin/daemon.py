@@ -47,8 +47,9 @@ from nri_plugin.frontends.kubelet import KubeletResources, TrackerMemory
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
+from nri_plugin.inputs.iomem import IOMEM_PATH, resolve_drift_tolerance
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
-from nri_plugin.inputs.topology import discover_sysfs, load_topology_file
+from nri_plugin.inputs.topology import discover_sysfs, host_node_ids, load_topology_file
 from nri_plugin.logs import configure_logging
 from nri_plugin.metrics import Metrics, parse_address, serve_http
 from nri_plugin.nri.stub import Stub, check_identity, prelaunched_identity
@@ -59,6 +60,7 @@ from nri_plugin.persist.writer import CheckpointWriter
 from nri_plugin.podresources.client import PodResourcesClient
 from nri_plugin.podresources.server import PodResourcesServer
 from nri_plugin.podresources.server import start_server as start_pod_resources_server
+from nri_plugin.tracker.nodemap import ANNOTATION, NodeMap, checked_map, default_map
 from nri_plugin.tracker.tracker import NodeTracker
 
 MODE_NRI = "nri"
@@ -100,8 +102,11 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
             raise InputError(f"--serve-pod-resources {served}: exists and is not a socket")
 
 
-def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
-    """The topology and the validated configuration (kubelet's file aligned when given)."""
+def load_machine(args: argparse.Namespace, *, iomem: str = IOMEM_PATH) -> tuple[Topology, Config]:
+    """The topology and the validated configuration (kubelet's file aligned when given).
+
+    ``memory-drift-tolerance: auto`` is resolved here, from ``iomem``.
+    """
     topology = (
         load_topology_file(args.topology_file)
         if args.topology_file
@@ -113,7 +118,33 @@ def load_machine(args: argparse.Namespace) -> tuple[Topology, Config]:
             config, args.kubelet_config, structlog.get_logger("config"), config_source=args.config
         )
     validate_for_machine(config, topology, source=args.config or "config")
+    config = resolve_drift_tolerance(config, structlog.get_logger("config"), iomem)
     return topology, config
+
+
+def node_map(args: argparse.Namespace, topology: Topology, config: Config, log: Any) -> NodeMap:
+    """Fake NUMA nodes onto the host's when the fake topology names nodes the host lacks."""
+    if not args.topology_file:
+        if config.host_node_map:
+            raise InputError(
+                f"{args.config or 'config'}: hostNodeMap: only with --topology-file (a fake"
+                " topology); with --sysfs-root the topology is the host's"
+            )
+        return NodeMap()
+    host = host_node_ids("/sys")
+    fake = list(topology.node_ids)
+    if config.host_node_map:
+        mapping = checked_map(config.host_node_map, fake, host, f"{args.config}: hostNodeMap")
+    else:
+        mapping = default_map(fake, host)
+    result = NodeMap(mapping)
+    if result.active:
+        log.info(
+            "fake NUMA nodes written as the host's in cpuset.mems",
+            host_node_map=result.describe(),
+            annotation=ANNOTATION,
+        )
+    return result
 
 
 def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
@@ -255,6 +286,7 @@ class CRIFrontEnd:
 async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     log = structlog.get_logger("nri-memory-manager")
     topology, config = load_machine(args)
+    nodes = node_map(args, topology, config, log)
     state_path = Path(args.state_dir) / STATE_FILE_NAME
     recovery = recover(topology, config, state_path, log)
     manager = recovery.manager
@@ -263,9 +295,15 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     metrics.restored(
         conflicts={(c.pod_uid, c.container) for c in recovery.report.conflicts},
         set_aside=recovery.report.set_aside_as is not None,
+        drift_tolerance=recovery.report.drift_tolerance,
+        memory_drift=recovery.report.memory_drift,
     )
     tracker = NodeTracker(
-        manager, persist=lambda: writer.request(manager.state), observer=metrics, logger=log
+        manager,
+        persist=lambda: writer.request(manager.state),
+        observer=metrics,
+        logger=log,
+        node_map=nodes,
     )
     tracker.restore_exit_records(load_exit_records(writer.exits_path, log))
     writer.exit_records = tracker.exit_records

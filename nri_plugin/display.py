@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from nri_plugin.engine.bitmask import format_cpulist
-from nri_plugin.engine.state import MemoryState
+from nri_plugin.engine.state import Block, MemoryState
 from nri_plugin.engine.topology import Topology, hugepage_resource_name
+from nri_plugin.persist.format import FORM_WRITERS, Checkpoint
 from nri_plugin.quantity import format_bytes_human
 
 
@@ -99,3 +102,29 @@ def format_state(state: MemoryState) -> str:
         + "\n\n"
         + format_entries_table(state)
     )
+
+
+def format_pod_entries_table(pod_entries: Mapping[str, Sequence[Block]]) -> str:
+    """Pod-level memory (kubelet's PodLevelResourceManagers): what each pod holds as a whole."""
+    rows = [
+        [uid, b.type, format_bytes_human(b.size), ",".join(map(str, b.numa_affinity))]
+        for uid in sorted(pod_entries)
+        for b in pod_entries[uid]
+    ]
+    if not rows:
+        return "(no pod-level memory)"
+    return _table(["POD", "TYPE", "SIZE", "NUMA"], rows)
+
+
+def format_checkpoint(checkpoint: Checkpoint) -> str:
+    """A checkpoint read from a file: its form, the state and any pod-level entries."""
+    out = f"form: {checkpoint.form} ({FORM_WRITERS[checkpoint.form]})\n" + format_state(
+        checkpoint.state
+    )
+    if checkpoint.pod_entries:
+        out += (
+            "\n\npod-level memory (reserved for the whole pod; the entries of its containers"
+            " above are shares of it, not memory of their own):\n"
+            + format_pod_entries_table(checkpoint.pod_entries)
+        )
+    return out

@@ -2,13 +2,15 @@
 
 The counters carry kubelet's names for the same events, so dashboards built
 for kubelet's memory and topology managers work unchanged; the per-NUMA
-gauges show each node's memory map.
+gauges show each node's memory map. The two drift gauges are KEP-6232's, under
+the full names the KEP gives them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -81,10 +83,31 @@ class Metrics(Observer):
             " last start",
             registry=r,
         )
+        self.waiting_containers = Gauge(
+            "nri_memory_manager_refused_containers",
+            "Containers of a pod whose last creation was refused (they wait in"
+            " CreateContainerError while kubelet retries them)",
+            ["namespace", "pod"],
+            registry=r,
+        )
         self.resizes = Counter(
             "nri_memory_manager_resizes_total",
             "In-place resizes of containers holding blocks, by result",
             ["result"],
+            registry=r,
+        )
+        # KEP-6232's gauges, set at start from the recovery report
+        self.drift_tolerance = Gauge(
+            "kubelet_memory_manager_drift_tolerance_bytes",
+            "The memory drift tolerance in effect, in bytes (0: the memory totals of the"
+            " checkpoint must match exactly)",
+            registry=r,
+        )
+        self.memory_drift = Gauge(
+            "kubelet_memory_manager_memory_drift_bytes",
+            "How far each NUMA node's memory total moved from the checkpoint at the last start,"
+            " in bytes, either way",
+            ["numa_node"],
             registry=r,
         )
         self.checkpoint_set_aside = Gauge(
@@ -109,10 +132,20 @@ class Metrics(Observer):
         self._published: dict[tuple[int, str], tuple[int, int, int]] = {}
         self._assignments: dict[int, int] = {}
 
-    def restored(self, *, conflicts: set[tuple[str, str]], set_aside: bool) -> None:
+    def restored(
+        self,
+        *,
+        conflicts: set[tuple[str, str]],
+        set_aside: bool,
+        drift_tolerance: int = 0,
+        memory_drift: Mapping[int, int] | None = None,
+    ) -> None:
         self._conflicts = set(conflicts)
         self.restore_conflicts.set(len(self._conflicts))
         self.checkpoint_set_aside.set(1 if set_aside else 0)
+        self.drift_tolerance.set(drift_tolerance)
+        for node, moved in sorted((memory_drift or {}).items()):
+            self.memory_drift.labels(str(node)).set(moved)
 
     # -- Observer ----------------------------------------------------------
 
@@ -127,6 +160,13 @@ class Metrics(Observer):
             self.pinning_requests.inc()
         if not admitted:
             self.pinning_errors.inc()
+
+    def waiting(self, namespace: str, pod: str, containers: int) -> None:
+        if containers:
+            self.waiting_containers.labels(namespace, pod).set(containers)
+        else:
+            with contextlib.suppress(KeyError):
+                self.waiting_containers.remove(namespace, pod)
 
     def resize(self, *, resized: bool) -> None:
         self.resizes.labels("resized" if resized else "refused").inc()

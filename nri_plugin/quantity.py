@@ -14,12 +14,12 @@ is exactly 1610612736 bytes and sums compare exactly as kubelet compares them.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from fractions import Fraction
 
-from nri_plugin.errors import QuantityError
+from nri_plugin.errors import QuantityError, quote
+from nri_plugin.errors import short as short  # re-exported: the engine cuts texts with it
 
 INT64_MAX = (1 << 63) - 1
 
@@ -71,16 +71,6 @@ def bounded_int(digits: str, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
-def short(text: str, limit: int = 40) -> str:
-    """``text`` cut to ``limit`` characters for an error message."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _q(text: str) -> str:
-    """``text`` quoted on one line (control characters escaped)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _text_of(value: object, what: str) -> str:
     if isinstance(value, bool):
         raise QuantityError(f"{what}: expected a quantity, got the boolean {str(value).lower()}")
@@ -106,14 +96,14 @@ def parse_quantity(
     text = _text_of(value, what)
     match = _QUANTITY_RE.fullmatch(text) if len(text) <= _MAX_TEXT_LENGTH else None
     if match is None or not (match["int"] or match["frac"]):
-        raise QuantityError(f"{what}: {_q(text)} is not a valid quantity")
+        raise QuantityError(f"{what}: {quote(text)} is not a valid quantity")
     digits = match["int"] + (match["frac"] or "")
     result = Fraction(int(digits), 10 ** len(match["frac"] or ""))
     if match["exp"] is not None:
         exponent = int(match["exp"])
         if abs(exponent) > _MAX_EXPONENT:
             raise QuantityError(
-                f"{what}: {_q(text)} is not a valid quantity (exponent out of range)"
+                f"{what}: {quote(text)} is not a valid quantity (exponent out of range)"
             )
         result *= Fraction(10) ** exponent
     else:
@@ -121,7 +111,7 @@ def parse_quantity(
     if match["sign"] == "-":
         result = -result
     if result < 0 and not allow_negative:
-        raise QuantityError(f"{what}: {_q(text)} must not be negative")
+        raise QuantityError(f"{what}: {quote(text)} must not be negative")
     return result
 
 
@@ -129,9 +119,11 @@ def parse_bytes(value: object, *, what: str = "quantity") -> int:
     """A quantity of bytes as an exact, non-negative int64."""
     amount = parse_quantity(value, what=what)
     if amount.denominator != 1:
-        raise QuantityError(f"{what}: {_q(_text_of(value, what))} is not a whole number of bytes")
+        text = quote(_text_of(value, what))
+        raise QuantityError(f"{what}: {text} is not a whole number of bytes")
     if amount > INT64_MAX:
-        raise QuantityError(f"{what}: {_q(_text_of(value, what))} cannot be represented as int64")
+        text = quote(_text_of(value, what))
+        raise QuantityError(f"{what}: {text} cannot be represented as int64")
     return int(amount)
 
 
@@ -141,7 +133,7 @@ def parse_cpu_millis(value: object, *, what: str = "quantity") -> int:
     millis = math.ceil(amount * 1000)
     if millis > INT64_MAX:
         raise QuantityError(
-            f"{what}: {_q(_text_of(value, what))} cannot be represented as int64 millicores"
+            f"{what}: {quote(_text_of(value, what))} cannot be represented as int64 millicores"
         )
     return millis
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -54,3 +56,16 @@ def table(report: dict[str, Any], node_id: int, type_: str = "memory") -> dict[s
 
 def blocks(report: dict[str, Any], pod: str, name: str) -> list[dict[str, Any]]:
     return report["state"]["entries"][pod][name]  # type: ignore[no-any-return]
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
+    """Wait until ``condition()`` holds, polling; fail after ``within`` seconds.
+
+    The deadline is generous: it is only reached when the condition never comes, so a
+    loaded machine slows the test down instead of failing it.
+    """
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {within} s: {what or condition}")
+        await asyncio.sleep(0.005)

@@ -452,13 +452,16 @@ def states(draw: st.DrawFn) -> MemoryState:
     return MemoryState(policy, machine, entries)
 
 
-@settings(max_examples=300)
+# deadline=None: correctness properties, not timings (speed is benchmarks/' business); a
+# state of a few hundred blocks serialised twice can exceed hypothesis's 200 ms default
+# on a loaded 2-core machine and fail for no fault of the code.
+@settings(max_examples=300, deadline=None)
 @given(states())
 def test_dumps_is_the_text_of_to_checkpoint(state: MemoryState) -> None:
     assert dumps(state) == reference_dumps(state)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(states())
 def test_round_trip_any_state(state: MemoryState) -> None:
     data = json.loads(dumps(state))
@@ -573,9 +576,9 @@ _DELETE = object()
     ("path", "value", "message"),
     [
         ("policyName", _DELETE, r"^state: policyName: is missing$"),
-        ("policyName", 1, r"^state: policyName: must be a string, got an integer$"),
+        ("policyName", 1, r"^state: policyName: must be a string, got the number 1$"),
         ("machineState", _DELETE, r"^state: machineState: is missing$"),
-        ("machineState", [], r"^state: machineState: must be a JSON object, got a list$"),
+        ("machineState", [], r"^state: machineState: must be a JSON object, got an empty list$"),
         ("checksum", _DELETE, r"^state: checksum: is missing$"),
         ("checksum", -1, r"^state: checksum: must be a non-negative integer, got -1$"),
         ("checksum", 1 << 64, r"^state: checksum: must be at most 18446744073709551615"),
@@ -587,7 +590,7 @@ _DELETE = object()
         (
             "machineState/0/numberOfAssignments",
             True,
-            r"numberOfAssignments: must be a non-negative integer, got true$",
+            r"numberOfAssignments: must be a non-negative integer, got the boolean true$",
         ),
         (
             "machineState/1/memoryMap/memory/free",
@@ -602,7 +605,7 @@ _DELETE = object()
         (
             "machineState/1/memoryMap/memory/total",
             1.5,
-            r"memory\.total: must be a non-negative integer, got 1\.5$",
+            r"memory\.total: must be a non-negative integer, got the number 1\.5$",
         ),
         ("machineState/1/memoryMap/memory/total", "10", r"memory\.total: must be a non-negative"),
         ("machineState/1/memoryMap/memory", None, r"memoryMap\.memory: must be a JSON object"),
@@ -612,7 +615,7 @@ _DELETE = object()
         ("machineState/1/cells/0", -1, r"machineState\.1\.cells\[0\]: must be a non-negative"),
         ("machineState/1/cells/0", 2, r"machineState\.1\.cells: must not repeat a NUMA node"),
         ("machineState/1/memoryMap/cpu", {}, r"memoryMap: key \"cpu\" is not 'memory'"),
-        ("entries", [], r"^state: entries: must be a JSON object, got a list$"),
+        ("entries", [], r"^state: entries: must be a JSON object, got an empty list$"),
         ("entries/pod-a", [], r"^state: entries\.pod-a: must be a JSON object"),
         ("entries/pod-a/app", {}, r"^state: entries\.pod-a\.app: must be a list of memory"),
         ("entries/pod-a/app/0", 1, r"^state: entries\.pod-a\.app\[0\]: must be a JSON object"),
@@ -625,7 +628,7 @@ _DELETE = object()
         ("entries/pod-a/app/0/numaAffinity", [], r"numaAffinity: must name at least one NUMA"),
         ("entries/pod-a/app/0/numaAffinity", [0, 0], r"numaAffinity: must not repeat"),
         ("entries/pod-a/app/0/type", "cpu", r"app\[0\]\.type: \"cpu\" is not 'memory'"),
-        ("entries/pod-a/app/0/type", 7, r"app\[0\]\.type: must be a string, got an integer"),
+        ("entries/pod-a/app/0/type", 7, r"app\[0\]\.type: must be a string, got the number 7$"),
     ],
 )
 def test_wrong_types_and_missing_keys_name_the_key_path(
@@ -646,7 +649,7 @@ def test_node_id_keys_must_be_decimal_ids(key: str) -> None:
 
 
 def test_top_level_must_be_an_object() -> None:
-    with pytest.raises(StateError, match=r"^state: must be a JSON object, got a list$"):
+    with pytest.raises(StateError, match=r"^state: must be a JSON object, got an empty list$"):
         from_checkpoint([])
 
 
@@ -674,7 +677,9 @@ def test_load_missing_file_is_none(tmp_path: Path) -> None:
 def test_load_truncated_file(tmp_path: Path) -> None:
     path = tmp_path / "memory_manager_state"
     path.write_text(dumps(running_machine())[:-20])
-    with pytest.raises(StateError, match=r"memory_manager_state: checkpoint is not valid JSON"):
+    with pytest.raises(
+        StateError, match=r"memory_manager_state: not valid JSON: .* \(cut short\?\)$"
+    ):
         load_file(path)
 
 
@@ -704,7 +709,7 @@ def test_load_corrupted_file_names_the_path(tmp_path: Path) -> None:
     [
         ('{"policyName":"Static","policyName":"None"}', r'duplicate key "policyName"'),
         ('{"checksum":NaN}', "NaN is not a JSON number"),
-        ("[" * 100000 + "]" * 100000, "not valid JSON"),
+        ("[" * 100000 + "]" * 100000, "nested deeper than 64 levels"),
     ],
 )
 def test_load_refuses_json_that_kubelet_would_not_write(

@@ -116,14 +116,96 @@ def test_unknown_top_level_key_is_named() -> None:
         'config: unknown key "reservedMemroy" (known: policy, '
     )
     assert error_of({"reservedMemroy": []}).endswith('did you mean "reservedMemory"?')
-    assert error_of(["policy"]) == "config: expected a mapping, got a list"
+    assert error_of(["policy"]) == "config: expected a mapping, got a list of 1 item"
 
 
 def test_memory_drift_tolerance() -> None:
     assert parse_config({"memoryDriftTolerance": "128Mi"}).memory_drift_tolerance == 128 * MI
     assert parse_config({"memoryDriftTolerance": 0}).memory_drift_tolerance == 0
     assert error_of({"memoryDriftTolerance": "lots"}) == (
-        'config.memoryDriftTolerance: "lots" is not a valid quantity'
+        'config.memoryDriftTolerance: "lots" is not auto, off or a quantity such as "128Mi"'
+    )
+
+
+def drift(value: object) -> tuple[int, str | None]:
+    config = parse_config({"memoryManagerPolicyOptions": {"memory-drift-tolerance": value}})
+    return config.memory_drift_tolerance, config.memory_drift_tolerance_option
+
+
+def test_memory_drift_tolerance_as_kubelet_spells_it() -> None:
+    # KEP-6232: memoryManagerPolicyOptions: {memory-drift-tolerance: auto | off | <quantity>}
+    assert drift("128Mi") == (128 * MI, "128Mi")
+    assert drift("off") == (0, "off")
+    assert drift(False) == (0, "off")  # a bare `off` in YAML 1.1
+    assert drift("auto") == (0, "auto")  # resolved at start, exact until then
+    assert drift(0) == (0, "0")
+    # not configured: the plugin's own default
+    assert (
+        parse_config({}).memory_drift_tolerance,
+        parse_config({}).memory_drift_tolerance_option,
+    ) == (
+        64 * MI,
+        None,
+    )
+    # the older key is the same setting
+    alias = parse_config({"memoryDriftTolerance": "auto"})
+    assert (alias.memory_drift_tolerance, alias.memory_drift_tolerance_option) == (0, "auto")
+
+
+def test_memory_drift_tolerance_bad_values() -> None:
+    where = "config.memoryManagerPolicyOptions.memory-drift-tolerance"
+    assert error_of({"memoryManagerPolicyOptions": {"memory-drift-tolerance": True}}) == (
+        f'{where}: expected auto, off or a quantity such as "128Mi", got the boolean true'
+    )
+    assert error_of({"memoryManagerPolicyOptions": {"memory-drift-tolerance": "on"}}) == (
+        f'{where}: "on" is not auto, off or a quantity such as "128Mi"'
+    )
+    assert error_of({"memoryManagerPolicyOptions": {"memory-drift-tolerance": "-1Mi"}}) == (
+        f'{where}: "-1Mi" must not be negative'
+    )
+    assert error_of({"memoryManagerPolicyOptions": "auto"}) == (
+        "config.memoryManagerPolicyOptions: expected a mapping option -> value, got the string"
+        ' "auto"'
+    )
+
+
+def test_memory_drift_tolerance_and_its_older_name_together_are_one_error() -> None:
+    assert error_of(
+        {
+            "memoryDriftTolerance": "64Mi",
+            "memoryManagerPolicyOptions": {"memory-drift-tolerance": "64Mi"},
+        }
+    ) == (
+        "config: memoryDriftTolerance and memoryManagerPolicyOptions.memory-drift-tolerance are"
+        " both set; memoryDriftTolerance is the older name of the same setting: keep one"
+    )
+
+
+def test_unknown_options_of_our_config_are_errors_with_a_suggestion() -> None:
+    assert error_of({"memoryManagerPolicyOptions": {"memory-drift-tolerence": "auto"}}) == (
+        "config.memoryManagerPolicyOptions: unknown Memory Manager Policy option:"
+        ' "memory-drift-tolerence" (known: memory-drift-tolerance); did you mean'
+        ' "memory-drift-tolerance"?'
+    )
+    assert error_of({"topologyManagerPolicyOptions": {"prefer-closest-numa-node": "true"}}) == (
+        "config.topologyManagerPolicyOptions: unknown Topology Manager Policy option:"
+        ' "prefer-closest-numa-node" (known: prefer-closest-numa-nodes,'
+        ' max-allowable-numa-nodes); did you mean "prefer-closest-numa-nodes"?'
+    )
+    # options of newer kubelets are not ours either (open KEPs 6007 and 5726)
+    for option in ("numa-allocation-strategy", "restrict-to-cpu-numa-nodes"):
+        assert "unknown Topology Manager Policy option" in error_of(
+            {"topologyManagerPolicyOptions": {option: "true"}}
+        )
+
+
+def test_memory_drift_beyond_tolerance() -> None:
+    assert parse_config({}).memory_drift_beyond_tolerance == "refuse"
+    config = parse_config({"memoryDriftBeyondTolerance": "accept-if-fits"})
+    assert config.memory_drift_beyond_tolerance == "accept-if-fits"
+    assert error_of({"memoryDriftBeyondTolerance": "accept"}) == (
+        'config.memoryDriftBeyondTolerance: unknown choice: "accept" (expected refuse,'
+        " accept-if-fits)"
     )
 
 

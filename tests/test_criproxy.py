@@ -41,11 +41,13 @@ from nri_plugin.frontends.cri.proxy import (
 )
 from nri_plugin.frontends.nri_convert import pod_qos
 from nri_plugin.inputs.config import parse_config
-from nri_plugin.inputs.topology import topology_from_mapping
+from nri_plugin.inputs.topology import host_node_ids, topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.persist.file import load_file
 from nri_plugin.persist.format import to_checkpoint
+from nri_plugin.tracker.nodemap import ANNOTATION, NodeMap, default_map
 from nri_plugin.tracker.tracker import NodeTracker
+from tests.helpers import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 GI = 1 << 30
@@ -771,10 +773,8 @@ def test_a_create_the_caller_abandons_is_undone() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await env.call("CreateContainer", request, timeout=0.5)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            for _ in range(100):  # the proxy learns of the cancellation
-                if not env.entries():
-                    break
-                await asyncio.sleep(0.01)
+            # the proxy learns of the cancellation
+            await eventually(lambda: not env.entries(), what="the cancelled container released")
             assert env.entries() == {} and env.reserved(0) == 0
             assert env.plugin.pods["u1"].containers == {}
             release.set()
@@ -903,8 +903,13 @@ def test_intercepted_calls_wait_for_synchronization() -> None:
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert env.runtime.received("RunPodSandbox") == []
             pending = asyncio.create_task(env.run_pod("u2"))
-            await asyncio.sleep(0.05)
+            # the call is in the proxy, parked until synchronization (not merely not sent yet)
+            await eventually(
+                lambda: len(env.proxy.synchronized._waiters or ()) > 0,
+                what="RunPodSandbox waiting for synchronization",
+            )
             assert not pending.done()
+            assert env.runtime.received("RunPodSandbox") == []
             await env.proxy.synchronize_until_done()
             assert (await pending).startswith("sb")
 
@@ -917,9 +922,8 @@ def test_synchronization_retries_until_the_runtime_answers() -> None:
         runtime.fail[RUNTIME + "Version"] = (grpc.StatusCode.UNAVAILABLE, "starting")
         async with proxied(runtime=runtime, synchronize=False) as env:
             task = asyncio.create_task(env.proxy.synchronize_until_done())
-            await asyncio.sleep(0.5)
+            await eventually(lambda: len(runtime.received("Version")) >= 2, what="a retry")
             assert not env.proxy.synchronized.is_set()
-            assert len(runtime.received("Version")) >= 2  # retried
             del runtime.fail[RUNTIME + "Version"]
             await asyncio.wait_for(task, 10)
             assert env.proxy.synchronized.is_set() and env.plugin.synchronized
@@ -1002,7 +1006,13 @@ def test_cli_serves_persists_and_stops_cleanly(tmp_path: Path) -> None:
             kubelet = Kubelet(client, runtime)
             sid = await kubelet.run_pod("u1")
             cid = await kubelet.create(sid, container_config("app", memory=GI, cpus="4"))
-            assert runtime.containers[cid].mems == "1"
+            # fake node 1, written as the host node it maps to when this host lacks node 1
+            host = NodeMap(default_map(range(4), host_node_ids("/sys")))
+            assert runtime.containers[cid].mems == host.mems_text(1 << 1)
+            received = cri.CreateContainerRequest.FromString(
+                runtime.received("CreateContainer")[-1]
+            )
+            assert received.config.annotations.get(ANNOTATION, "1") == "1"
             metrics = await asyncio.to_thread(_get, port, "/metrics")
             assert "memory_manager_pinning_requests_total 1.0" in metrics
             await client.close()

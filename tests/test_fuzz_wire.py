@@ -1,6 +1,6 @@
-"""The CI slice of the wire fuzzing: hack/fuzz.py's targets and oracles, a few thousand inputs.
+"""The CI slice of the wire fuzzing: tests/fuzz's targets and oracles, a few thousand inputs.
 
-The dedicated run (>= 10^6 inputs, docs/fuzzing.md) uses the same targets;
+The dedicated run (hack/targets.sh: >= 10^6 inputs, docs/fuzzing.md) uses the same targets;
 here hypothesis generates random bytes, mutates the seed corpus and builds
 CreateContainer requests with odd values, and a few tests pin down limits
 and past findings.
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import random
 import struct
-import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,22 +28,13 @@ from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.connection import Connection
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.mux import FrameDecoder, ProtocolError
+from tests.fuzz import __main__ as fuzz_command
+from tests.fuzz import corpus, engines, targets
 
-ROOT = Path(__file__).resolve().parent.parent
 GI = 1 << 30
 
 
-def _load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nmm_hack_fuzz", ROOT / "hack" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
-CORPUS: dict[str, list[bytes]] = fuzz.synthetic_corpus()
+CORPUS: dict[str, list[bytes]] = corpus.synthetic_corpus()
 
 
 def examples(n: int) -> settings:
@@ -60,21 +48,21 @@ def examples(n: int) -> settings:
 @pytest.mark.parametrize("target", sorted(CORPUS))
 def test_every_seed_passes_its_target(target: str) -> None:
     for seed in CORPUS[target]:
-        fuzz.TARGETS[target](seed)
+        targets.TARGETS[target](seed)
 
 
 def test_the_seed_session_pins_containers_through_the_stub() -> None:
     # Seeds that never reach an admission would fuzz nothing of interest.
-    log = fuzz.RecordingLogger()
-    plugin = fuzz.make_plugin(fuzz.CONFIGS[0], log)
-    _, services = fuzz.stub_services(plugin, log)
+    log = targets.RecordingLogger()
+    plugin = targets.make_plugin(targets.CONFIGS[0], log)
+    _, services = targets.stub_services(plugin, log)
     pinned = []
-    for name, message in fuzz.runtime_session():
-        method = services[fuzz.PLUGIN_SERVICE].get(name)
+    for name, message in corpus.runtime_session():
+        method = services[targets.PLUGIN_SERVICE].get(name)
         if method is None:
             continue  # an event the plugin does not subscribe to
         try:
-            response = fuzz.call_handler(
+            response = targets.call_handler(
                 method, method.request_type.FromString(message.SerializeToString())
             )
         except AdmissionRefused:
@@ -83,22 +71,22 @@ def test_the_seed_session_pins_containers_through_the_stub() -> None:
             pinned.append(response.adjust.linux.resources.cpu.mems)
     assert [m for m in pinned if m] == ["0", "1"]
     assert plugin.manager.state.entries  # allocations are held at the end
-    fuzz.check_state(plugin.manager)
+    targets.check_state(plugin.manager)
 
 
 def test_oracles_catch_a_corrupted_state() -> None:
-    plugin = fuzz.make_plugin(fuzz.CONFIGS[0], fuzz.RecordingLogger())
+    plugin = targets.make_plugin(targets.CONFIGS[0], targets.RecordingLogger())
     node = plugin.manager.state.machine[0].memory_map["memory"]
     node.free -= 1  # one byte leaked
-    with pytest.raises(fuzz.FuzzFailure, match="no longer matches its entries"):
-        fuzz.check_state(plugin.manager)
+    with pytest.raises(targets.FuzzFailure, match="no longer matches its entries"):
+        targets.check_state(plugin.manager)
 
 
 def test_oracles_catch_frames_the_go_reader_refuses() -> None:
     big = ttrpc.encode_response(1, b"\x00" * 5000)
-    with pytest.raises(fuzz.FuzzFailure, match="message-starting frame of 5013 bytes"):
-        fuzz.check_written(mux.FRAME_HEADER.pack(1, len(big)) + big)
-    fuzz.check_written(mux.encode_message(1, big))
+    with pytest.raises(targets.FuzzFailure, match="message-starting frame of 5013 bytes"):
+        targets.check_written(mux.FRAME_HEADER.pack(1, len(big)) + big)
+    targets.check_written(mux.encode_message(1, big))
 
 
 # -- hypothesis: random bytes and mutated seeds ------------------------------------------
@@ -107,31 +95,31 @@ def test_oracles_catch_frames_the_go_reader_refuses() -> None:
 @examples(2000)
 @given(st.binary(max_size=4096))
 def test_random_bytes_on_the_wire(data: bytes) -> None:
-    fuzz.fuzz_wire(data)
+    targets.fuzz_wire(data)
 
 
 @examples(1500)
 @given(st.sampled_from(CORPUS["wire"]), st.integers(0, 2**32))
 def test_mutated_streams_on_the_wire(seed: bytes, n: int) -> None:
-    fuzz.fuzz_wire(fuzz.mutate(seed, random.Random(n), CORPUS["wire"]))
+    targets.fuzz_wire(engines.mutate(seed, random.Random(n), CORPUS["wire"]))
 
 
 @examples(400)
 @given(st.sampled_from(CORPUS["plugin"]), st.integers(0, 2**32))
 def test_mutated_calls_into_the_plugin(seed: bytes, n: int) -> None:
-    fuzz.fuzz_plugin(fuzz.mutate(seed, random.Random(n), CORPUS["plugin"]))
+    targets.fuzz_plugin(engines.mutate(seed, random.Random(n), CORPUS["plugin"]))
 
 
 @examples(300)
 @given(st.binary(max_size=2048))
 def test_random_calls_into_the_plugin(data: bytes) -> None:
-    fuzz.fuzz_plugin(data)
+    targets.fuzz_plugin(data)
 
 
 @examples(150)
 @given(st.sampled_from(CORPUS["conn"]), st.integers(0, 2**32))
 def test_mutated_streams_into_a_real_connection(seed: bytes, n: int) -> None:
-    fuzz.fuzz_conn(fuzz.mutate(seed, random.Random(n), CORPUS["conn"]))
+    targets.fuzz_conn(engines.mutate(seed, random.Random(n), CORPUS["conn"]))
 
 
 # -- CreateContainer with odd values ----------------------------------------------------
@@ -194,11 +182,11 @@ def create_requests(draw: st.DrawFn) -> tuple[api.PodSandbox, api.Container]:
 
 
 @examples(300)
-@given(st.sampled_from(range(len(fuzz.CONFIGS))), st.lists(create_requests(), max_size=4))
+@given(st.sampled_from(range(len(targets.CONFIGS))), st.lists(create_requests(), max_size=4))
 def test_odd_create_requests_pin_refuse_or_leave_alone_and_leak_nothing(
     config_index: int, requests: list[tuple[api.PodSandbox, api.Container]]
 ) -> None:
-    plugin = fuzz.make_plugin(fuzz.CONFIGS[config_index], fuzz.RecordingLogger())
+    plugin = targets.make_plugin(targets.CONFIGS[config_index], targets.RecordingLogger())
     for pod, container in requests:
         try:
             adjust = plugin.create_container(pod, container)
@@ -208,17 +196,17 @@ def test_odd_create_requests_pin_refuse_or_leave_alone_and_leak_nothing(
         else:
             event("pinned" if adjust is not None else "left alone")
             if adjust is not None:
-                fuzz.check_response(
+                targets.check_response(
                     "CreateContainer",
                     api.CreateContainerRequest(pod=pod, container=container),
                     api.CreateContainerResponse(adjust=adjust),
                 )
-        fuzz.check_state(plugin.manager)
+        targets.check_state(plugin.manager)
     # Every pod going away gives every byte back.
     for pod, container in requests:
         plugin.remove_container(pod, container)
         plugin.remove_pod_sandbox(pod)
-    fuzz.check_state(plugin.manager)
+    targets.check_state(plugin.manager)
     assert plugin.manager.state.entries == {}
     for node in plugin.manager.state.machine.values():
         for table in node.memory_map.values():
@@ -275,13 +263,13 @@ def test_lengths_at_the_limit_are_awaited_without_reserving_memory() -> None:
 
 
 def test_a_real_connection_closes_on_a_4gib_header_without_allocating() -> None:
-    plugin = fuzz.make_plugin(fuzz.CONFIGS[0], fuzz.RecordingLogger())
-    _, services = fuzz.stub_services(plugin, fuzz.RecordingLogger())
+    plugin = targets.make_plugin(targets.CONFIGS[0], targets.RecordingLogger())
+    _, services = targets.stub_services(plugin, targets.RecordingLogger())
 
     async def run() -> Connection:
         reader = asyncio.StreamReader()
-        writer = fuzz.MemoryWriter()
-        conn = Connection(reader, writer, services, logger=fuzz.RecordingLogger())
+        writer = targets.MemoryWriter()
+        conn = Connection(reader, writer, services, logger=targets.RecordingLogger())
         reader.feed_data(struct.pack(">II", 1, FOUR_GIB) + b"\x00" * 100)
         await asyncio.wait_for(conn.run(), 5)  # no EOF needed: the header ends it
         return conn
@@ -296,15 +284,15 @@ def test_a_real_connection_closes_on_a_4gib_header_without_allocating() -> None:
 def test_memory_stays_flat_over_many_inputs(target: str, runs: int) -> None:
     rng = random.Random(5)
     seeds = CORPUS[target]
-    inputs = [fuzz.mutate(rng.choice(seeds), rng, seeds) for _ in range(runs + 20)]
+    inputs = [engines.mutate(rng.choice(seeds), rng, seeds) for _ in range(runs + 20)]
     tracemalloc.start()
     try:
         for data in inputs[:20]:  # warm-up: caches, interned strings, the event loop
-            fuzz.TARGETS[target](data)
+            targets.TARGETS[target](data)
         gc.collect()  # a stored protocol error and its traceback form a cycle
         before = tracemalloc.get_traced_memory()[0]
         for data in inputs[20:]:
-            fuzz.TARGETS[target](data)
+            targets.TARGETS[target](data)
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -327,17 +315,17 @@ def test_a_broken_ttrpc_reader_keeps_nothing_more() -> None:
 
 def _serve(stream: bytes) -> tuple[Connection, list[ttrpc.ResponseReceived], Any]:
     """Run a real Connection (the stub's services, a MemoryPlugin) over ``stream`` to EOF."""
-    log = fuzz.RecordingLogger()
-    plugin = fuzz.make_plugin(fuzz.CONFIGS[0], log)
-    _, services = fuzz.stub_services(plugin, log)
+    log = targets.RecordingLogger()
+    plugin = targets.make_plugin(targets.CONFIGS[0], log)
+    _, services = targets.stub_services(plugin, log)
 
     async def run() -> tuple[Connection, bytes]:
         reader = asyncio.StreamReader()
-        writer = fuzz.MemoryWriter()
+        writer = targets.MemoryWriter()
         conn = Connection(reader, writer, services, logger=log)
         reader.feed_data(stream)
         running = asyncio.ensure_future(conn.run())
-        await fuzz.settle()
+        await targets.settle()
         reader.feed_eof()
         await asyncio.wait_for(running, 5)
         return conn, bytes(writer.data)
@@ -353,7 +341,7 @@ def test_request_on_stream_zero_is_dropped_and_the_connection_goes_on() -> None:
     # Found by the conn target: the error answer for stream 0 could not be
     # encoded, and the exception closed the connection as an internal error.
     zero = ttrpc.HEADER.pack(0, 0, ttrpc.MessageType.REQUEST, 0)
-    valid = ttrpc.encode_request(1, fuzz.PLUGIN_SERVICE, "Shutdown")
+    valid = ttrpc.encode_request(1, targets.PLUGIN_SERVICE, "Shutdown")
     conn, answers, log = _serve(mux.encode_message(1, zero) + mux.encode_message(1, valid))
     assert log.crashes == []
     assert conn.close_reason == "EOF from runtime"
@@ -362,7 +350,7 @@ def test_request_on_stream_zero_is_dropped_and_the_connection_goes_on() -> None:
 
 def _plugin() -> MemoryPlugin:
     config = parse_config({"reservedMemory": ["0:memory=512Mi"]})
-    return MemoryPlugin(MemoryManager(fuzz.TOPOLOGY, config), logger=fuzz.RecordingLogger())
+    return MemoryPlugin(MemoryManager(targets.TOPOLOGY, config), logger=targets.RecordingLogger())
 
 
 def test_container_without_pod_uid_or_name_leaves_a_readable_checkpoint() -> None:
@@ -374,7 +362,7 @@ def test_container_without_pod_uid_or_name_leaves_a_readable_checkpoint() -> Non
     c = api.Container(id="c", pod_sandbox_id="sb", name="")
     c.linux.resources.memory.limit.value = GI
     plugin.create_container(pod, c)
-    fuzz.check_state(plugin.manager)
+    targets.check_state(plugin.manager)
 
 
 def test_synchronize_with_a_pod_without_uid_whose_container_names_one() -> None:
@@ -388,7 +376,7 @@ def test_synchronize_with_a_pod_without_uid_whose_container_names_one() -> None:
     c.linux.resources.memory.limit.value = GI
     updates = plugin.synchronize([pod], [c])
     assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c", "0")]
-    fuzz.check_state(plugin.manager)
+    targets.check_state(plugin.manager)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +411,7 @@ def test_one_page_size_limited_twice_leaves_the_container_alone() -> None:
 
 @pytest.mark.parametrize("target", sorted(CORPUS))
 def test_mutation_engine_runs_clean(target: str, tmp_path: Path) -> None:
-    code = fuzz.main(
+    code = fuzz_command.main(
         ["run", "--engine", "mutate", "--target", target, "--runs", "60", "--work", str(tmp_path)]
     )
     assert code == 0
@@ -431,10 +419,10 @@ def test_mutation_engine_runs_clean(target: str, tmp_path: Path) -> None:
 
 
 def test_corpus_and_repro_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert fuzz.main(["corpus", "--out", str(tmp_path)]) == 0
+    assert fuzz_command.main(["corpus", "--out", str(tmp_path)]) == 0
     seeds = sorted((tmp_path / "wire").iterdir())
     assert len(seeds) == len(CORPUS["wire"])
     tiny = tmp_path / "tiny"
     tiny.write_bytes(b"\x00")
-    assert fuzz.main(["repro", "--target", "wire", str(seeds[0]), str(tiny)]) == 0
+    assert fuzz_command.main(["repro", "--target", "wire", str(seeds[0]), str(tiny)]) == 0
     assert capsys.readouterr().out.count(": ok") == 2

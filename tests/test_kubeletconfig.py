@@ -427,3 +427,230 @@ def test_run_names_both_files_in_a_conflict(tmp_path: Path, run_log: io.StringIO
     with pytest.raises(ConfigError) as err:
         load_machine(run_args(tmp_path, source, kubelet))
     assert source in str(err.value) and kubelet in str(err.value)
+
+
+# -- kubelet files of 1.30, 1.34 and 1.37 ------------------------------------------------------
+#
+# tests/data/kubelet/kubelet-config-*.yaml are written from KubeletConfiguration in
+# kubernetes/kubelet config/v1beta1/types.go at tags kubernetes-1.30.0, kubernetes-1.34.0 and
+# kubernetes-1.37.0-beta.0 (each file cites its tag); the 1.37 ones add options of KEPs in
+# review (KEP-6007 numa-allocation-strategy, KEP-5726 restrict-to-cpu-numa-nodes, KEP-6232
+# memoryManagerPolicyOptions).
+
+KUBELET_DATA = Path(__file__).parent / "data" / "kubelet"
+IGNORED_EVENT = "kubelet's config sets options the plugin does not know; ignored"
+
+
+def machine_args(tmp_path: Path, kubelet: str, config: str | None = None) -> argparse.Namespace:
+    """`run`'s arguments on a two-node machine with distances (prefer-closest needs them)."""
+    (tmp_path / "topology.yaml").write_text(
+        "nodes:\n  - {id: 0, cpus: '0-3', memory: 8Gi}\n  - {id: 1, cpus: '4-7', memory: 8Gi}\n"
+        "distances: [[10, 21], [21, 10]]\n"
+    )
+    return argparse.Namespace(
+        topology_file=str(tmp_path / "topology.yaml"),
+        sysfs_root=None,
+        config=config,
+        kubelet_config=kubelet,
+        state_dir=str(tmp_path / "state"),
+        metrics_address=None,
+    )
+
+
+def events(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("version", "policy", "scope", "prefer_closest", "max_nodes", "reserved"),
+    [
+        ("1.30", "restricted", "container", True, 8, {(0, "memory"): 1536 * MI}),
+        ("1.34", "single-numa-node", "pod", True, 16, {(0, "memory"): GI, (1, "memory"): 512 * MI}),
+        ("1.37", "restricted", "container", True, 8, {(0, "memory"): 1536 * MI}),
+    ],
+)
+def test_kubelet_config_of_each_version_is_taken(
+    tmp_path: Path,
+    run_log: io.StringIO,
+    version: str,
+    policy: str,
+    scope: str,
+    prefer_closest: bool,
+    max_nodes: int,
+    reserved: dict[tuple[int, str], int],
+) -> None:
+    path = str(KUBELET_DATA / f"kubelet-config-{version}.yaml")
+    _, config = load_machine(machine_args(tmp_path, path))
+    assert (config.topology_manager_policy, config.topology_manager_scope) == (policy, scope)
+    assert (config.prefer_closest_numa_nodes, config.max_allowable_numa_nodes) == (
+        prefer_closest,
+        max_nodes,
+    )
+    assert {(r.numa_node, r.type): r.size for r in config.reserved_memory} == reserved
+    assert config.system_reserved == {"cpu": 1000, "memory": 412 * MI}
+    ignored = [e for e in events(run_log) if e["event"] == IGNORED_EVENT]
+    if version == "1.37":
+        # the plugin starts, and says once what it ignores and where it read it
+        [warning] = ignored
+        assert warning["level"] == "warning" and warning["kubelet_config"] == path
+        assert warning["ignored"] == [
+            'topologyManagerPolicyOptions.numa-allocation-strategy: "most-allocated"',
+            'topologyManagerPolicyOptions.restrict-to-cpu-numa-nodes: "true"',
+        ]
+    else:
+        assert ignored == []
+
+
+class _Connecting:
+    """Stands in for the NRI front end at the moment it would connect: returns at once."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    async def start(self, tracker: Any) -> None:
+        self.started = True
+
+    async def run(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def health(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, object]:
+        return {"mode": "test"}
+
+
+def test_the_plugin_starts_on_a_1_37_config_with_options_it_does_not_know(
+    tmp_path: Path, run_log: io.StringIO
+) -> None:
+    import asyncio
+
+    from nri_plugin.daemon import serve
+
+    path = str(KUBELET_DATA / "kubelet-config-1.37.yaml")
+    front = _Connecting()
+    assert asyncio.run(serve(machine_args(tmp_path, path), front)) == 0
+    assert front.started
+    logged = events(run_log)
+    assert [e["event"] for e in logged].count(IGNORED_EVENT) == 1
+    assert any(e["event"] == "starting" for e in logged)
+    assert not [e for e in logged if e["level"] == "error"]
+
+
+def test_options_and_policies_of_a_newer_kubelet_are_warned_about_never_refused(
+    tmp_path: Path, log: RecordingLogger
+) -> None:
+    kubelet = kubelet_file(
+        tmp_path,
+        "memoryManagerPolicy: Dynamic\ncpuManagerPolicy: numa-aware\n"
+        "memoryManagerPolicyOptions: {memory-drift-tolerance: 32Mi, future-option: x}\n"
+        "topologyManagerPolicyOptions: {max-allowable-numa-nodes: '8', numa-allocation-strategy:"
+        " least-allocated}\n",
+    )
+    settings = read_kubelet_config(kubelet)
+    assert settings.ignored == (
+        'topologyManagerPolicyOptions.numa-allocation-strategy: "least-allocated"',
+        'memoryManagerPolicyOptions.future-option: "x"',
+        'memoryManagerPolicy: "Dynamic"',
+        'cpuManagerPolicy: "numa-aware"',
+    )
+    aligned = align(Config(), kubelet, log)
+    assert aligned.memory_drift_tolerance == 32 * MI  # the known option is still taken
+    [(_, fields)] = [r for r in log.at("warning") if r[0] == IGNORED_EVENT]
+    assert fields["kubelet_config"] == kubelet and len(fields["ignored"]) == 4
+
+
+def test_known_kubelet_settings_are_not_warned_about(tmp_path: Path, log: RecordingLogger) -> None:
+    kubelet = kubelet_file(
+        tmp_path,
+        "memoryManagerPolicy: none\ncpuManagerPolicy: Static\n"
+        "topologyManagerPolicyOptions: {prefer-closest-numa-nodes: 'false'}\n",
+    )
+    assert read_kubelet_config(kubelet).ignored == ()
+    align(Config(), kubelet, log)
+    assert [r for r in log.at("warning") if r[0] == IGNORED_EVENT] == []
+
+
+def test_a_known_option_with_a_bad_value_in_kubelets_file_is_still_an_error(
+    tmp_path: Path, log: RecordingLogger
+) -> None:
+    kubelet = kubelet_file(
+        tmp_path, "memoryManagerPolicyOptions: {memory-drift-tolerance: sometimes}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        align(Config(), kubelet, log)
+    assert str(err.value) == (
+        f"{kubelet}: KubeletConfiguration.memoryManagerPolicyOptions.memory-drift-tolerance:"
+        ' "sometimes" is not auto, off or a quantity such as "128Mi"'
+    )
+
+
+# -- memory-drift-tolerance from kubelet's file -----------------------------------------------
+
+
+def test_kubelets_drift_tolerance_is_taken_when_ours_has_none(
+    tmp_path: Path, log: RecordingLogger
+) -> None:
+    path = str(KUBELET_DATA / "kubelet-config-1.37-memory-manager.yaml")
+    config, source = our_file(tmp_path, "topologyManagerPolicy: single-numa-node\n")
+    aligned = align(config, path, log, source)
+    assert (aligned.memory_drift_tolerance, aligned.memory_drift_tolerance_option) == (
+        128 * MI,
+        "128Mi",
+    )
+    (_, fields), *_ = [r for r in log.at("info") if r[0] == "aligned with kubelet"]
+    assert "memoryManagerPolicyOptions.memory-drift-tolerance" in fields["taken_from_kubelet"]
+    assert fields["memory_drift_tolerance"] == "128Mi"
+    assert [r for r in log.at("warning") if r[0] == IGNORED_EVENT] == []
+
+
+def test_kubelets_default_never_replaces_our_drift_tolerance(
+    tmp_path: Path, log: RecordingLogger
+) -> None:
+    # kubelet leaving the option out means its own exact comparison: not a choice for us
+    aligned = align(Config(), kubelet_file(tmp_path, ""), log)
+    assert (aligned.memory_drift_tolerance, aligned.memory_drift_tolerance_option) == (
+        64 * MI,
+        None,
+    )
+    config, source = our_file(tmp_path, "memoryDriftTolerance: 16Mi\n")
+    assert align(config, kubelet_file(tmp_path, ""), log, source).memory_drift_tolerance == 16 * MI
+
+
+@pytest.mark.parametrize(
+    ("ours", "kubelets"),
+    [
+        ("memoryManagerPolicyOptions: {memory-drift-tolerance: 128Mi}", "134217728"),
+        ("memoryManagerPolicyOptions: {memory-drift-tolerance: 'off'}", "0"),
+        ("memoryDriftTolerance: auto", "auto"),
+    ],
+)
+def test_equal_drift_tolerances_written_differently_agree(
+    tmp_path: Path, log: RecordingLogger, ours: str, kubelets: str
+) -> None:
+    config, source = our_file(tmp_path, ours + "\n")
+    kubelet = kubelet_file(
+        tmp_path, f"memoryManagerPolicyOptions: {{memory-drift-tolerance: '{kubelets}'}}\n"
+    )
+    aligned = align(config, kubelet, log, source)
+    assert aligned.memory_drift_tolerance_option == config.memory_drift_tolerance_option
+
+
+def test_differing_drift_tolerances_are_an_error_naming_both_files(
+    tmp_path: Path, log: RecordingLogger
+) -> None:
+    config, source = our_file(tmp_path, "memoryDriftTolerance: 64Mi\n")
+    kubelet = kubelet_file(tmp_path, "memoryManagerPolicyOptions: {memory-drift-tolerance: auto}\n")
+    with pytest.raises(ConfigError) as err:
+        align(config, kubelet, log, source)
+    assert str(err.value) == (
+        f'memoryManagerPolicyOptions.memory-drift-tolerance: "64Mi" in {source} but "auto" in'
+        f" {kubelet}; make them equal or remove memoryManagerPolicyOptions.memory-drift-tolerance"
+        f" (or memoryDriftTolerance) from {source} to take kubelet's"
+    )

@@ -1,10 +1,30 @@
-"""``topologymanager.merge`` against a brute-force model of kubelet's hint merging.
+"""``topologymanager.merge`` against an independent brute-force model of kubelet's merge.
 
-The model below is written from reference/static-policy.md section 6 alone:
-it walks the full cross product of the normalised lists (as kubelet's
-iterateAllProviderTopologyHints does) and runs HintMerger.compare on every
-merged permutation in that order. The engine folds the lists instead of
-walking the product; both must pick the same hint and the same admission.
+The model is written from kubelet's description of the topology manager
+(``pkg/kubelet/cm/topologymanager/policy.go``: ``mergeFilteredHints``,
+``HintMerger.compare``; KEP-693, "Computing Preferred Affinity") and shares
+no code with the engine:
+
+* it walks the full cross product of the normalised lists with
+  ``itertools.product`` (the engine folds the lists and keeps distinct partial
+  merges);
+* it works on sets of NUMA node ids (the engine on bitmasks);
+* it states the choice of the best merged hint as a ranking -- every candidate
+  gets a sort key and the first one wins -- where kubelet and the engine keep a
+  running best and compare each candidate with it. The two agree because that
+  comparison is a total order on distinct merged hints; the ranking is read off
+  its rules:
+
+  1. a preferred hint beats any non-preferred one;
+  2. preferred hints: the fitter mask wins (below);
+  3. non-preferred hints, with T the widest of the lists' narrowest masks: a
+     mask of exactly T nodes beats one narrower than T, which beats one wider
+     than T; among masks of width T, and among those wider than T, the fitter
+     wins; among those narrower than T the wider wins, then the fitter;
+  4. "fitter": fewer nodes, then the smaller bitmask value; with
+     prefer-closest-numa-nodes, fewer nodes, then the smaller average distance
+     over all ordered pairs of the mask's nodes (i = j included), then the
+     smaller bitmask value.
 """
 
 from __future__ import annotations
@@ -12,6 +32,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +50,7 @@ from nri_plugin.engine.topologymanager import (
 from tests.strategies import distance_matrices, ints, node_id_sets, topology_hints
 
 Distances = Mapping[tuple[int, int], int]
+Nodes = frozenset[int]  # a mask as the set of its NUMA node ids; None: "no mask"
 
 # Keep the reference's cross product small enough to walk in microseconds.
 PERMUTATION_BUDGET = 512
@@ -36,114 +58,81 @@ PERMUTATION_BUDGET = 512
 # -- the reference model ---------------------------------------------------------------
 
 
-def ref_normalize(providers: Sequence[ProviderHints]) -> list[list[TopologyHint]]:
-    """Section 6.1, resources in the order the provider lists them."""
-    lists: list[list[TopologyHint]] = []
-    for hints in providers:
-        if hints is None or len(hints) == 0:
-            lists.append([TopologyHint(None, True)])
+def nodes(mask: int | None) -> Nodes | None:
+    return None if mask is None else frozenset(i for i in range(mask.bit_length()) if mask >> i & 1)
+
+
+def bitmask_value(ids: Nodes) -> int:
+    return sum(1 << i for i in ids)
+
+
+def ref_normalize(providers: Sequence[ProviderHints]) -> list[list[tuple[Nodes | None, bool]]]:
+    """One list per (provider, resource): no answer or a nil list is "don't care"
+    (no mask, preferred), an empty list "cannot be satisfied" (no mask, not preferred)."""
+    dont_care, impossible = [(None, True)], [(None, False)]
+    lists: list[list[tuple[Nodes | None, bool]]] = []
+    for answer in providers:
+        if not answer:
+            lists.append(dont_care)
             continue
-        for lst in hints.values():
-            if lst is None:
-                lists.append([TopologyHint(None, True)])
-            elif len(lst) == 0:
-                lists.append([TopologyHint(None, False)])
+        for hints in answer.values():
+            if hints is None:
+                lists.append(dont_care)
+            elif not hints:
+                lists.append(impossible)
             else:
-                lists.append(list(lst))
+                lists.append([(nodes(h.mask), h.preferred) for h in hints])
     return lists
 
 
-def ref_merge_permutation(default: int, permutation: Sequence[TopologyHint]) -> TopologyHint:
-    """Section 6.2."""
-    masks = [h.mask for h in permutation if h.mask is not None]
-    merged = default
-    for m in masks:
-        merged &= m
-    preferred = all(h.preferred for h in permutation) and all(m == masks[0] for m in masks)
-    return TopologyHint(merged, preferred)
+def ref_merged(
+    machine: Nodes, combination: Sequence[tuple[Nodes | None, bool]]
+) -> tuple[Nodes, bool]:
+    """One hint from each list: the nodes all of them allow; preferred when every
+    hint is preferred and every mask given is the same."""
+    masks = [m for m, _ in combination if m is not None]
+    allowed = machine.intersection(*masks)
+    preferred = all(p for _, p in combination) and len(set(masks)) <= 1
+    return allowed, preferred
 
 
-def _count(mask: int) -> int:
-    return bin(mask).count("1")
+def average_distance(ids: Nodes, distances: Distances) -> Fraction:
+    pairs = [(i, j) for i in ids for j in ids]
+    return Fraction(sum(distances[p] for p in pairs), len(pairs))
 
 
-def _bits(mask: int) -> list[int]:
-    return [i for i in range(mask.bit_length()) if mask >> i & 1]
+def fitness(ids: Nodes, distances: Distances | None) -> tuple[object, ...]:
+    """Smaller is fitter."""
+    if distances is None:
+        return (len(ids), bitmask_value(ids))
+    return (len(ids), average_distance(ids, distances), bitmask_value(ids))
 
 
-def ref_narrower(a: int, b: int) -> bool:
-    """Section 1: fewer nodes, or as many and a smaller bitmask value."""
-    return _count(a) < _count(b) or (_count(a) == _count(b) and a < b)
+def rank(hint: tuple[Nodes, bool], t: int, distances: Distances | None) -> tuple[object, ...]:
+    """Smaller ranks first (see the module docstring)."""
+    ids, preferred = hint
+    if preferred:
+        return (0, fitness(ids, distances))
+    if len(ids) == t:
+        return (1, fitness(ids, distances))
+    if len(ids) < t:
+        return (2, -len(ids), fitness(ids, distances))
+    return (3, fitness(ids, distances))
 
 
-def ref_average_distance(mask: int, distances: Distances) -> float:
-    nodes = _bits(mask)
-    total = sum(distances[(i, j)] for i in nodes for j in nodes)
-    return total / (len(nodes) * len(nodes))
-
-
-def ref_fitter_mask(a: int, b: int, distances: Distances | None) -> int:
-    """Narrowest, or with prefer-closest-numa-nodes the closest (section 6.3 step 3)."""
-    if distances is None or _count(a) != _count(b):
-        return a if ref_narrower(a, b) or a == b else b
-    da, db = ref_average_distance(a, distances), ref_average_distance(b, distances)
-    if da == db:
-        return a if a < b else b
-    return a if da < db else b
-
-
-class RefMerger:
-    def __init__(
-        self, lists: Sequence[Sequence[TopologyHint]], distances: Distances | None
-    ) -> None:
-        self.lists = lists
-        self.distances = distances
-        # T: the largest, over the lists, of the width of the list's narrowest hint with a mask
-        self.t = 0
-        for lst in lists:
-            widths = [_count(h.mask) for h in lst if h.mask is not None]
-            if widths:
-                self.t = max(self.t, min(widths))
-
-    def fitter(self, current: TopologyHint, candidate: TopologyHint) -> TopologyHint:
-        assert current.mask is not None and candidate.mask is not None
-        if current.mask == candidate.mask:
-            return current
-        best = ref_fitter_mask(current.mask, candidate.mask, self.distances)
-        return current if best == current.mask else candidate
-
-    def compare(self, current: TopologyHint | None, candidate: TopologyHint) -> TopologyHint | None:
-        """kubelet's HintMerger.compare, step by step as section 6.3 lists it."""
-        assert candidate.mask is not None
-        if _count(candidate.mask) == 0:
-            return current
-        if current is None:
-            return candidate
-        assert current.mask is not None
-        if candidate.preferred != current.preferred:
-            return candidate if candidate.preferred else current
-        if current.preferred:
-            return self.fitter(current, candidate)
-        cur, cand, t = _count(current.mask), _count(candidate.mask), self.t
-        if cur > t:
-            return self.fitter(current, candidate)
-        if cur == t:
-            return self.fitter(current, candidate) if cand == t else current
-        if cand > t:
-            return current
-        if cand == t:
-            return candidate
-        if cand > cur:
-            return candidate
-        if cand < cur:
-            return current
-        return self.fitter(current, candidate)
-
-    def merge(self, default: int) -> TopologyHint:
-        best: TopologyHint | None = None
-        for permutation in itertools.product(*self.lists):
-            best = self.compare(best, ref_merge_permutation(default, permutation))
-        return best if best is not None else TopologyHint(default, False)
+def ref_best(
+    lists: Sequence[Sequence[tuple[Nodes | None, bool]]],
+    machine: Nodes,
+    distances: Distances | None,
+) -> tuple[Nodes, bool]:
+    widths = [min(len(m) for m, _ in lst if m is not None) for lst in lists
+              if any(m is not None for m, _ in lst)]  # fmt: skip
+    t = max(widths, default=0)
+    candidates = {ref_merged(machine, c) for c in itertools.product(*lists)}
+    candidates = {c for c in candidates if c[0]}  # an empty merge is never chosen
+    if not candidates:
+        return machine, False
+    return min(candidates, key=lambda c: rank(c, t, distances))
 
 
 def ref_policy_merge(
@@ -152,27 +141,20 @@ def ref_policy_merge(
     node_ids: Sequence[int],
     distances: Distances | None,
 ) -> tuple[TopologyHint, bool]:
-    """Section 6.4; ``distances`` given means prefer-closest-numa-nodes is on."""
+    """The policies; ``distances`` given means prefer-closest-numa-nodes is on."""
     if policy == POLICY_NONE:
         return TopologyHint(None, False), True
-    default = 0
-    for n in node_ids:
-        default |= 1 << n
+    machine = frozenset(node_ids)
     lists = ref_normalize(providers)
     if policy == POLICY_SINGLE_NUMA_NODE:
-        lists = [
-            [h for h in lst if h.preferred and (h.mask is None or _count(h.mask) == 1)]
-            for lst in lists
-        ]
-        best = RefMerger(lists, None).merge(default)
-        if best.mask == default:
-            best = TopologyHint(None, best.preferred)
-        return best, best.preferred
-    best = RefMerger(lists, distances).merge(default)
-    if policy == POLICY_BEST_EFFORT:
-        return best, True
-    assert policy == POLICY_RESTRICTED
-    return best, best.preferred
+        # only preferred hints of one node (or none) count, and no distances
+        lists = [[(m, p) for m, p in lst if p and (m is None or len(m) == 1)] for lst in lists]
+        ids, preferred = ref_best(lists, machine, None)
+        mask = None if ids == machine else bitmask_value(ids)
+        return TopologyHint(mask, preferred), preferred
+    ids, preferred = ref_best(lists, machine, distances)
+    hint = TopologyHint(bitmask_value(ids), preferred)
+    return hint, policy == POLICY_BEST_EFFORT or preferred
 
 
 def permutations_of(providers: Sequence[ProviderHints]) -> int:
@@ -289,21 +271,21 @@ def _both(
 
 
 def test_reference_model_on_the_reference_examples() -> None:
-    """The model itself reproduces the worked examples of section 6."""
+    """The model itself reproduces worked examples of kubelet's merge."""
     cpu_01: ProviderHints = {"cpu": [TopologyHint(0b11, True)]}
     memory_0: ProviderHints = {"memory": [TopologyHint(0b01, True)]}
-    # CPU [0,1] + memory [0]: [0] but not preferred (6.2); restricted rejects
+    # CPU [0,1] + memory [0]: [0] but not preferred (the masks differ); restricted rejects
     assert ref_policy_merge(POLICY_RESTRICTED, [cpu_01, memory_0], (0, 1), None) == (
         TopologyHint(0b01, False),
         False,
     )
-    # with [0,1] also offered, T = 2 makes the wide merge win (quirk 15.3)
+    # with [0,1] also offered, T = 2 makes the wide merge win over the narrow one
     memory_0_01: ProviderHints = {"memory": [TopologyHint(0b01, True), TopologyHint(0b11, False)]}
     assert ref_policy_merge(POLICY_BEST_EFFORT, [cpu_01, memory_0_01], (0, 1), None) == (
         TopologyHint(0b11, False),
         True,
     )
-    # no preference at all -> (no mask, preferred) under single-numa-node (6.4)
+    # no preference at all -> (no mask, preferred) under single-numa-node
     assert ref_policy_merge(POLICY_SINGLE_NUMA_NODE, [None, {}], (0, 1), None) == (
         TopologyHint(None, True),
         True,
@@ -342,8 +324,8 @@ def test_merge_agrees_in_bulk_for_every_policy() -> None:
 def test_merge_does_not_depend_on_the_order_of_providers_and_resources(
     case: tuple[tuple[int, ...], Distances, list[ProviderHints]], rnd: random.Random
 ) -> None:
-    # kubelet visits a provider's resources in Go map order, so the result
-    # must not depend on that order; the engine sorts, the model does not.
+    # kubelet visits a provider's resources in Go map order, so the engine's result
+    # must not depend on that order (nor on the providers' order).
     ids, distances, providers = case
     shuffled: list[ProviderHints] = []
     for hints in providers:
@@ -354,10 +336,11 @@ def test_merge_does_not_depend_on_the_order_of_providers_and_resources(
         else:
             shuffled.append(hints)
     rnd.shuffle(shuffled)
+    info = NUMAInfo(ids, distances)
     for policy in (POLICY_BEST_EFFORT, POLICY_RESTRICTED, POLICY_SINGLE_NUMA_NODE):
-        for dist in (None, distances):
-            assert ref_policy_merge(policy, shuffled, ids, dist) == ref_policy_merge(
-                policy, providers, ids, dist
+        for closest in (False, True):
+            assert merge(policy, shuffled, info, prefer_closest=closest) == merge(
+                policy, providers, info, prefer_closest=closest
             )
 
 
@@ -373,7 +356,7 @@ def test_generated_cases_are_diverse() -> None:
         closest, _ = ref_policy_merge(POLICY_BEST_EFFORT, providers, ids, distances)
         if closest != hint:
             seen.add("closest differs from narrowest")
-        if any(lst == [TopologyHint(None, False)] for lst in lists):
+        if any(lst == [(None, False)] for lst in lists):
             seen.add("empty list")
         if permutations_of(providers) >= 64:
             seen.add("large product")

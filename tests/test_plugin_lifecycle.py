@@ -322,3 +322,32 @@ def test_crashed_app_container_keeps_its_blocks_across_a_restart() -> None:
     assert mems(fresh.create_container(g, again)) == "0"
     assert fresh.manager.state.blocks("g", "a") == before
     assert reserved(fresh, 0) == 4 * GI
+
+
+def test_refused_containers_are_counted_by_pod_until_they_run_or_go() -> None:
+    from prometheus_client import generate_latest
+
+    from nri_plugin.metrics import Metrics
+
+    metrics = Metrics()
+    plugin = MemoryPlugin(make_plugin().manager, observer=metrics)
+    g = pod("g", name="web")
+
+    def waiting() -> str:
+        lines = generate_latest(metrics.registry).decode().splitlines()
+        return "\n".join(line for line in lines if line.startswith("nri_memory_manager_refused"))
+
+    big = container(g, "big", "c1", 12 * GI)
+    for attempt in range(2):  # kubelet retries: still one container waiting
+        with pytest.raises(AdmissionRefused):
+            plugin.create_container(g, big)
+        assert waiting() == (
+            'nri_memory_manager_refused_containers{namespace="default",pod="web"} 1.0'
+        ), attempt
+    plugin.create_container(g, container(g, "big", "c2", 2 * GI))  # e.g. after a resize
+    assert waiting() == ""
+    with pytest.raises(AdmissionRefused):
+        plugin.create_container(g, container(g, "other", "c3", 12 * GI))
+    assert waiting().endswith(" 1.0")
+    plugin.remove_pod_sandbox(g)
+    assert waiting() == ""

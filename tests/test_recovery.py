@@ -394,45 +394,89 @@ def test_drift_within_tolerance_is_accepted_and_free_rebased(state_path: Path) -
     assert as_json(again.manager.state) == as_json(state)
 
 
-def test_drift_within_tolerance_on_a_full_node_keeps_every_block(state_path: Path) -> None:
+def test_drift_within_tolerance_under_blocks_that_no_longer_fit_refuses_to_start(
+    state_path: Path,
+) -> None:
+    # KEP-6232's conservation check: whatever its size, a shrink that leaves a recorded
+    # assignment without room refuses the start (it used to be lent and reported)
     n = Node(topo(), cfg(topologyManagerPolicy="single-numa-node"))
     n.run("full", containers=(("app", 6 * GI),), cpus="4")  # node 1 exactly full
-    write(state_path, n.state)
-    log = Log()
-    recovery = recover(topo(("8Gi", "8176Mi", "8Gi", "8Gi")), cfg(), state_path, log)
-    assert recovery.report.outcome == OUTCOME_REBASED
-    assert recovery.manager.state.entries == n.state.entries
-    table = recovery.manager.state.machine[1].memory_map["memory"]
-    # nothing left to give, and the 16Mi that no longer fit are still counted
-    assert (table.total, table.free, table.reserved) == (8176 * MI, 0, 6 * GI)
-    assert table.allocatable == 6 * GI  # 16Mi lent until the container goes
-    [conflict] = recovery.report.conflicts
-    assert (conflict.pod_uid, conflict.container, conflict.nodes) == ("full", "app", (1,))
-    assert conflict.shortfall == 16 * MI
+    content = write(state_path, n.state)
+    for beyond in ("refuse", "accept-if-fits"):
+        with pytest.raises(StateError) as err:
+            recover(
+                topo(("8Gi", "8176Mi", "8Gi", "8Gi")),
+                cfg(memoryDriftBeyondTolerance=beyond),
+                state_path,
+                Log(),
+            )
+        assert str(err.value) == (
+            "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 7.98Gi (8573157376"
+            " bytes), within the memory-drift-tolerance of 64Mi (67108864 bytes), and the running"
+            " allocations no longer fit: memory on NUMA node 1: the recorded blocks need 6Gi"
+            " (6442450944 bytes), 5.98Gi (6425673728 bytes) is allocatable now, short by 16Mi"
+            " (16777216 bytes); drain the node, then restart"
+        )
+    assert state_path.read_bytes() == content
 
 
-def test_drift_beyond_tolerance_that_still_fits_is_accepted(state_path: Path) -> None:
+def test_drift_beyond_tolerance_refuses_to_start_even_when_everything_fits(
+    state_path: Path,
+) -> None:
+    # KEP-6232: beyond the bound the machine is not the same one, grown or shrunk
+    node = busy_node()
+    content = write(state_path, node.state)
+    for moved, change in (
+        (("8Gi", "8Gi", "8Gi", "7Gi"), "1Gi"),
+        (("8Gi", "9Gi", "8Gi", "8Gi"), "1Gi"),
+    ):
+        log = Log()
+        with pytest.raises(StateError) as err:
+            recover(topo(moved), cfg(), state_path, log)
+        text = str(err.value)
+        assert "\n" not in text
+        assert (
+            f", a drift of {change} (1073741824 bytes), more than the memory-drift-tolerance"
+            in text
+        )
+        assert (
+            "of 64Mi (67108864 bytes); drain the node, or raise memory-drift-tolerance, or set"
+            in text
+        )
+        assert "memoryDriftBeyondTolerance: accept-if-fits" in text
+        assert log.at("error")[0][0] == "refusing to start"
+    assert str(err.value).startswith(
+        "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 9Gi (9663676416 bytes)"
+    )
+    assert state_path.read_bytes() == content  # left for the operator
+
+
+def test_drift_beyond_tolerance_that_still_fits_is_accepted_when_chosen(state_path: Path) -> None:
+    # memoryDriftBeyondTolerance: accept-if-fits keeps the plugin's former acceptance
     node = busy_node()
     write(state_path, node.state)
     log = Log()
-    recovery = recover(topo(("8Gi", "8Gi", "8Gi", "7Gi")), cfg(), state_path, log)
+    config = cfg(memoryDriftBeyondTolerance="accept-if-fits")
+    recovery = recover(topo(("8Gi", "8Gi", "8Gi", "7Gi")), config, state_path, log)
     assert recovery.report.outcome == OUTCOME_REBASED
     assert recovery.manager.state.entries == node.state.entries
     assert tables(recovery.manager.state)[(3, "memory")][4] == GI  # 5Gi - 4Gi
     [(event, fields)] = log.at("warning")
-    assert "beyond tolerance" in event and "still fits" in event and fields["numa_node"] == 3
+    assert "beyond tolerance" in event and "accept-if-fits" in event and "still fits" in event
+    assert fields["numa_node"] == 3
 
 
 def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(state_path: Path) -> None:
     node = busy_node()
     content = write(state_path, node.state)
     log = Log()
+    config = cfg(memoryDriftBeyondTolerance="accept-if-fits")
     with pytest.raises(StateError) as err:
-        recover(topo(("8Gi", "6Gi", "8Gi", "8Gi")), cfg(), state_path, log)
+        recover(topo(("8Gi", "6Gi", "8Gi", "8Gi")), config, state_path, log)
     text = str(err.value)
     assert "\n" not in text
     assert "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 6Gi" in text
-    assert "memoryDriftTolerance of 64Mi" in text
+    assert "more than the memory-drift-tolerance of 64Mi" in text
     # group [0,1] holds 10Gi; 5Gi + 4Gi are left
     assert "memory on NUMA nodes 0,1: the recorded blocks need 10Gi" in text
     assert "9Gi (9663676416 bytes) is allocatable now, short by 1Gi" in text
@@ -445,41 +489,82 @@ def test_refusal_names_the_shortfall_of_a_single_node(state_path: Path) -> None:
     n = Node(topo(), cfg(topologyManagerPolicy="single-numa-node"))
     n.run("a", containers=(("app", 5 * GI),), cpus="8")  # node 2
     write(state_path, n.state)
+    config = cfg(memoryDriftBeyondTolerance="accept-if-fits")
     with pytest.raises(StateError) as err:
-        recover(topo(("8Gi", "8Gi", "6Gi", "8Gi")), cfg(), state_path, Log())
+        recover(topo(("8Gi", "8Gi", "6Gi", "8Gi")), config, state_path, Log())
     assert str(err.value) == (
         "NUMA node 2 memory total was 8Gi (8589934592 bytes), is now 6Gi (6442450944 bytes),"
-        " more than the memoryDriftTolerance of 64Mi (67108864 bytes), and the running"
+        " more than the memory-drift-tolerance of 64Mi (67108864 bytes), and the running"
         " allocations no longer fit: memory on NUMA node 2: the recorded blocks need 5Gi"
         " (5368709120 bytes), 4Gi (4294967296 bytes) is allocatable now, short by 1Gi"
-        " (1073741824 bytes); drain the node (or raise memoryDriftTolerance), then restart"
+        " (1073741824 bytes); drain the node, then restart"
     )
 
 
 def test_tolerance_is_configurable(state_path: Path) -> None:
     n = Node(topo(), cfg(topologyManagerPolicy="single-numa-node"))
-    n.run("a", containers=(("app", 6 * GI),), cpus="8")
+    n.run("a", containers=(("app", 5 * GI),), cpus="8")
     write(state_path, n.state)
-    shrunk = topo(("8Gi", "8Gi", "7936Mi", "8Gi"))  # -256Mi under a full node
-    with pytest.raises(StateError, match="NUMA node 2"):
+    shrunk = topo(("8Gi", "8Gi", "7936Mi", "8Gi"))  # -256Mi; the 5Gi still fit
+    with pytest.raises(
+        StateError, match=r"NUMA node 2 .* more than the memory-drift-tolerance of 64Mi"
+    ):
         recover(shrunk, cfg(), state_path, Log())
-    recovery = recover(shrunk, cfg(memoryDriftTolerance="256Mi"), state_path, Log())
-    assert recovery.report.outcome == OUTCOME_REBASED
-    assert [d.within_tolerance for d in recovery.report.drifts] == [True]
-    with pytest.raises(StateError, match="memoryDriftTolerance of 0"):
-        recover(
-            topo(("8Gi", "8Gi", "8191Mi", "8Gi")), cfg(memoryDriftTolerance=0), state_path, Log()
+    for setting in (
+        {"memoryDriftTolerance": "256Mi"},
+        {"memoryManagerPolicyOptions": {"memory-drift-tolerance": "256Mi"}},
+    ):
+        recovery = recover(shrunk, cfg(**setting), state_path, Log())
+        assert recovery.report.outcome == OUTCOME_REBASED
+        assert [d.within_tolerance for d in recovery.report.drifts] == [True]
+        assert recovery.report.drift_tolerance == 256 * MI
+        assert recovery.report.memory_drift == {0: 0, 1: 0, 2: 256 * MI, 3: 0}
+    one_less = topo(("8Gi", "8Gi", "8191Mi", "8Gi"))
+    for exact in (
+        {"memoryDriftTolerance": 0},
+        {"memoryManagerPolicyOptions": {"memory-drift-tolerance": "off"}},
+    ):
+        with pytest.raises(StateError) as err:
+            recover(one_less, cfg(**exact), state_path, Log())
+        assert (
+            "more than the memory-drift-tolerance of 0 (the exact comparison: off, or auto"
+            " without a readable kernel image size)" in str(err.value)
         )
 
 
-def test_hugepage_pool_drift_is_judged_like_memory(state_path: Path) -> None:
+def test_hugepage_pools_are_never_drift_a_changed_pool_is_a_configuration_change(
+    state_path: Path,
+) -> None:
+    # KEP-6232 tolerates regular memory only. A pool is set by someone: applied at start
+    # like a changed reservedMemory, its blocks kept and counted even where they no
+    # longer fit (in-use huge pages outlive a smaller pool as surplus pages)
     n = Node(topo(), cfg(topologyManagerPolicy="single-numa-node"))
     n.run("h", containers=(("app", GI),), cpus="8", hugepages={"1GB": 2 * GI})
     write(state_path, n.state)
-    with pytest.raises(StateError) as err:
-        recover(topo(hugepages="1Gi"), cfg(), state_path, Log())
-    assert "NUMA node 2 hugepages-1Gi total was 2Gi" in str(err.value)
-    assert "short by 1Gi" in str(err.value)
+    log = Log()
+    recovery = recover(topo(hugepages="1Gi"), cfg(), state_path, log)
+    assert recovery.report.outcome == OUTCOME_REBASED
+    assert recovery.report.drifts == ()
+    assert [(p.node, p.type, p.old_total, p.new_total) for p in recovery.report.pool_changes] == [
+        (i, HP, 2 * GI, GI) for i in range(4)
+    ]
+    assert recovery.manager.state.entries == n.state.entries
+    table = recovery.manager.state.machine[2].memory_map[HP]
+    assert (table.total, table.reserved, table.free, table.allocatable) == (GI, 2 * GI, 0, 2 * GI)
+    [conflict] = recovery.report.conflicts
+    assert (conflict.pod_uid, conflict.nodes, conflict.type, conflict.shortfall) == (
+        "h",
+        (2,),
+        HP,
+        GI,
+    )
+    pools = [f for e, f in log.at("warning") if e == "hugepage pool changed; applied"]
+    assert [(f["numa_node"], f["old_total"], f["new_total"]) for f in pools] == [
+        (i, 2 * GI, GI) for i in range(4)
+    ]
+    # a pool that moved by a single page is no drift either: exact
+    recovery = recover(topo(hugepages="3Gi"), cfg(memoryDriftTolerance="2Gi"), state_path, Log())
+    assert recovery.report.drifts == () and len(recovery.report.pool_changes) == 4
 
 
 def test_a_node_gone_with_blocks_refuses_and_without_blocks_rebases(state_path: Path) -> None:
@@ -537,7 +622,7 @@ def test_refusal_exits_2_through_the_cli(state_path: Path, tmp_path: Path, capsy
     assert code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("nri-memory-manager run: NUMA node 2 memory total was 8Gi")
-    assert "short by 1Gi" in last
+    assert "a drift of 2Gi (2147483648 bytes), more than the memory-drift-tolerance" in last
 
 
 # -- 4. change without drain -----------------------------------------------------------------------
@@ -825,9 +910,10 @@ def _accounted(state: MemoryState) -> None:
     ),
     drift=st.lists(st.integers(-8, 8).map(lambda k: k * 16 * MI), min_size=4, max_size=4),
     reserved=st.integers(0, 12).map(lambda k: k * 256 * MI),
+    beyond=st.sampled_from(["refuse", "accept-if-fits"]),
 )
 def test_restore_never_forgets_memory_in_use(
-    sizes: list[list[int]], drift: list[int], reserved: int
+    sizes: list[list[int]], drift: list[int], reserved: int, beyond: str
 ) -> None:
     import tempfile
 
@@ -847,16 +933,22 @@ def test_restore_never_forgets_memory_in_use(
         )
         manager.admit(PodSpec(f"p{i}", containers=containers))
     moved = topo(tuple(f"{8 * 1024 + d // MI}Mi" for d in drift))
-    config = cfg(reservedMemory=[f"0:memory={1024 * MI + reserved}"])
+    config = cfg(
+        reservedMemory=[f"0:memory={1024 * MI + reserved}"], memoryDriftBeyondTolerance=beyond
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / STATE
         write_file(path, manager.state)
         try:
             recovery = recover(moved, config, path, Log())
         except StateError as exc:
-            # only memory that shrank beyond the tolerance under running blocks refuses
-            assert "memoryDriftTolerance" in str(exc) and "short by" in str(exc)
-            assert any(delta < -64 * MI for delta in drift)
+            # KEP-6232: a drift beyond the tolerance (unless accept-if-fits), or memory that
+            # shrank under running blocks, refuses; a changed reservation never does
+            assert "memory-drift-tolerance" in str(exc)
+            if "short by" in str(exc):
+                assert any(delta < 0 for delta in drift)
+            else:
+                assert beyond == "refuse" and any(abs(delta) > 64 * MI for delta in drift)
             return
     state = recovery.manager.state
     assert state.entries == manager.state.entries
@@ -881,3 +973,107 @@ def test_rebuild_adopts_pinned_containers_before_admitting_unpinned_ones() -> No
     assert machine[0].memory_map["memory"].reserved == 5 * GI  # node 0 is full (5Gi)
     assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c1", "1")]
     assert machine[1].memory_map["memory"].reserved == 2 * GI
+
+
+# -- KEP-6232's gauges -----------------------------------------------------------------------------
+
+
+class _ScrapingFrontEnd:
+    """The front end at the moment it would connect: scrapes /metrics once, then stops."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.metrics = ""
+
+    async def start(self, tracker: Any) -> None:
+        return None
+
+    async def run(self) -> None:
+        import asyncio
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        self.metrics = (await reader.read()).decode()
+        writer.close()
+
+    def stop(self) -> None:
+        return None
+
+    def health(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, object]:
+        return {"mode": "test"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.usefixtures("structlog_restored")
+def test_the_drift_gauges_show_the_tolerance_and_each_nodes_drift(
+    state_path: Path, tmp_path: Path
+) -> None:
+    import argparse
+    import asyncio
+
+    from nri_plugin.daemon import serve
+    from nri_plugin.logs import configure_logging
+
+    configure_logging("error")
+    write(state_path, busy_node().state)
+    (tmp_path / "topology.json").write_text(
+        json.dumps(
+            {
+                "nodes": [
+                    {
+                        "id": i,
+                        "cpus": f"{4 * i}-{4 * i + 3}",
+                        "memory": m,
+                        "hugepages": {"1Gi": "2Gi"},
+                    }
+                    for i, m in enumerate(("8Gi", "8160Mi", "8Gi", "8224Mi"))
+                ]
+            }
+        )
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "topologyManagerPolicy": "best-effort",
+                "reservedMemory": ["0:memory=1Gi"],
+                "memoryManagerPolicyOptions": {"memory-drift-tolerance": "48Mi"},
+            }
+        )
+    )
+    port = _free_port()
+    args = argparse.Namespace(
+        topology_file=str(tmp_path / "topology.json"),
+        sysfs_root=None,
+        config=str(tmp_path / "config.json"),
+        kubelet_config=None,
+        state_dir=str(state_path.parent),
+        metrics_address=f"127.0.0.1:{port}",
+    )
+    front = _ScrapingFrontEnd(port)
+    assert asyncio.run(serve(args, front)) == 0
+    lines = front.metrics.splitlines()
+    assert "kubelet_memory_manager_drift_tolerance_bytes 5.0331648e+07" in lines
+    drift = sorted(
+        line for line in lines if line.startswith("kubelet_memory_manager_memory_drift_bytes{")
+    )
+    assert drift == [
+        'kubelet_memory_manager_memory_drift_bytes{numa_node="0"} 0.0',
+        'kubelet_memory_manager_memory_drift_bytes{numa_node="1"} 3.3554432e+07',
+        'kubelet_memory_manager_memory_drift_bytes{numa_node="2"} 0.0',
+        'kubelet_memory_manager_memory_drift_bytes{numa_node="3"} 3.3554432e+07',
+    ]

@@ -8,11 +8,10 @@ nodes, or as many nodes and a smaller bitmask value; kubelet's
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 
-from nri_plugin.errors import TopologyError
+from nri_plugin.errors import TopologyError, quote
 from nri_plugin.quantity import bounded_int, short
 
 
@@ -55,11 +54,6 @@ MAX_CPU_ID = (1 << 16) - 1
 _CPULIST_ITEM_RE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 
-def _q(text: str) -> str:
-    """``text`` quoted on one line (control characters escaped)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 def parse_cpulist(text: str, *, what: str = "cpulist") -> frozenset[int]:
     """CPU ids of a Linux cpulist such as ``0-3,8,10-11``; ``""`` is the empty set."""
     stripped = text.strip()
@@ -70,17 +64,15 @@ def parse_cpulist(text: str, *, what: str = "cpulist") -> frozenset[int]:
         match = _CPULIST_ITEM_RE.fullmatch(item)
         if match is None:
             raise TopologyError(
-                f'{what}: {_q(text)} is not a valid cpulist (expected e.g. "0-3,8,10-11")'
+                f'{what}: {quote(text)} is not a valid cpulist (expected e.g. "0-3,8,10-11")'
             )
         first = bounded_int(match[1], MAX_CPU_ID)
         last = bounded_int(match[2], MAX_CPU_ID) if match[2] is not None else first
         if first is None or last is None:
             big = match[1] if first is None else match[2]
-            raise TopologyError(
-                f"{what}: {_q(short(text))} names CPU {short(big)}, above {MAX_CPU_ID}"
-            )
+            raise TopologyError(f"{what}: {quote(text)} names CPU {short(big)}, above {MAX_CPU_ID}")
         if last < first:
-            raise TopologyError(f"{what}: {_q(text)} has the descending range {_q(item)}")
+            raise TopologyError(f"{what}: {quote(text)} has the descending range {quote(item)}")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
 

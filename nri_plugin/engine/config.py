@@ -28,6 +28,25 @@ DEFAULT_MAX_ALLOWABLE_NUMA_NODES = 8
 
 
 DEFAULT_MEMORY_DRIFT_TOLERANCE = 64 << 20
+
+
+# memoryManagerPolicyOptions (KEP-6232): memory-drift-tolerance: auto | off | <quantity>
+OPTION_MEMORY_DRIFT_TOLERANCE = "memory-drift-tolerance"
+
+
+DRIFT_TOLERANCE_AUTO = "auto"  # the kernel image size plus AUTO_DRIFT_GRACE, read at start
+
+
+DRIFT_TOLERANCE_OFF = "off"  # the exact comparison
+
+
+AUTO_DRIFT_GRACE = 64 << 20
+
+
+# memoryDriftBeyondTolerance: what a memory total that moved beyond the tolerance does
+DRIFT_BEYOND_REFUSE = "refuse"  # refuse to start, as KEP-6232 does
+DRIFT_BEYOND_ACCEPT_IF_FITS = "accept-if-fits"  # start while every recorded block still fits
+DRIFT_BEYOND_MODES = (DRIFT_BEYOND_REFUSE, DRIFT_BEYOND_ACCEPT_IF_FITS)
 # inPlaceResize: what a memory resize of a container holding blocks does (docs/simulate.md)
 RESIZE_ACCOUNT = "account"  # the blocks follow the new limit on the container's own nodes
 RESIZE_REFUSE = "refuse"  # refused, as kubelet's static policy refuses them
@@ -65,10 +84,18 @@ class Config:
     system_reserved: Mapping[str, int] | None = None
     # eviction signal -> threshold text ("100Mi" or "10%")
     eviction_hard: Mapping[str, str] | None = None
-    # how far a NUMA node's memory total (or a hugepage pool) may move between restarts
-    # and still be accepted with the checkpoint (recovery.py)
+    # how far a NUMA node's regular memory total may move between restarts and still be
+    # accepted with the checkpoint (rebase.py), in bytes; 0: the exact comparison
     memory_drift_tolerance: int = DEFAULT_MEMORY_DRIFT_TOLERANCE
+    # the setting as configured ("auto", "off" or a quantity); None: not configured, the
+    # default above. "auto" is resolved at start (inputs/iomem.py); until then the
+    # tolerance is 0
+    memory_drift_tolerance_option: str | None = None
+    memory_drift_beyond_tolerance: str = DRIFT_BEYOND_REFUSE
     in_place_resize: str = RESIZE_ACCOUNT
+    # fake NUMA node -> host NUMA node for cpuset.mems with a fake topology (the daemon's,
+    # not the engine's: decisions stay on the fake nodes; nri_plugin/tracker/nodemap.py)
+    host_node_map: Mapping[int, int] | None = None
 
     def reserved(self, numa_node: int, type: str) -> int:
         """Bytes of ``type`` reserved on ``numa_node`` (0 if none)."""

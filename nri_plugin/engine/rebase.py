@@ -2,10 +2,17 @@
 
 kubelet refuses to start whenever its state file disagrees with the machine or
 the configuration (drain the node, delete the file). :func:`plan` decides
-instead what to keep (docs/recovery.md): memory totals that drifted, changed
-reservations and policies; every recorded block is re-applied; bytes that no
-longer fit are counted on top of the node's allocatable memory as *overflow*
-and given back by :func:`settle` as blocks go. Pure: no I/O.
+instead what to keep (docs/recovery.md): memory totals that drifted within
+the tolerance, changed reservations, hugepage pools and policies; every
+recorded block is re-applied; bytes that no longer fit are counted on top of
+the node's allocatable memory as *overflow* and given back by :func:`settle`
+as blocks go. Pure: no I/O.
+
+Drift follows KEP-6232: only a node's regular memory total may drift (hugepage
+pools are compared exactly: a changed pool is a configuration change); a
+drift beyond the tolerance refuses the start (unless ``memoryDriftBeyondTolerance:
+accept-if-fits``), and so does a shrink under which the recorded blocks no
+longer fit, whatever its size.
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nri_plugin.engine.bitmask import format_mems, mask_of
-from nri_plugin.engine.config import Config
+from nri_plugin.engine.config import DRIFT_BEYOND_REFUSE, Config
 from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.restore import expected_state, validate_restored
 from nri_plugin.engine.state import (
+    MEMORY,
     POLICY_NONE,
     POLICY_STATIC,
     Block,
@@ -50,7 +58,7 @@ TOPOLOGY_SINGLE_NUMA_NODE = "single-numa-node"
 
 @dataclass(frozen=True)
 class Drift:
-    """A memory total (``memory`` or a hugepage pool) of one node that moved since the checkpoint.
+    """A node's regular memory total that moved since the checkpoint (``type`` is ``memory``).
 
     Within the tolerance means at most ``tolerance`` bytes apart, either way.
     """
@@ -63,7 +71,28 @@ class Drift:
 
     @property
     def within_tolerance(self) -> bool:
-        return abs(self.new_total - self.old_total) <= self.tolerance
+        return self.size <= self.tolerance
+
+    @property
+    def size(self) -> int:
+        """How far the total moved, either way."""
+        return abs(self.new_total - self.old_total)
+
+    def describe(self) -> str:
+        return (
+            f"NUMA node {self.node} {self.type} total was {_bytes(self.old_total)},"
+            f" is now {_bytes(self.new_total)}"
+        )
+
+
+@dataclass(frozen=True)
+class PoolChange:
+    """A hugepage pool of one node whose total changed: a configuration change, not drift."""
+
+    node: int
+    type: str
+    old_total: int
+    new_total: int
 
     def describe(self) -> str:
         return (
@@ -121,15 +150,17 @@ class Plan:
     # (node, type) -> bytes of recorded blocks beyond the new allocatable memory,
     # counted as reserved anyway (see _lend); ``state`` does not include them yet
     lent: Mapping[tuple[int, str], int] = field(default_factory=dict)
+    pool_changes: tuple[PoolChange, ...] = ()
 
 
 def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
     """Decide how to start from ``saved`` given ``default``, this start's empty state.
 
-    Raises StateError (one line: node, old and new totals, shortfall) when a
-    node's memory changed beyond ``config.memory_drift_tolerance`` and the
-    recorded allocations no longer fit it, or when a block uses a NUMA node
-    or memory type the machine no longer has.
+    Raises StateError (one line: node, old and new totals, the tolerance) when
+    a node's memory total moved beyond ``config.memory_drift_tolerance`` (with
+    ``memoryDriftBeyondTolerance: refuse``, the default), when it shrank and
+    the recorded allocations no longer fit (the shortfall named), or when a
+    block uses a NUMA node or memory type the machine no longer has.
     """
     if saved.policy_name != default.policy_name:
         dropped = tuple(
@@ -158,17 +189,21 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
     except StateError as exc:
         return _untrusted(f"checkpoint inconsistent with its own machine state: {exc}")
 
-    drifts, changes = _compare(saved.machine, default.machine, config.memory_drift_tolerance)
-    same_machine = not drifts and not changes and _same_tables(saved.machine, default.machine)
+    drifts, pools, changes = _compare(saved.machine, default.machine, config.memory_drift_tolerance)
+    same_machine = (
+        not drifts and not pools and not changes and _same_tables(saved.machine, default.machine)
+    )
     if same_machine:
         state = saved
         shortfall_conflicts: list[Conflict] = []
         lacking: dict[tuple[int, str], int] = {}
     else:
         _refuse_missing(saved, default.machine)
+        if config.memory_drift_beyond_tolerance == DRIFT_BEYOND_REFUSE:
+            _refuse_beyond_tolerance(drifts)
         lacking = _overflow(default, saved.entries)
         shortfall_conflicts = _shortfalls(saved, default.machine, lacking)
-        _refuse_beyond_tolerance(shortfall_conflicts, drifts)
+        _refuse_shrink_under_blocks(saved, default, lacking, shortfall_conflicts, drifts)
         state = expected_state(default, saved.entries)
     conflicts = shortfall_conflicts + _group_conflicts(saved) + _policy_conflicts(saved, config)
     return Plan(
@@ -178,6 +213,7 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
         tuple(changes),
         tuple(conflicts),
         lent=lacking,
+        pool_changes=tuple(pools),
     )
 
 
@@ -203,9 +239,10 @@ def _recorded_default(machine: Mapping[int, NodeState]) -> MemoryState:
 
 def _compare(
     old: Mapping[int, NodeState], new: Mapping[int, NodeState], tolerance: int
-) -> tuple[list[Drift], list[Change]]:
+) -> tuple[list[Drift], list[PoolChange], list[Change]]:
     tolerance = max(0, tolerance)
     drifts: list[Drift] = []
+    pools: list[PoolChange] = []
     changes: list[Change] = []
     for node_id in sorted(set(old) | set(new)):
         old_map = old[node_id].memory_map if node_id in old else {}
@@ -215,12 +252,18 @@ def _compare(
             old_total = o.total if o is not None else 0
             new_total = n.total if n is not None else 0
             if old_total != new_total:
-                drifts.append(Drift(node_id, t, old_total, new_total, tolerance))
+                if node_id not in old or node_id not in new:
+                    pass  # a node added or gone: the topology changed (see _refuse_missing)
+                elif t == MEMORY:
+                    drifts.append(Drift(node_id, t, old_total, new_total, tolerance))
+                else:
+                    # KEP-6232 tolerates regular memory only: a pool is set by someone
+                    pools.append(PoolChange(node_id, t, old_total, new_total))
             old_reserved = o.system_reserved if o is not None else 0
             new_reserved = n.system_reserved if n is not None else 0
             if old_reserved != new_reserved:
                 changes.append(Change(node_id, t, old_reserved, new_reserved))
-    return drifts, changes
+    return drifts, pools, changes
 
 
 def _same_tables(old: Mapping[int, NodeState], new: Mapping[int, NodeState]) -> bool:
@@ -400,23 +443,67 @@ def settle(manager: MemoryManager) -> bool:
     return changed
 
 
-def _refuse_beyond_tolerance(conflicts: Iterable[Conflict], drifts: Iterable[Drift]) -> None:
-    """A node whose memory shrank beyond the tolerance under allocations that no longer fit.
+def _tolerance_text(tolerance: int) -> str:
+    if tolerance == 0:
+        return (
+            "the memory-drift-tolerance of 0 (the exact comparison: off, or auto without a"
+            " readable kernel image size)"
+        )
+    return f"the memory-drift-tolerance of {_bytes(tolerance)}"
 
-    kubelet refuses any change; here only this one refuses: the memory the
-    running containers hold may really be gone. A shortfall from a changed
-    reservation or hugepage pool is the operator's choice and only reported.
+
+def _refuse_beyond_tolerance(drifts: Iterable[Drift]) -> None:
+    """A node's memory total moved further than the tolerance: not the same machine (KEP-6232)."""
+    beyond = [d for d in drifts if not d.within_tolerance]
+    if not beyond:
+        return
+    d = beyond[0]
+    more = f" (and {len(beyond) - 1} more NUMA nodes)" if len(beyond) > 1 else ""
+    raise StateError(
+        f"{d.describe()}{more}, a drift of {_bytes(d.size)}, more than"
+        f" {_tolerance_text(d.tolerance)}; drain the node, or raise memory-drift-tolerance, or"
+        " set memoryDriftBeyondTolerance: accept-if-fits to start while the running allocations"
+        " still fit, then restart"
+    )
+
+
+def _refuse_shrink_under_blocks(
+    saved: MemoryState,
+    default: MemoryState,
+    lacking: Mapping[tuple[int, str], int],
+    conflicts: Iterable[Conflict],
+    drifts: Iterable[Drift],
+) -> None:
+    """A node's memory shrank and the recorded blocks no longer fit: the memory may be gone.
+
+    KEP-6232's conservation check, whatever the size of the drift. Only a
+    shortfall the shrink causes refuses; one a changed reservation causes is
+    the operator's choice and only reported (the bytes are lent).
     """
-    # growth never causes a shortfall; only memory that went missing refuses
-    beyond = [d for d in drifts if not d.within_tolerance and d.new_total < d.old_total]
-    for c in conflicts:
-        for d in beyond:
-            if d.node in c.nodes:
-                raise StateError(
-                    f"{d.describe()}, more than the memoryDriftTolerance of"
-                    f" {_bytes(d.tolerance)}, and the running allocations no longer fit:"
-                    f" {c.reason}; drain the node (or raise memoryDriftTolerance), then restart"
-                )
+    shrunk = [d for d in drifts if d.new_total < d.old_total]
+    memory_conflicts = [c for c in conflicts if c.type == MEMORY]
+    if not shrunk or not memory_conflicts:
+        return
+    before = default.clone()
+    for d in shrunk:
+        table = before.machine[d.node].memory_map[MEMORY]
+        grown = d.old_total - d.new_total
+        table.total += grown
+        table.allocatable += grown
+        table.free += grown
+    lacking_before = _overflow(before, saved.entries)
+    for c in memory_conflicts:
+        now = sum(lacking.get((n, MEMORY), 0) for n in c.nodes)
+        without_drift = sum(lacking_before.get((n, MEMORY), 0) for n in c.nodes)
+        if now <= without_drift:
+            continue
+        # only the nodes of its own masks change what a group lacks
+        d = next((d for d in shrunk if d.node in c.nodes), shrunk[0])
+        where = "within" if d.within_tolerance else "more than"
+        raise StateError(
+            f"{d.describe()}, {where} {_tolerance_text(d.tolerance)}, and the running"
+            f" allocations no longer fit: {c.reason}; drain the node, then restart"
+        )
 
 
 def _group_conflicts(saved: MemoryState) -> list[Conflict]:

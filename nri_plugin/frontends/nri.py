@@ -187,7 +187,11 @@ class MemoryPlugin:
             mems = self.tracker.create_container(*facts)
         except Refused as exc:
             raise AdmissionRefused(exc.message) from None
-        return None if mems is None else _adjust_mems(mems)
+        if mems is None:
+            return None
+        adjust = _adjust_mems(mems)
+        adjust.annotations.update(self.tracker.annotations(facts[0].uid, facts[1].name))
+        return adjust
 
     def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self.tracker.start_container(

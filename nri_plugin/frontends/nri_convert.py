@@ -36,6 +36,7 @@ from nri_plugin.tracker.facts import (
 LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
 ANNOTATION_RESTART_COUNT = "io.kubernetes.container.restartCount"
+OUR_ANNOTATIONS = "nri-memory-manager.io/"
 
 _BURSTABLE = re.compile(r"(?:^|[/:._-])burstable(?:[/:._-]|$)")
 _BEST_EFFORT = re.compile(r"(?:^|[/:._-])besteffort(?:[/:._-]|$)")
@@ -200,6 +201,7 @@ def container_facts(pod: api.PodSandbox, container: api.Container) -> ContainerF
         exit_code=container.exit_code or None,
         restart_count=_restart_count(container.annotations.get(ANNOTATION_RESTART_COUNT)),
         error=error,
+        annotations=_ours(container.annotations),
     )
 
 
@@ -209,6 +211,11 @@ def update_resources(res: api.LinuxResources) -> ContainerResources | None:
         return _resources(res, "update")
     except InputError:
         return None
+
+
+def _ours(annotations: Mapping[str, str]) -> dict[str, str]:
+    """Our own annotations (nri-memory-manager.io/...), the only ones the tracker reads."""
+    return {k: v for k, v in annotations.items() if k.startswith(OUR_ANNOTATIONS)}
 
 
 def _restart_count(text: str | None) -> int | None:

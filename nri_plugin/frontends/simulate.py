@@ -20,7 +20,7 @@ from nri_plugin.engine.manager import (
 )
 from nri_plugin.engine.pod import ContainerSpec
 from nri_plugin.engine.state import Block
-from nri_plugin.errors import ScenarioError
+from nri_plugin.errors import InputError, ScenarioError
 from nri_plugin.inputs.scenario import (
     AdmitStep,
     RemoveStep,
@@ -29,6 +29,7 @@ from nri_plugin.inputs.scenario import (
     StartStep,
     Step,
     load_scenario_text,
+    with_source,
 )
 from nri_plugin.persist.format import to_checkpoint
 
@@ -177,4 +178,9 @@ def _blocks_json(blocks: Iterable[Block]) -> list[dict[str, object]]:
 
 
 def simulate_text(text: str, *, source: str = "scenario") -> dict[str, object]:
-    return run_scenario(load_scenario_text(text, source=source))
+    """The report of the scenario ``text``; errors name ``source`` (the file) first."""
+    scenario = load_scenario_text(text, source=source)
+    try:
+        return run_scenario(scenario)
+    except InputError as exc:
+        raise with_source(exc, source) from None

@@ -8,7 +8,7 @@ topology managers are constructed (:func:`validate_for_machine`).
 
 from __future__ import annotations
 
-import json
+import difflib
 import math
 import re
 import struct
@@ -19,7 +19,12 @@ from nri_plugin.engine.config import (
     DEFAULT_EVICTION_HARD,
     DEFAULT_MAX_ALLOWABLE_NUMA_NODES,
     DEFAULT_MEMORY_DRIFT_TOLERANCE,
+    DRIFT_BEYOND_MODES,
+    DRIFT_BEYOND_REFUSE,
+    DRIFT_TOLERANCE_AUTO,
+    DRIFT_TOLERANCE_OFF,
     OPTION_MAX_ALLOWABLE,
+    OPTION_MEMORY_DRIFT_TOLERANCE,
     OPTION_PREFER_CLOSEST,
     RESIZE_ACCOUNT,
     RESIZE_MODES,
@@ -31,8 +36,8 @@ from nri_plugin.engine.config import (
 )
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, MEMORY, POLICY_NONE, POLICY_STATIC
 from nri_plugin.engine.topology import Topology, hugepage_resource_name
-from nri_plugin.errors import ConfigError, QuantityError
-from nri_plugin.inputs.reader import check_keys, read_document
+from nri_plugin.errors import ConfigError, QuantityError, quote
+from nri_plugin.inputs.reader import check_keys, describe, read_document
 from nri_plugin.quantity import (
     INT64_MAX,
     bounded_int,
@@ -66,10 +71,20 @@ _CONFIG_KEYS = (
     "kubeReserved",
     "systemReserved",
     "evictionHard",
+    "memoryManagerPolicyOptions",
     "memoryDriftTolerance",
+    "memoryDriftBeyondTolerance",
     "inPlaceResize",
+    "hostNodeMap",
 )
+TOPOLOGY_OPTIONS = (OPTION_PREFER_CLOSEST, OPTION_MAX_ALLOWABLE)
+MEMORY_OPTIONS = (OPTION_MEMORY_DRIFT_TOLERANCE,)
+# memoryDriftTolerance: the older name of memoryManagerPolicyOptions.memory-drift-tolerance
+DRIFT_ALIAS = "memoryDriftTolerance"
 _RESERVATION_KEYS = ("numaNode", "limits")
+# Config files (ours and kubelet's) are a few hundred bytes; 1 MiB refuses garbage
+# before YAML spends seconds on it.
+CONFIG_FILE_LIMIT = 1 << 20
 _FLAG_FORMAT = "numaNodeID:type=quantity[,type=quantity...]"
 # Go's strconv.Atoi: optional sign, ASCII digits, nothing else.
 _ATOI_RE = re.compile(r"[+-]?[0-9]+")
@@ -80,30 +95,9 @@ _GO_BOOLS = {
 _PERCENT_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)%")
 
 
-def _q(text: str) -> str:
-    """``text`` quoted on one line (control characters escaped)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _plain(text: str) -> str:
-    """``text`` for kubelet's unquoted ``%s`` messages, kept on one line."""
-    return json.dumps(text, ensure_ascii=False)[1:-1]
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {_q(value)}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+    """``text`` for kubelet's unquoted ``%s`` messages, kept on one line and short."""
+    return quote(text)[1:-1]
 
 
 def _nodes_text(ids: Iterable[int]) -> str:
@@ -168,7 +162,7 @@ def parse_reserved_memory_flag(text: str) -> list[ReservedMemory]:
                 )
             type_, raw_size = limit
             if not _is_memory_type(type_):
-                raise ConfigError(f"memory type conversion error, unknown type: {_q(type_)}")
+                raise ConfigError(f"memory type conversion error, unknown type: {quote(type_)}")
             try:
                 parse_quantity(raw_size, allow_negative=True)
             except QuantityError:
@@ -187,11 +181,11 @@ def _reservations_from_mapping(data: dict[object, object], where: str) -> list[R
         raise ConfigError(f'{where}: missing key "numaNode"')
     numa_node = data["numaNode"]
     if isinstance(numa_node, bool) or not isinstance(numa_node, int):
-        raise ConfigError(f"{where}.numaNode: expected an integer, got {_describe(numa_node)}")
+        raise ConfigError(f"{where}.numaNode: expected an integer, got {describe(numa_node)}")
     limits = data.get("limits")
     if not isinstance(limits, dict):
         raise ConfigError(
-            f"{where}.limits: expected a mapping type -> quantity, got {_describe(limits)}"
+            f"{where}.limits: expected a mapping type -> quantity, got {describe(limits)}"
         )
     entries: list[ReservedMemory] = []
     for type_, raw_size in limits.items():
@@ -205,7 +199,7 @@ def _reservations_from_mapping(data: dict[object, object], where: str) -> list[R
 
 def _unsupported_type(numa_node: int, type_: str) -> str:
     return (
-        f"invalid configuration: the limit type {_q(type_)} for NUMA node {numa_node} is not"
+        f"invalid configuration: the limit type {quote(type_)} for NUMA node {numa_node} is not"
         " supported, only [memory hugepages-<HugePageSize>] is accepted"
     )
 
@@ -222,12 +216,12 @@ def validate_reserved_memory(entries: Iterable[ReservedMemory]) -> None:
         if r.size == 0:
             raise ConfigError(
                 "invalid configuration: reserved memory may not be zero for NUMA node"
-                f" {r.numa_node} and resource {_q(r.type)}"
+                f" {r.numa_node} and resource {quote(r.type)}"
             )
         if (r.numa_node, r.type) in seen:
             raise ConfigError(
                 "invalid configuration: the reserved memory has a duplicate value for NUMA node"
-                f" {r.numa_node} and resource {_q(r.type)}"
+                f" {r.numa_node} and resource {quote(r.type)}"
             )
         seen.add((r.numa_node, r.type))
 
@@ -242,7 +236,7 @@ def _parse_reserved_memory(data: object, where: str) -> tuple[ReservedMemory, ..
     else:
         raise ConfigError(
             f"{where}: expected a list of {{numaNode, limits}} or of --reserved-memory strings,"
-            f" got {_describe(data)}"
+            f" got {describe(data)}"
         )
     entries: list[ReservedMemory] = []
     for item_where, item in items:
@@ -256,7 +250,7 @@ def _parse_reserved_memory(data: object, where: str) -> tuple[ReservedMemory, ..
         else:
             raise ConfigError(
                 f"{item_where}: expected {{numaNode, limits}} or a string such as"
-                f' "0:memory=1Gi", got {_describe(item)}'
+                f' "0:memory=1Gi", got {describe(item)}'
             )
     try:
         validate_reserved_memory(entries)
@@ -274,7 +268,7 @@ def _check_keys(data: Mapping[object, object], known: tuple[str, ...], where: st
 
 def _string(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+        raise ConfigError(f"{where}: expected a string, got {describe(value)}")
     return value
 
 
@@ -282,7 +276,7 @@ def _parse_policy(value: object, where: str) -> str:
     name = _string(value, where)
     by_lower = {POLICY_STATIC.lower(): POLICY_STATIC, POLICY_NONE.lower(): POLICY_NONE}
     if name.lower() not in by_lower:
-        raise ConfigError(f"{where}: unknown policy: {_q(name)} (expected static or none)")
+        raise ConfigError(f"{where}: unknown policy: {quote(name)} (expected static or none)")
     return by_lower[name.lower()]
 
 
@@ -301,7 +295,7 @@ def _parse_options(data: object, where: str) -> tuple[bool, int]:
     if data is None:
         return prefer_closest, max_allowable
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping option -> value, got {_describe(data)}")
+        raise ConfigError(f"{where}: expected a mapping option -> value, got {describe(data)}")
     for raw_name, raw_value in data.items():
         name = str(raw_name)
         value_where = f"{where}.{name}"
@@ -309,7 +303,8 @@ def _parse_options(data: object, where: str) -> tuple[bool, int]:
             text = _option_text(raw_value, value_where)
             if text not in _GO_BOOLS:
                 raise ConfigError(
-                    f"{value_where}: bad value for option {_q(name)}: {_q(text)} is not a boolean"
+                    f"{value_where}: bad value for option {quote(name)}: {quote(text)}"
+                    " is not a boolean"
                 )
             prefer_closest = _GO_BOOLS[text]
         elif name == OPTION_MAX_ALLOWABLE:
@@ -317,30 +312,87 @@ def _parse_options(data: object, where: str) -> tuple[bool, int]:
             parsed = _atoi(text)
             if parsed is None:
                 raise ConfigError(
-                    f"{value_where}: bad value for option {_q(name)}: {_q(short(text))} is not an"
-                    " integer"
+                    f"{value_where}: bad value for option {quote(name)}:"
+                    f" {quote(short(text))} is not an integer"
                 )
             max_allowable = parsed
             if max_allowable < DEFAULT_MAX_ALLOWABLE_NUMA_NODES:
                 raise ConfigError(
-                    f"{value_where}: {_q(text)} is too small: the minimum value of {_q(name)}"
+                    f"{value_where}: {quote(text)} is too small: the minimum value of {quote(name)}"
                     f" should not be less than {DEFAULT_MAX_ALLOWABLE_NUMA_NODES}"
                 )
         else:
-            raise ConfigError(
-                f"{where}: unknown Topology Manager Policy option: {_q(name)} (known:"
-                f" {OPTION_PREFER_CLOSEST}, {OPTION_MAX_ALLOWABLE})"
-            )
+            raise ConfigError(_unknown_option(where, "Topology Manager", name, TOPOLOGY_OPTIONS))
     return prefer_closest, max_allowable
+
+
+def _unknown_option(where: str, manager: str, name: str, known: tuple[str, ...]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    did_you_mean = f"; did you mean {quote(hint[0])}?" if hint else ""
+    return (
+        f"{where}: unknown {manager} Policy option: {quote(name)} (known:"
+        f" {', '.join(known)}){did_you_mean}"
+    )
+
+
+def _parse_drift_tolerance(value: object, where: str) -> tuple[str, int]:
+    """``memory-drift-tolerance``: (the setting as written, the bytes it tolerates now).
+
+    ``auto`` tolerates nothing until it is resolved at start (inputs/iomem.py).
+    """
+    if value is False:
+        # YAML 1.1 reads a bare `off` as false; kubelet's options are strings
+        return DRIFT_TOLERANCE_OFF, 0
+    if value in (DRIFT_TOLERANCE_AUTO, DRIFT_TOLERANCE_OFF):
+        return str(value), 0
+    expected = 'auto, off or a quantity such as "128Mi"'
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ConfigError(f"{where}: expected {expected}, got {describe(value)}")
+    if isinstance(value, str):
+        try:
+            parse_quantity(value, allow_negative=True)
+        except QuantityError:
+            raise ConfigError(f"{where}: {quote(short(value))} is not {expected}") from None
+    return str(value), _bytes(value, where)
+
+
+def _parse_memory_options(data: object, where: str) -> dict[str, object]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping option -> value, got {describe(data)}")
+    for raw_name in data:
+        if str(raw_name) not in MEMORY_OPTIONS:
+            raise ConfigError(
+                _unknown_option(where, "Memory Manager", str(raw_name), MEMORY_OPTIONS)
+            )
+    return {str(k): v for k, v in data.items()}
+
+
+def _parse_drift(data: dict[object, object], source: str) -> tuple[str | None, int]:
+    """The drift tolerance of memoryManagerPolicyOptions or of its older name (not both)."""
+    options_key = "memoryManagerPolicyOptions"
+    options = _parse_memory_options(data.get(options_key), f"{source}.{options_key}")
+    spelled = options.get(OPTION_MEMORY_DRIFT_TOLERANCE)
+    alias = data.get(DRIFT_ALIAS)
+    if spelled is not None and alias is not None:
+        raise ConfigError(
+            f"{source}: {DRIFT_ALIAS} and {options_key}.{OPTION_MEMORY_DRIFT_TOLERANCE} are both"
+            f" set; {DRIFT_ALIAS} is the older name of the same setting: keep one"
+        )
+    if spelled is not None:
+        where = f"{source}.{options_key}.{OPTION_MEMORY_DRIFT_TOLERANCE}"
+        return _parse_drift_tolerance(spelled, where)
+    if alias is not None:
+        return _parse_drift_tolerance(alias, f"{source}.{DRIFT_ALIAS}")
+    return None, DEFAULT_MEMORY_DRIFT_TOLERANCE
 
 
 def _parse_reserved_resources(data: object, where: str) -> dict[str, int] | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{where}: expected a mapping resource -> quantity, got {_describe(data)}"
-        )
+        raise ConfigError(f"{where}: expected a mapping resource -> quantity, got {describe(data)}")
     result: dict[str, int] = {}
     for raw_name, raw_value in data.items():
         name = str(raw_name)
@@ -354,7 +406,7 @@ def _parse_reserved_resources(data: object, where: str) -> dict[str, int] | None
             result[name] = _bytes(raw_value, value_where)
         else:
             raise ConfigError(
-                f"{where}: cannot reserve {_q(name)} resource (only"
+                f"{where}: cannot reserve {quote(name)} resource (only"
                 f" {', '.join(_RESERVABLE)}, hugepages-<size>)"
             )
     return result
@@ -374,22 +426,22 @@ def _parse_eviction(data: object, where: str) -> dict[str, str] | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping signal -> threshold, got {_describe(data)}")
+        raise ConfigError(f"{where}: expected a mapping signal -> threshold, got {describe(data)}")
     result: dict[str, str] = {}
     for raw_signal, raw_value in data.items():
         signal = str(raw_signal)
         value_where = f"{where}.{signal}"
         if signal not in _EVICTION_SIGNALS:
-            raise ConfigError(f"{where}: unsupported eviction signal {_q(signal)}")
+            raise ConfigError(f"{where}: unsupported eviction signal {quote(signal)}")
         if isinstance(raw_value, bool) or not isinstance(raw_value, str | int):
             raise ConfigError(
                 f'{value_where}: expected a threshold such as "100Mi" or "10%", got'
-                f" {_describe(raw_value)}"
+                f" {describe(raw_value)}"
             )
         text = str(raw_value)
         if text.endswith("%"):
             if not _PERCENT_RE.fullmatch(text):
-                raise ConfigError(f"{value_where}: {_q(text)} is not a valid percentage")
+                raise ConfigError(f"{value_where}: {quote(text)} is not a valid percentage")
             if float(text[:-1]) > 100:
                 raise ConfigError(
                     f"{value_where}: eviction percentage threshold {text} must be <= 100%"
@@ -408,7 +460,7 @@ def parse_config(data: object, *, source: str = "config") -> Config:
     if data is None:
         return Config()
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping, got {_describe(data)}")
+        raise ConfigError(f"{source}: expected a mapping, got {describe(data)}")
     _check_keys(data, _CONFIG_KEYS, source)
 
     def at(key: str) -> str:
@@ -422,7 +474,7 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         tm_policy = _string(data["topologyManagerPolicy"], at("topologyManagerPolicy"))
         if tm_policy not in TOPOLOGY_POLICIES:
             raise ConfigError(
-                f"{at('topologyManagerPolicy')}: unknown policy: {_q(tm_policy)} (expected"
+                f"{at('topologyManagerPolicy')}: unknown policy: {quote(tm_policy)} (expected"
                 f" {', '.join(TOPOLOGY_POLICIES)})"
             )
     tm_scope = "container"
@@ -430,23 +482,30 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         tm_scope = _string(data["topologyManagerScope"], at("topologyManagerScope"))
         if tm_scope not in TOPOLOGY_SCOPES:
             raise ConfigError(
-                f"{at('topologyManagerScope')}: unknown scope: {_q(tm_scope)} (expected"
+                f"{at('topologyManagerScope')}: unknown scope: {quote(tm_scope)} (expected"
                 f" {', '.join(TOPOLOGY_SCOPES)})"
             )
     prefer_closest, max_allowable = _parse_options(
         data.get("topologyManagerPolicyOptions"), at("topologyManagerPolicyOptions")
     )
-    drift = DEFAULT_MEMORY_DRIFT_TOLERANCE
-    if data.get("memoryDriftTolerance") is not None:
-        drift = _bytes(data["memoryDriftTolerance"], at("memoryDriftTolerance"))
+    drift_option, drift = _parse_drift(data, source)
+    beyond = DRIFT_BEYOND_REFUSE
+    if data.get("memoryDriftBeyondTolerance") is not None:
+        beyond = _string(data["memoryDriftBeyondTolerance"], at("memoryDriftBeyondTolerance"))
+        if beyond not in DRIFT_BEYOND_MODES:
+            raise ConfigError(
+                f"{at('memoryDriftBeyondTolerance')}: unknown choice: {quote(beyond)} (expected"
+                f" {', '.join(DRIFT_BEYOND_MODES)})"
+            )
     resize = RESIZE_ACCOUNT
     if data.get("inPlaceResize") is not None:
         resize = _string(data["inPlaceResize"], at("inPlaceResize"))
         if resize not in RESIZE_MODES:
             raise ConfigError(
-                f"{at('inPlaceResize')}: unknown mode: {_q(resize)} (expected"
+                f"{at('inPlaceResize')}: unknown mode: {quote(resize)} (expected"
                 f" {', '.join(RESIZE_MODES)})"
             )
+    host_map = _parse_host_node_map(data.get("hostNodeMap"), at("hostNodeMap"))
     return Config(
         policy=policy,
         topology_manager_policy=tm_policy,
@@ -458,13 +517,34 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         system_reserved=_parse_reserved_resources(data.get("systemReserved"), at("systemReserved")),
         eviction_hard=_parse_eviction(data.get("evictionHard"), at("evictionHard")),
         memory_drift_tolerance=drift,
+        memory_drift_tolerance_option=drift_option,
+        memory_drift_beyond_tolerance=beyond,
         in_place_resize=resize,
+        host_node_map=host_map,
     )
+
+
+def _parse_host_node_map(data: object, where: str) -> dict[int, int] | None:
+    """``{fake node: host node}``, both NUMA node ids (YAML keys may be strings)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fake NUMA node to host NUMA node")
+    out: dict[int, int] = {}
+    for key, value in data.items():
+        fake = _atoi(str(key)) if not isinstance(key, bool) else None
+        host = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if fake is None or fake < 0 or fake > 1023:
+            raise ConfigError(f"{where}: {quote(str(key))} is not a NUMA node id")
+        if host is None or not 0 <= host <= 1023:
+            raise ConfigError(f"{where}.{fake}: {describe(value)} is not a NUMA node id")
+        out[fake] = host
+    return out
 
 
 def load_config_file(path: str | Path) -> Config:
     """The :class:`Config` of a YAML or JSON file holding the ``config:`` keys."""
-    data = read_document(path, ConfigError)
+    data = read_document(path, ConfigError, limit=CONFIG_FILE_LIMIT, what="config files")
     try:
         return parse_config(data)
     except ConfigError as e:
@@ -532,9 +612,9 @@ def _check_hugepage_type(r: ReservedMemory, topology: Topology, where: str) -> N
         size = None
     if size is not None and size in names.values():
         # Kubelet matches reservations by the canonical resource name only.
-        hint = f"; write it as {_q(hugepage_resource_name(size))}"
+        hint = f"; write it as {quote(hugepage_resource_name(size))}"
     raise ConfigError(
-        f"{where}: NUMA node {r.numa_node} reserves {_q(r.type)}, a hugepage size this machine"
+        f"{where}: NUMA node {r.numa_node} reserves {quote(r.type)}, a hugepage size this machine"
         f" does not have (sizes: {present}){hint}"
     )
 
@@ -575,9 +655,9 @@ def validate_for_machine(config: Config, topology: Topology, *, source: str = "c
             total, want = sums.get(type_, 0), expected.get(type_, 0)
             if total != want:
                 raise ConfigError(
-                    f"{where}: the total amount {_q(format_quantity(total))} of type {_q(type_)}"
-                    f" is not equal to the value {_q(format_quantity(want))} determined by Node"
-                    " Allocatable feature"
+                    f"{where}: the total amount {quote(format_quantity(total))} of type"
+                    f" {quote(type_)} is not equal to the value {quote(format_quantity(want))}"
+                    " determined by Node Allocatable feature"
                 )
 
     if sum(r.size for r in config.reserved_memory if r.type == MEMORY) <= 0:
@@ -597,6 +677,7 @@ def validate_for_machine(config: Config, topology: Topology, *, source: str = "c
             available, detail = pools.get(r.type, 0), ""
         if r.size > available:
             raise ConfigError(
-                f"{where}: NUMA node {r.numa_node} reserves {_q(format_quantity(r.size))} of"
-                f" {_q(r.type)} but the node has only {_q(format_quantity(available))}{detail}"
+                f"{where}: NUMA node {r.numa_node} reserves {quote(format_quantity(r.size))} of"
+                f" {quote(r.type)} but the node has only"
+                f" {quote(format_quantity(available))}{detail}"
             )

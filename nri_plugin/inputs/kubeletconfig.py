@@ -21,13 +21,21 @@ Rules (docs/kubelet-alignment.md):
   managers, ours governs memory, and the plugin is meant to work without
   reconfiguring kubelet;
 * a conflict is a :class:`~nri_plugin.errors.ConfigError` naming both values
-  and both files.
+  and both files;
+* ``memoryManagerPolicyOptions.memory-drift-tolerance`` (KEP-6232) is taken
+  from kubelet's file only when that file sets it (kubelet's own default, the
+  exact comparison, is a choice for kubelet's state, not ours) and conflicts
+  like the topology keys when both files set it;
+* kubelet's file may be newer than the plugin: a topology manager or memory
+  manager policy option the plugin does not know, or a memory manager or CPU
+  manager policy name it does not know, is ignored with one warning naming
+  it and the file (:attr:`KubeletSettings.ignored`), never a refusal to
+  start. Our own config stays strict.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,16 +45,24 @@ from typing import Any
 
 from nri_plugin.engine.config import (
     DEFAULT_EVICTION_HARD,
+    DRIFT_TOLERANCE_AUTO,
     OPTION_MAX_ALLOWABLE,
+    OPTION_MEMORY_DRIFT_TOLERANCE,
     OPTION_PREFER_CLOSEST,
     SIGNAL_MEMORY_AVAILABLE,
     Config,
     ReservedMemory,
 )
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, MEMORY
-from nri_plugin.errors import ConfigError
-from nri_plugin.inputs.config import parse_config
-from nri_plugin.inputs.reader import read_document
+from nri_plugin.errors import ConfigError, quote
+from nri_plugin.inputs.config import (
+    CONFIG_FILE_LIMIT,
+    DRIFT_ALIAS,
+    MEMORY_OPTIONS,
+    TOPOLOGY_OPTIONS,
+    parse_config,
+)
+from nri_plugin.inputs.reader import describe, read_document
 from nri_plugin.quantity import format_quantity, parse_quantity
 
 KUBELET_API_VERSION = "kubelet.config.k8s.io/v1beta1"
@@ -54,6 +70,12 @@ KUBELET_KIND = "KubeletConfiguration"
 DEFAULT_KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 
 TOPOLOGY_KEYS = ("topologyManagerPolicy", "topologyManagerScope", "topologyManagerPolicyOptions")
+MEMORY_OPTIONS_KEY = "memoryManagerPolicyOptions"
+DRIFT_KEY = f"{MEMORY_OPTIONS_KEY}.{OPTION_MEMORY_DRIFT_TOLERANCE}"
+# Policy names kubelet knows through 1.37 (memory_manager.go, cpu_manager.go), compared
+# in lower case: kubelet's docs write "none" where its code writes "None".
+_MEMORY_MANAGER_POLICIES = ("none", "static", "besteffort")
+_CPU_MANAGER_POLICIES = ("none", "static")
 RESERVATION_KEYS = ("kubeReserved", "systemReserved", "evictionHard")
 # The KubeletConfiguration keys that share our config's names and meaning.
 SHARED_KEYS = (*TOPOLOGY_KEYS, "reservedMemory", *RESERVATION_KEYS)
@@ -76,7 +98,9 @@ class KubeletSettings:
     """What the plugin reads of a KubeletConfiguration, kubelet's defaults filled in.
 
     ``config`` holds kubelet's effective values for the shared keys;
-    ``present`` names the shared keys the file itself sets.
+    ``present`` names the shared keys the file itself sets; ``ignored`` what
+    the file sets that the plugin does not know (``key.option: "value"``), in
+    the file's order.
     """
 
     path: str
@@ -84,10 +108,7 @@ class KubeletSettings:
     present: frozenset[str]
     memory_manager_policy: str
     cpu_manager_policy: str
-
-
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    ignored: tuple[str, ...] = ()
 
 
 def _optional_string(data: Mapping[object, object], key: str, default: str, path: str) -> str:
@@ -95,27 +116,68 @@ def _optional_string(data: Mapping[object, object], key: str, default: str, path
     if value is None:
         return default
     if not isinstance(value, str):
-        raise ConfigError(f"{path}: {key}: expected a string, got {value!r}")
+        raise ConfigError(f"{path}: {key}: expected a string, got {describe(value)}")
     return value
 
 
+def _known_options(
+    data: Mapping[object, object], key: str, known: tuple[str, ...], ignored: list[str]
+) -> dict[object, object] | None:
+    """``data[key]`` without the options the plugin does not know (noted in ``ignored``)."""
+    options = data.get(key)
+    if not isinstance(options, dict):
+        return None  # absent, or a shape parse_config refuses as it would in our file
+    kept: dict[object, object] = {}
+    for name, value in options.items():
+        if str(name) in known:
+            kept[name] = value
+        else:
+            ignored.append(f"{key}.{name}: {quote(str(value))}")
+    return kept
+
+
 def read_kubelet_config(path: str | Path) -> KubeletSettings:
-    """The shared settings of a KubeletConfiguration file, validated as our config is."""
-    data = read_document(path, ConfigError)
+    """The shared settings of a KubeletConfiguration file, validated as our config is.
+
+    Options and policy names of a newer kubelet are not errors: they are
+    listed in :attr:`KubeletSettings.ignored`.
+    """
+    data = read_document(path, ConfigError, limit=CONFIG_FILE_LIMIT, what="config files")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a {KUBELET_KIND} mapping")
+        raise ConfigError(f"{path}: expected a {KUBELET_KIND} mapping, got {describe(data)}")
     for key, want in (("apiVersion", KUBELET_API_VERSION), ("kind", KUBELET_KIND)):
         if data.get(key) != want:
             got = data.get(key)
-            shown = _q(got) if isinstance(got, str) else "nothing"
+            shown = quote(got) if isinstance(got, str) else "nothing"
             raise ConfigError(
-                f"{path}: {key} is {shown}, expected {_q(want)} (a kubelet --config file)"
+                f"{path}: {key} is {shown}, expected {quote(want)} (a kubelet --config file)"
             )
-    shared = {key: data[key] for key in SHARED_KEYS if data.get(key) is not None}
+    ignored: list[str] = []
+    shared: dict[object, object] = {
+        key: data[key] for key in SHARED_KEYS if data.get(key) is not None
+    }
+    topology_options = _known_options(
+        data, "topologyManagerPolicyOptions", TOPOLOGY_OPTIONS, ignored
+    )
+    if topology_options is not None:
+        shared["topologyManagerPolicyOptions"] = topology_options
+    memory_options = _known_options(data, MEMORY_OPTIONS_KEY, MEMORY_OPTIONS, ignored)
+    if memory_options is None and data.get(MEMORY_OPTIONS_KEY) is not None:
+        shared[MEMORY_OPTIONS_KEY] = data[MEMORY_OPTIONS_KEY]  # not a mapping: refused
+    elif memory_options:
+        shared[MEMORY_OPTIONS_KEY] = memory_options
     try:
         parsed = parse_config(shared, source=KUBELET_KIND)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    memory_manager_policy = _optional_string(data, "memoryManagerPolicy", "None", str(path))
+    cpu_manager_policy = _optional_string(data, "cpuManagerPolicy", "none", str(path))
+    for key, value, known in (
+        ("memoryManagerPolicy", memory_manager_policy, _MEMORY_MANAGER_POLICIES),
+        ("cpuManagerPolicy", cpu_manager_policy, _CPU_MANAGER_POLICIES),
+    ):
+        if value.lower() not in known:
+            ignored.append(f"{key}: {quote(value)}")
     # Effective values: an absent reservation reserves nothing; an absent
     # evictionHard is kubelet's default threshold.
     effective = dataclasses.replace(
@@ -131,9 +193,10 @@ def read_kubelet_config(path: str | Path) -> KubeletSettings:
     return KubeletSettings(
         path=str(path),
         config=effective,
-        present=frozenset(shared),
-        memory_manager_policy=_optional_string(data, "memoryManagerPolicy", "None", str(path)),
-        cpu_manager_policy=_optional_string(data, "cpuManagerPolicy", "none", str(path)),
+        present=frozenset(k for k in shared if k in SHARED_KEYS),
+        memory_manager_policy=memory_manager_policy,
+        cpu_manager_policy=cpu_manager_policy,
+        ignored=tuple(ignored),
     )
 
 
@@ -243,6 +306,13 @@ def _difference(key: str, ours: Config, kubelet: Config) -> tuple[str, str, str]
     raise AssertionError(key)
 
 
+def _drift_setting(config: Config) -> tuple[str, int]:
+    """The drift tolerance as a comparable value: "off" equals "0", "64Mi" equals "67108864"."""
+    if config.memory_drift_tolerance_option == DRIFT_TOLERANCE_AUTO:
+        return (DRIFT_TOLERANCE_AUTO, 0)
+    return ("bytes", config.memory_drift_tolerance)
+
+
 def _kubelet_default_note(key: str, kubelet: KubeletSettings) -> str:
     if key in kubelet.present:
         return ""
@@ -277,11 +347,35 @@ def align_with_kubelet(
         if diff is not None:
             what, ours_text, kubelet_text = diff
             raise ConfigError(
-                f"{what}: {_q(ours_text)} in {ours_name} but {_q(kubelet_text)} in"
+                f"{what}: {quote(ours_text)} in {ours_name} but {quote(kubelet_text)} in"
                 f" {kubelet.path}{_kubelet_default_note(key, kubelet)}; make them equal or"
                 f" remove {key} from {ours_name} to take kubelet's"
             )
     aligned = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    if kubelet.config.memory_drift_tolerance_option is not None:
+        if config.memory_drift_tolerance_option is None:
+            taken.append(DRIFT_KEY)
+            aligned = dataclasses.replace(
+                aligned,
+                memory_drift_tolerance=kubelet.config.memory_drift_tolerance,
+                memory_drift_tolerance_option=kubelet.config.memory_drift_tolerance_option,
+            )
+        elif _drift_setting(config) != _drift_setting(kubelet.config):
+            ours_text = config.memory_drift_tolerance_option
+            kubelet_text = kubelet.config.memory_drift_tolerance_option
+            raise ConfigError(
+                f"{DRIFT_KEY}: {quote(ours_text)} in {ours_name} but {quote(kubelet_text)} in"
+                f" {kubelet.path}; make them equal or remove {DRIFT_KEY} (or {DRIFT_ALIAS})"
+                f" from {ours_name} to take kubelet's"
+            )
+
+    if kubelet.ignored:
+        # a newer kubelet's options must not stop the plugin: the node would go unpinned
+        logger.warning(
+            "kubelet's config sets options the plugin does not know; ignored",
+            kubelet_config=kubelet.path,
+            ignored=list(kubelet.ignored),
+        )
 
     if kubelet.memory_manager_policy.lower() == "static":
         logger.warning(
@@ -317,5 +411,8 @@ def align_with_kubelet(
         eviction_hard_memory=(aligned.eviction_hard or {}).get(SIGNAL_MEMORY_AVAILABLE, "none"),
         memory_manager_policy=kubelet.memory_manager_policy,
         cpu_manager_policy=kubelet.cpu_manager_policy,
+        memory_drift_tolerance=(
+            aligned.memory_drift_tolerance_option or format_quantity(aligned.memory_drift_tolerance)
+        ),
     )
     return aligned

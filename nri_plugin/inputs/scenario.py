@@ -6,13 +6,10 @@ naming its key path.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
-
-import yaml
 
 from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.config import Config
@@ -20,8 +17,9 @@ from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.pod import QOS_CLASSES, ContainerSpec, PodSpec
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, MemoryState, is_memory_type
 from nri_plugin.engine.topology import Topology
-from nri_plugin.errors import ScenarioError
+from nri_plugin.errors import InputError, ScenarioError, quote
 from nri_plugin.inputs.config import parse_config, validate_for_machine
+from nri_plugin.inputs.reader import check_keys, describe, parse_document
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.persist.format import from_checkpoint
 from nri_plugin.quantity import parse_quantity
@@ -74,36 +72,31 @@ class Scenario:
 
 
 def load_scenario_text(text: str, *, source: str = "scenario") -> Scenario:
-    """Parse scenario text (YAML, or JSON, which is read with the faster JSON parser)."""
-    data: object
-    stripped = text.lstrip()
+    """Parse scenario text (YAML, or JSON, which is read with the faster JSON parser).
+
+    Every error names ``source`` first, then the key path in the scenario.
+    """
+    data = parse_document(text, source, ScenarioError)
     try:
-        if stripped.startswith("{"):
-            data = json.loads(text)
-        else:
-            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            data = yaml.load(text, Loader=loader)
-    except json.JSONDecodeError as exc:
-        raise ScenarioError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{source}: invalid YAML{where}: {problem}") from None
-    except ValueError as exc:
-        # a number of more than 4300 digits, or a YAML timestamp with a 13th month
-        raise ScenarioError(f"{source}: invalid YAML or JSON: {str(exc)[:80]}") from None
-    except RecursionError:
-        raise ScenarioError(f"{source}: invalid YAML or JSON: nested too deeply") from None
-    return parse_scenario(data)
+        return parse_scenario(data)
+    except InputError as exc:
+        raise with_source(exc, source) from None
+
+
+def with_source(exc: InputError, source: str) -> InputError:
+    """``exc`` (of the same class) with the file name in front of its message."""
+    return type(exc)(f"{source}: {exc}")
 
 
 def parse_scenario(data: object) -> Scenario:
     if not isinstance(data, Mapping):
-        raise ScenarioError(f"scenario: expected a mapping with keys {', '.join(_SCENARIO_KEYS)}")
+        raise ScenarioError(
+            f"scenario: expected a mapping with keys {', '.join(_SCENARIO_KEYS)},"
+            f" got {describe(data)}"
+        )
     _check_keys(data, _SCENARIO_KEYS, "scenario")
     if "topology" not in data:
-        raise ScenarioError("scenario: missing key 'topology'")
+        raise ScenarioError('scenario: missing key "topology"')
     topology = topology_from_mapping(data["topology"], source="topology")
     config = parse_config(data.get("config") or {}, source="config")
     validate_for_machine(config, topology, source="config")
@@ -112,34 +105,25 @@ def parse_scenario(data: object) -> Scenario:
         initial = from_checkpoint(data["initialState"], source="initialState")
     raw_steps = data.get("steps") or []
     if not isinstance(raw_steps, list):
-        raise ScenarioError("steps: expected a list of steps")
+        raise ScenarioError(f"steps: expected a list of steps, got {describe(raw_steps)}")
     steps = tuple(parse_step(s, topology, f"steps[{i}]") for i, s in enumerate(raw_steps))
     return Scenario(topology, config, initial, steps)
 
 
 def _check_keys(data: Mapping[Any, Any], known: Sequence[str], where: str) -> None:
-    for key in data:
-        if key not in known:
-            raise ScenarioError(
-                f"{where}: unknown key {key!r} (expected one of: {', '.join(known)})"
-            )
+    check_keys(data, known, where, ScenarioError)
 
 
 def _mapping(value: object, where: str) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
-        raise ScenarioError(f"{where}: expected a mapping, got {_describe(value)}")
+        raise ScenarioError(f"{where}: expected a mapping, got {describe(value)}")
     return value
 
 
 def _string(value: object, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise ScenarioError(f"{where}: expected a non-empty string, got {_describe(value)}")
+        raise ScenarioError(f"{where}: expected a non-empty string, got {describe(value)}")
     return str(value)
-
-
-def _describe(value: object) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_step(raw: object, topology: Topology, where: str = "step") -> Step:
@@ -177,7 +161,7 @@ def parse_step(raw: object, topology: Topology, where: str = "step") -> Step:
             None if named is None else _string(named, f"{where}.remove.container"),
         )
     raise ScenarioError(
-        f"{where}: unknown step {kind!r} (expected one of: {', '.join(_STEP_KINDS)})"
+        f"{where}: unknown step {quote(str(kind))} (expected one of: {', '.join(_STEP_KINDS)})"
     )
 
 
@@ -189,7 +173,9 @@ def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
     uid = _string(meta.get("uid"), f"{where}.pod.uid")
     qos = meta.get("qosClass")
     if qos is not None and qos not in QOS_CLASSES:
-        raise ScenarioError(f"{where}.pod.qosClass: {qos!r} is not one of {', '.join(QOS_CLASSES)}")
+        raise ScenarioError(
+            f"{where}.pod.qosClass: {describe(qos)} is not one of {', '.join(QOS_CLASSES)}"
+        )
     init = _parse_containers(body.get("initContainers"), f"{where}.initContainers", True, topology)
     apps = _parse_containers(body.get("containers"), f"{where}.containers", False, topology)
     if not apps:
@@ -197,7 +183,7 @@ def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
     seen: set[str] = set()
     for c in init + apps:
         if c.name in seen:
-            raise ScenarioError(f"{where}: container name {c.name!r} is used twice")
+            raise ScenarioError(f"{where}: container name {quote(c.name)} is used twice")
         seen.add(c.name)
     pod_requests: dict[str, Fraction] = {}
     pod_limits: dict[str, Fraction] = {}
@@ -223,7 +209,7 @@ def _parse_containers(
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ScenarioError(f"{where}: expected a list of containers, got {_describe(raw)}")
+        raise ScenarioError(f"{where}: expected a list of containers, got {describe(raw)}")
     return tuple(_parse_container(c, f"{where}[{i}]", init, topology) for i, c in enumerate(raw))
 
 
@@ -235,14 +221,16 @@ def _parse_container(raw: object, where: str, init: bool, topology: Topology) ->
     if restart is not None and (not init or restart != "Always"):
         if not init:
             raise ScenarioError(f"{where}.restartPolicy: only init containers take restartPolicy")
-        raise ScenarioError(f"{where}.restartPolicy: {restart!r} is not supported (only Always)")
+        raise ScenarioError(
+            f"{where}.restartPolicy: {describe(restart)} is not supported (only Always)"
+        )
     requests, limits = _parse_resources(body.get("resources"), f"{where}.resources")
     _check_container_resources(requests, limits, f"{where}.resources")
     cpuset = None
     if body.get("cpuset") is not None:
         text = body["cpuset"]
         if not isinstance(text, str | int) or isinstance(text, bool):
-            raise ScenarioError(f"{where}.cpuset: expected a cpulist string, got {_describe(text)}")
+            raise ScenarioError(f"{where}.cpuset: expected a cpulist string, got {describe(text)}")
         cpuset = parse_cpulist(str(text), what=f"{where}.cpuset")
         known = frozenset().union(*(n.cpus for n in topology.nodes))
         unknown = cpuset - known
@@ -325,12 +313,12 @@ def _parse_resource_list(raw: object, where: str) -> dict[str, Fraction]:
         what = f"{where}.{name}"
         q = parse_quantity(value, what=what)
         if q < 0:
-            raise ScenarioError(f"{what}: {value!r} is negative")
+            raise ScenarioError(f"{what}: {quote(str(value))} is negative")
         if is_memory_type(name):
             if q.denominator != 1:
-                raise ScenarioError(f"{what}: {value!r} is not a whole number of bytes")
+                raise ScenarioError(f"{what}: {quote(str(value))} is not a whole number of bytes")
             if q >= 1 << 63:
-                raise ScenarioError(f"{what}: {value!r} cannot be represented as int64")
+                raise ScenarioError(f"{what}: {quote(str(value))} cannot be represented as int64")
         out[name] = q
     return out
 
@@ -342,13 +330,13 @@ def _parse_device_hints(raw: object, where: str, topology: Topology) -> DeviceHi
     if not isinstance(raw, Mapping):
         raise ScenarioError(
             f"{where}: expected a list of hints or a mapping of resource name to a list of"
-            f" hints, got {_describe(raw)}"
+            f" hints, got {describe(raw)}"
         )
     out: dict[str, tuple[TopologyHint, ...] | None] = {}
     for resource, hints in raw.items():
         if not isinstance(resource, str) or not resource:
             raise ScenarioError(
-                f"{where}: expected resource names (strings), got {_describe(resource)}"
+                f"{where}: expected resource names (strings), got {describe(resource)}"
             )
         out[resource] = (
             None if hints is None else _parse_hints(hints, f"{where}.{resource}", topology)
@@ -358,7 +346,7 @@ def _parse_device_hints(raw: object, where: str, topology: Topology) -> DeviceHi
 
 def _parse_hints(raw: object, where: str, topology: Topology) -> tuple[TopologyHint, ...]:
     if not isinstance(raw, list):
-        raise ScenarioError(f"{where}: expected a list of hints, got {_describe(raw)}")
+        raise ScenarioError(f"{where}: expected a list of hints, got {describe(raw)}")
     ids = set(topology.node_ids)
     hints = []
     for i, h in enumerate(raw):
@@ -368,9 +356,7 @@ def _parse_hints(raw: object, where: str, topology: Topology) -> tuple[TopologyH
         nodes = body.get("nodes")
         preferred = body.get("preferred", False)
         if not isinstance(preferred, bool):
-            raise ScenarioError(
-                f"{w}.preferred: expected true or false, got {_describe(preferred)}"
-            )
+            raise ScenarioError(f"{w}.preferred: expected true or false, got {describe(preferred)}")
         if nodes is None:
             hints.append(TopologyHint(None, preferred))
             continue
@@ -379,7 +365,7 @@ def _parse_hints(raw: object, where: str, topology: Topology) -> tuple[TopologyH
         for n in nodes:
             if isinstance(n, bool) or not isinstance(n, int) or n not in ids:
                 raise ScenarioError(
-                    f"{w}.nodes: {n!r} is not a NUMA node of the topology "
+                    f"{w}.nodes: {describe(n)} is not a NUMA node of the topology "
                     f"(nodes: {','.join(map(str, sorted(ids)))})"
                 )
         hints.append(TopologyHint(mask_of(nodes), preferred))

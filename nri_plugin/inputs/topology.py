@@ -11,10 +11,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from nri_plugin.engine.bitmask import _q, format_cpulist, parse_cpulist
+from nri_plugin.engine.bitmask import format_cpulist, parse_cpulist
 from nri_plugin.engine.topology import NumaNode, Topology
-from nri_plugin.errors import QuantityError, TopologyError
-from nri_plugin.inputs.reader import _type_name, check_keys, read_document
+from nri_plugin.errors import QuantityError, TopologyError, quote
+from nri_plugin.inputs.reader import check_keys, describe, read_bytes, read_document
 from nri_plugin.quantity import INT64_MAX, bounded_int, format_quantity, parse_bytes, short
 
 # -- loaders ---------------------------------------------------------------
@@ -27,6 +27,9 @@ _HUGEPAGES_DIR_RE = re.compile(r"hugepages-([0-9]+)kB")
 _MEMTOTAL_RE = re.compile(r"Node\s+([0-9]+)\s+MemTotal:\s+([0-9]+)\s+kB")
 
 _TOPOLOGY_KEYS = ("nodes", "distances")
+# A fake topology of 1024 nodes (Linux's maximum) with its distance matrix is ~4 MiB.
+_TOPOLOGY_FILE_LIMIT = 16 << 20
+_SYSFS_FILE_LIMIT = 1 << 20
 _NODE_KEYS = ("id", "cpus", "memory", "hugepages")
 
 
@@ -39,7 +42,7 @@ def _bytes(value: object, what: str) -> int:
 
 def _node_id(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TopologyError(f"{where}: a NUMA node id must be an integer, got {_type_name(value)}")
+        raise TopologyError(f"{where}: a NUMA node id must be an integer, got {describe(value)}")
     if value < 0:
         raise TopologyError(f"{where}: NUMA node id {value} is negative")
     if value > MAX_NUMA_NODE_ID:
@@ -57,19 +60,19 @@ def _checked_hugepages(
         label = (names or {}).get(size, format_quantity(size))
         if size < 1024 or size & (size - 1):
             raise TopologyError(
-                f"{where}: hugepage size {_q(label)} ({size} bytes) is not a power of two"
+                f"{where}: hugepage size {quote(label)} ({size} bytes) is not a power of two"
                 " of at least 1Ki"
             )
         if total % size:
             raise TopologyError(
-                f"{where}: {_q(format_quantity(total))} of {format_quantity(size)} hugepages"
+                f"{where}: {quote(format_quantity(total))} of {format_quantity(size)} hugepages"
                 f" is not a whole number of {format_quantity(size)} pages"
             )
     in_pools = sum(pools.values())
     if in_pools > memory:
         raise TopologyError(
-            f"{where}: hugepage pools total {_q(format_quantity(in_pools))}, more than the"
-            f" node's memory {_q(format_quantity(memory))} (memory is MemTotal, which includes"
+            f"{where}: hugepage pools total {quote(format_quantity(in_pools))}, more than the"
+            f" node's memory {quote(format_quantity(memory))} (memory is MemTotal, which includes"
             " the hugepage pools)"
         )
     return pools
@@ -78,7 +81,7 @@ def _checked_hugepages(
 def _node_from_mapping(data: object, where: str) -> NumaNode:
     if not isinstance(data, dict):
         raise TopologyError(
-            f"{where}: expected a mapping with id, cpus, memory, got {_type_name(data)}"
+            f"{where}: expected a mapping with id, cpus, memory, got {describe(data)}"
         )
     check_keys(data, _NODE_KEYS, where)
     if "id" not in data:
@@ -95,7 +98,7 @@ def _node_from_mapping(data: object, where: str) -> NumaNode:
         cpus = parse_cpulist(str(raw_cpus), what=f"{where}.cpus")
     else:
         raise TopologyError(
-            f'{where}.cpus: expected a cpulist string such as "0-3", got {_type_name(raw_cpus)}'
+            f'{where}.cpus: expected a cpulist string such as "0-3", got {describe(raw_cpus)}'
         )
 
     if "memory" not in data:
@@ -109,15 +112,15 @@ def _node_from_mapping(data: object, where: str) -> NumaNode:
         if not isinstance(raw_pages, dict):
             raise TopologyError(
                 f"{where}.hugepages: expected a mapping page size -> total, got"
-                f" {_type_name(raw_pages)}"
+                f" {describe(raw_pages)}"
             )
         for raw_size, raw_total in raw_pages.items():
             size = _bytes(raw_size, f"{where}.hugepages")
             label = str(raw_size)
             if size in pools:
                 raise TopologyError(
-                    f"{where}.hugepages: page size {_q(label)} is the same size as"
-                    f" {_q(names[size])}"
+                    f"{where}.hugepages: page size {quote(label)} is the same size as"
+                    f" {quote(names[size])}"
                 )
             pools[size] = _bytes(raw_total, f"{where}.hugepages.{label}")
             names[size] = label
@@ -170,18 +173,18 @@ def _assemble(
 def _distance_rows(data: object, count: int, where: str) -> list[list[int]]:
     shape = f"a {count}x{count} matrix (one row per node, in the order of nodes)"
     if not isinstance(data, list):
-        raise TopologyError(f"{where}: expected {shape}, got {_type_name(data)}")
+        raise TopologyError(f"{where}: expected {shape}, got {describe(data)}")
     if len(data) != count:
         raise TopologyError(f"{where}: expected {shape}, got {len(data)} rows")
     rows: list[list[int]] = []
     for i, row in enumerate(data):
         if not isinstance(row, list) or len(row) != count:
-            got = f"{len(row)} entries" if isinstance(row, list) else _type_name(row)
+            got = f"{len(row)} entries" if isinstance(row, list) else describe(row)
             raise TopologyError(f"{where}[{i}]: expected a row of {count} distances, got {got}")
         for j, d in enumerate(row):
             if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
                 raise TopologyError(
-                    f"{where}[{i}][{j}]: a distance must be a positive integer, got {_type_name(d)}"
+                    f"{where}[{i}][{j}]: a distance must be a positive integer, got {describe(d)}"
                 )
         rows.append(list(row))
     return rows
@@ -190,12 +193,12 @@ def _distance_rows(data: object, count: int, where: str) -> list[list[int]]:
 def topology_from_mapping(data: object, *, source: str = "topology") -> Topology:
     """The machine described by the fake-topology schema (the ``topology:`` block)."""
     if not isinstance(data, dict):
-        raise TopologyError(f"{source}: expected a mapping with nodes, got {_type_name(data)}")
+        raise TopologyError(f"{source}: expected a mapping with nodes, got {describe(data)}")
     check_keys(data, _TOPOLOGY_KEYS, source)
     raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list):
         raise TopologyError(
-            f"{source}.nodes: expected a list of NUMA nodes, got {_type_name(raw_nodes)}"
+            f"{source}.nodes: expected a list of NUMA nodes, got {describe(raw_nodes)}"
         )
     if not raw_nodes:
         raise TopologyError(
@@ -234,7 +237,7 @@ def topology_to_mapping(topology: Topology) -> dict[str, object]:
 
 def load_topology_file(path: str | Path) -> Topology:
     """The machine described by a fake-topology file (YAML or JSON)."""
-    data = read_document(path, TopologyError)
+    data = read_document(path, TopologyError, limit=_TOPOLOGY_FILE_LIMIT, what="topology files")
     try:
         return topology_from_mapping(data)
     except TopologyError as e:
@@ -242,22 +245,21 @@ def load_topology_file(path: str | Path) -> Topology:
 
 
 def _read_sysfs(path: Path) -> str:
+    # sysfs attributes are at most a page; a fake tree's files get some room more.
+    raw = read_bytes(path, TopologyError, limit=_SYSFS_FILE_LIMIT, what="sysfs files")
     try:
-        return path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise TopologyError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise TopologyError(f"{path}: cannot read: {reason}") from None
+        return raw.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise TopologyError(f"{path}: not ASCII text (byte {e.start})") from None
 
 
 def _sysfs_int(path: Path) -> int:
     text = _read_sysfs(path).strip()
     if not text.isascii() or not text.isdigit():
-        raise TopologyError(f"{path}: expected a non-negative integer, got {_q(short(text))}")
+        raise TopologyError(f"{path}: expected a non-negative integer, got {quote(short(text))}")
     value = bounded_int(text, INT64_MAX)
     if value is None:
-        raise TopologyError(f"{path}: {_q(short(text))} is out of range")
+        raise TopologyError(f"{path}: {quote(short(text))} is out of range")
     return value
 
 
@@ -305,6 +307,23 @@ def _sysfs_node(node_dir: Path, node_id: int) -> NumaNode:
     return NumaNode(id=node_id, cpus=cpus, memory=memory, hugepages=pools)
 
 
+def host_node_ids(root: str | Path = "/sys") -> list[int]:
+    """The NUMA node ids this host has (``node<N>`` under devices/system/node); [0] without."""
+    base = Path(root) / "devices" / "system" / "node"
+    try:
+        names = [entry.name for entry in base.iterdir()]
+    except OSError:
+        return [0]  # a kernel without NUMA support: one node
+    ids = []
+    for name in names:
+        match = _NODE_DIR_RE.fullmatch(name)
+        if match is not None:
+            node_id = bounded_int(match[1], MAX_NUMA_NODE_ID)
+            if node_id is not None:
+                ids.append(node_id)
+    return sorted(ids) or [0]
+
+
 def discover_sysfs(root: str | Path = "/sys") -> Topology:
     """The machine as Linux describes it under ``<root>/devices/system/node``."""
     base = Path(root) / "devices" / "system" / "node"
@@ -343,10 +362,12 @@ def discover_sysfs(root: str | Path = "/sys") -> Topology:
             if len(fields) != len(found) or None in values:
                 raise TopologyError(
                     f"{f}: expected {len(found)} distances (one per node), got"
-                    f" {_q(short(' '.join(fields)))}"
+                    f" {quote(short(' '.join(fields)))}"
                 )
             row = [v for v in values if v is not None]
             if any(d <= 0 for d in row):
-                raise TopologyError(f"{f}: distances must be positive, got {_q(' '.join(fields))}")
+                raise TopologyError(
+                    f"{f}: distances must be positive, got {quote(' '.join(fields))}"
+                )
             rows.append(row)
     return _assemble(nodes, wheres, rows)

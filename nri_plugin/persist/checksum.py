@@ -3,6 +3,20 @@
 kubelet's ``checkpointmanager/checksum`` hashes ``spew.Sprintf("%#v", obj)`` of the
 checkpoint struct with ``Checksum`` zeroed (``pkg/kubelet/cm/memorymanager/state/checkpoint.go``);
 this module writes the same text without Go and hashes it with compiled FNV-1a.
+
+Three structs are hashed, one per checkpoint version kubelet has written
+(docs/simulate.md, "initialState"):
+
+* v1 (every kubelet up to 1.35, 1.36 with ``PodLevelResourceManagers`` off, and
+  the v1 fields of 1.37's file): ``PolicyName``, ``MachineState``, ``Entries``;
+  1.36 hashes it under the struct name ``MemoryManagerCheckpointV1``, every
+  other version under ``MemoryManagerCheckpoint``;
+* v2 (1.36 with ``PodLevelResourceManagers`` on): the same plus ``PodEntries``
+  (``state.PodMemoryAssignments``, pod UID -> ``PodEntry{MemoryBlocks}``);
+  kubelet renames ``MemoryManagerCheckpointV2`` to ``MemoryManagerCheckpoint``
+  in the dump, so both hash under the v1 struct name;
+* v3 (1.37, kubernetes/kubernetes#139626): ``dataChecksum`` is the checksum of
+  the ``data`` string itself, which spew prints as ``(string)`` and the text.
 """
 
 from __future__ import annotations
@@ -22,10 +36,18 @@ class _GoNames:
 
     node_map: str
     group_field: str
+    checkpoint: str = "state.MemoryManagerCheckpoint"
 
 
 _NEW_NAMES = _GoNames(node_map="state.NUMANodeMap", group_field="Cells")
 _OLD_NAMES = _GoNames(node_map="state.NodeMap", group_field="Nodes")
+# kubelet 1.36 (checkpoint.go @1c4a3861) writes the v1 struct as MemoryManagerCheckpointV1
+# and hashes it under that name; 1.37 hashes it under the old one, as every reader expects
+_V1_STRUCT_NAMES = _GoNames(
+    node_map="state.NUMANodeMap",
+    group_field="Cells",
+    checkpoint="state.MemoryManagerCheckpointV1",
+)
 
 
 # -- checksum ----------------------------------------------------------------
@@ -96,20 +118,53 @@ def _spew_pods(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> Iterator
         yield f"{uid}:map[{' '.join(items)}]"
 
 
+def _spew_blocks(blocks: Sequence[Block]) -> str:
+    return " ".join(
+        [
+            f"{{NUMAAffinity:([]int)[{' '.join(map(str, b.numa_affinity))}]"
+            f" Type:(v1.ResourceName){b.type} Size:(uint64){b.size}}}"
+            for b in blocks
+        ]
+    )
+
+
+def _spew_pod_entries(pod_entries: Mapping[str, Sequence[Block] | None]) -> str:
+    # A PodEntry is a struct in a map: spew prints its field with the slice type;
+    # a pod entry read without "memoryBlocks" holds a nil slice, printed <nil>.
+    items = []
+    for uid in sorted(pod_entries):
+        blocks = pod_entries[uid]
+        shown = "<nil>" if blocks is None else f"[{_spew_blocks(blocks)}]"
+        items.append(f"{uid}:{{MemoryBlocks:([]state.Block){shown}}}")
+    return " ".join(items)
+
+
 def _dump(
     policy_name: str,
     machine: Mapping[int, NodeState],
     entries: Mapping[str, Mapping[str, Sequence[Block]]],
     names: _GoNames,
+    pod_entries: Mapping[str, Sequence[Block] | None] | None = None,
 ) -> str:
+    """The v1 struct's dump; with ``pod_entries`` (even empty) the v2 struct's."""
     nodes = " ".join(_spew_node(i, machine[i], names) for i in sorted(machine))
     pods = _join_in_batches(" ", _spew_pods(entries))
+    v2 = (
+        ""
+        if pod_entries is None
+        else f" PodEntries:(state.PodMemoryAssignments)map[{_spew_pod_entries(pod_entries)}]"
+    )
     return (
-        f"(*state.MemoryManagerCheckpoint){{PolicyName:(string){policy_name}"
+        f"(*{names.checkpoint}){{PolicyName:(string){policy_name}"
         f" MachineState:({names.node_map})map[{nodes}]"
-        f" Entries:(state.ContainerMemoryAssignments)map[{pods}]"
+        f" Entries:(state.ContainerMemoryAssignments)map[{pods}]{v2}"
         f" Checksum:(checksum.Checksum)0}}"
     )
+
+
+def data_checksum(data: str) -> int:
+    """kubelet 1.37's ``dataChecksum``: the checksum of the ``data`` string (a Go string)."""
+    return fnv1a_32(("(string)" + data).encode())
 
 
 def checksum_dump(state: MemoryState, *, legacy_names: bool = False) -> str:

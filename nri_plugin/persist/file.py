@@ -12,7 +12,15 @@ from typing import Any
 
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.errors import StateError
-from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, from_checkpoint, parse_json
+from nri_plugin.inputs.reader import decode_text
+from nri_plugin.persist.format import (
+    MAX_FILE_BYTES,
+    Checkpoint,
+    dumps,
+    from_checkpoint,
+    parse_json,
+    read_checkpoint,
+)
 
 # kubelet's name for the memory manager's checkpoint, in its state directory
 STATE_FILE_NAME = "memory_manager_state"
@@ -23,17 +31,29 @@ EXITS_FILE_NAME = "exited_containers"
 def load_file(path: str | Path) -> MemoryState | None:
     """Read and verify the checkpoint at ``path``; None when there is no file.
 
-    A symlink is refused (never followed), as is anything but a regular file.
+    A symlink is refused (never followed), as is anything but a regular file;
+    so is a file with pod-level entries (:func:`~nri_plugin.persist.format.from_checkpoint`).
     """
     p = os.fspath(path)
+    data = _read_json(p)
+    return None if data is _ABSENT else from_checkpoint(data, source=p)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint | None:
+    """Like :func:`load_file`, keeping the form and any pod-level entries (``state``)."""
+    p = os.fspath(path)
+    data = _read_json(p)
+    return None if data is _ABSENT else read_checkpoint(data, source=p)
+
+
+_ABSENT = object()  # no file (a file may hold JSON null)
+
+
+def _read_json(p: str) -> object:
     raw = read_regular_file(p, MAX_FILE_BYTES, what="checkpoint")
     if raw is None:
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StateError(f"{p}: checkpoint is not UTF-8 text (byte {exc.start})") from exc
-    return from_checkpoint(parse_json(text, source=p), source=p)
+        return _ABSENT
+    return parse_json(decode_text(raw, p, StateError), source=p)
 
 
 def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> bytes | None:
@@ -48,7 +68,7 @@ def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> by
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+        raise StateError(f"{p}: cannot read: {exc.strerror}") from exc
     if stat.S_ISLNK(st.st_mode):
         raise StateError(f"{p}: {what} is a symlink; refusing to follow it")
     if not stat.S_ISREG(st.st_mode):
@@ -60,16 +80,16 @@ def read_regular_file(path: str | Path, limit: int, *, what: str = "file") -> by
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+        raise StateError(f"{p}: cannot read: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise StateError(f"{p}: {what} is not a regular file")
             raw = f.read(limit + 1)
     except OSError as exc:
-        raise StateError(f"{p}: cannot read {what}: {exc.strerror}") from exc
+        raise StateError(f"{p}: cannot read: {exc.strerror}") from exc
     if len(raw) > limit:
-        raise StateError(f"{p}: {what} is larger than {limit} bytes")
+        raise StateError(f"{p}: larger than {limit} bytes (the limit for {what} files)")
     return raw
 
 

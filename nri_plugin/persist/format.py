@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from nri_plugin.engine.state import (
@@ -33,14 +33,18 @@ from nri_plugin.engine.state import (
     NodeState,
     is_memory_type,
 )
-from nri_plugin.errors import StateError
+from nri_plugin.errors import StateError, quote
+from nri_plugin.inputs.reader import describe, too_deep
 from nri_plugin.persist.checksum import (
     _NEW_NAMES,
     _OLD_NAMES,
+    _V1_STRUCT_NAMES,
     _dump,
     _go_order,
+    _GoNames,
     _join_in_batches,
     checksum,
+    data_checksum,
     fnv1a_32,
 )
 
@@ -58,6 +62,40 @@ KEY_NODES = "nodes"  # the group key of the first implementation (KEP-1769, kube
 _LEGACY_POLICY_NAMES = {"static": POLICY_STATIC, "none": POLICY_NONE}
 
 _TABLE_FIELDS = ("total", "systemReserved", "allocatable", "reserved", "free")
+
+KEY_POD_ENTRIES = "podEntries"  # kubelet 1.36's v2 (PodLevelResourceManagers)
+KEY_DATA = "data"  # kubelet 1.37's v3: the state as a JSON string ...
+KEY_DATA_CHECKSUM = "dataChecksum"  # ... and the checksum of that string
+
+# The checkpoint versions kubelet writes (pkg/kubelet/cm/memorymanager/state/checkpoint.go),
+# as messages and `state` name them.
+FORM_V1 = "v1"
+FORM_V2 = "v2"
+FORM_V3 = "v3"
+FORMS = {
+    FORM_V1: "kubelet's v1 form",
+    FORM_V2: "kubelet 1.36's v2 form",
+    FORM_V3: "kubelet 1.37's v3 form",
+}
+# Who writes each form, for `state` and the docs.
+FORM_WRITERS = {
+    FORM_V1: "kubelet 1.34 and 1.35, 1.36 without PodLevelResourceManagers, and this plugin",
+    FORM_V2: "kubelet 1.36 with PodLevelResourceManagers: podEntries, under the checksum",
+    FORM_V3: "kubelet 1.37: the v1 fields, plus data (with podEntries) and dataChecksum",
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: the state, the form it was written in, and pod-level entries.
+
+    ``pod_entries`` (pod UID -> blocks) is what kubelet's ``PodLevelResourceManagers``
+    reserved for whole pods (v2, v3); empty for v1 and for every file we write.
+    """
+
+    state: MemoryState
+    form: str
+    pod_entries: Mapping[str, tuple[Block, ...]] = field(default_factory=dict)
 
 
 # -- writing -----------------------------------------------------------------
@@ -87,6 +125,30 @@ def to_checkpoint(state: MemoryState) -> dict[str, object]:
             for uid, containers in sorted(state.entries.items(), key=lambda kv: _go_order(kv[0]))
         }
     out["checksum"] = checksum(state)
+    return out
+
+
+def checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, object]:
+    """A read checkpoint as JSON: our v1 form, or kubelet 1.36's v2 when it holds podEntries.
+
+    Either is a checkpoint that reads back (``state --json``); the v2 form is the
+    one that keeps pod-level entries under a checksum in plain fields.
+    """
+    out = to_checkpoint(checkpoint.state)
+    if not checkpoint.pod_entries:
+        return out
+    state = checkpoint.state
+    del out["checksum"]
+    out[KEY_POD_ENTRIES] = {
+        uid: {"memoryBlocks": [_block_to_json(b) for b in blocks]}
+        for uid, blocks in sorted(checkpoint.pod_entries.items(), key=lambda kv: _go_order(kv[0]))
+    }
+    names = _NEW_NAMES
+    out["checksum"] = fnv1a_32(
+        _dump(
+            state.policy_name, state.machine, state.entries, names, checkpoint.pod_entries
+        ).encode()
+    )
     return out
 
 
@@ -171,30 +233,8 @@ def dumps(state: MemoryState) -> str:
 # -- reading -----------------------------------------------------------------
 
 
-def _show(value: object) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number with a fraction or exponent"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+def _key(value: object) -> str:
+    return quote(value) if isinstance(value, str) else describe(value)
 
 
 class _Reader:
@@ -209,7 +249,7 @@ class _Reader:
 
     def obj(self, value: object, path: str) -> dict[object, object]:
         if not isinstance(value, dict):
-            self.fail(path, f"must be a JSON object, got {_type_name(value)}")
+            self.fail(path, f"must be a JSON object, got {describe(value)}")
         return value
 
     def field(self, obj: dict[object, object], key: str, path: str) -> object:
@@ -219,24 +259,24 @@ class _Reader:
 
     def string(self, value: object, path: str) -> str:
         if not isinstance(value, str):
-            self.fail(path, f"must be a string, got {_type_name(value)}")
+            self.fail(path, f"must be a string, got {describe(value)}")
         return value
 
     def key(self, value: object, path: str) -> str:
         if not isinstance(value, str):
-            self.fail(path, f"key {_show(value)} must be a string")
+            self.fail(path, f"key {_key(value)} must be a string")
         # An empty pod UID or container name is read, as kubelet reads it: the
         # writer accepts it, and a file we wrote must load back.
         try:
             value.encode()
         except UnicodeEncodeError:
-            self.fail(path, f"key {_show(value)} is not valid UTF-8")
+            self.fail(path, f"key {_key(value)} is not valid UTF-8")
         return value
 
     def integer(self, value: object, path: str, limit: int) -> int:
         # bool is an int subclass in Python; JSON true is not a number.
         if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(path, f"must be a non-negative integer, got {_show(value)}")
+            self.fail(path, f"must be a non-negative integer, got {describe(value)}")
         if value < 0:
             self.fail(path, f"must be a non-negative integer, got {value}")
         if value > limit:
@@ -245,7 +285,7 @@ class _Reader:
 
     def node_ids(self, value: object, path: str, *, allow_empty: bool) -> list[int]:
         if not isinstance(value, list):
-            self.fail(path, f"must be a list of NUMA node ids, got {_type_name(value)}")
+            self.fail(path, f"must be a list of NUMA node ids, got {describe(value)}")
         ids = [self.integer(v, f"{path}[{i}]", MAX_INT64) for i, v in enumerate(value)]
         if not ids and not allow_empty:
             self.fail(path, "must name at least one NUMA node")
@@ -261,7 +301,7 @@ class _Reader:
             # at most 20 digits converted: a long digit string is no node id (and int()
             # refuses more than 4300 digits)
             return self.integer(int(key), f"{path}.{key}", MAX_INT64)
-        self.fail(path, f"key {_show(key)} must be a NUMA node id (a non-negative decimal)")
+        self.fail(path, f"key {_key(key)} must be a NUMA node id (a non-negative decimal)")
 
 
 def _join(path: str, key: str) -> str:
@@ -276,11 +316,12 @@ class _Decoded:
     machine: dict[int, NodeState]
     entries: dict[str, dict[str, list[Block]]]
     legacy_layout: bool
-    stored_checksum: int
+    # v2's podEntries (None: the key is absent); a pod entry without
+    # "memoryBlocks" is None too, as Go's nil slice (it hashes as <nil>)
+    pod_entries: dict[str, list[Block] | None] | None
 
 
-def _decode(data: object, r: _Reader) -> _Decoded:
-    top = r.obj(data, "")
+def _decode(top: dict[object, object], r: _Reader) -> _Decoded:
     policy_name = r.string(r.field(top, "policyName", ""), "policyName")
 
     machine: dict[int, NodeState] = {}
@@ -309,8 +350,19 @@ def _decode(data: object, r: _Reader) -> _Decoded:
                 containers[name] = _decode_blocks(raw_blocks, f"{pod_path}.{name}", r)
             entries[uid] = containers
 
-    stored = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
-    return _Decoded(policy_name, machine, entries, KEY_NODES in layouts, stored)
+    pod_entries: dict[str, list[Block] | None] | None = None
+    if KEY_POD_ENTRIES in top:
+        pod_entries = {}
+        for raw_uid, raw_entry in r.obj(top[KEY_POD_ENTRIES], KEY_POD_ENTRIES).items():
+            uid = r.key(raw_uid, KEY_POD_ENTRIES)
+            entry_path = f"{KEY_POD_ENTRIES}.{uid}"
+            entry = r.obj(raw_entry, entry_path)
+            pod_entries[uid] = (
+                _decode_blocks(entry["memoryBlocks"], f"{entry_path}.memoryBlocks", r)
+                if "memoryBlocks" in entry
+                else None
+            )
+    return _Decoded(policy_name, machine, entries, KEY_NODES in layouts, pod_entries)
 
 
 def _decode_node(raw: object, path: str, r: _Reader) -> tuple[NodeState, str]:
@@ -323,7 +375,7 @@ def _decode_node(raw: object, path: str, r: _Reader) -> tuple[NodeState, str]:
     for raw_type, raw_table in r.obj(r.field(node, "memoryMap", path), map_path).items():
         mem_type = r.key(raw_type, map_path)
         if not is_memory_type(mem_type):
-            r.fail(map_path, f"key {_show(mem_type)} is not 'memory' or 'hugepages-<size>'")
+            r.fail(map_path, f"key {quote(mem_type)} is not 'memory' or 'hugepages-<size>'")
         memory_map[mem_type] = _decode_table(raw_table, f"{map_path}.{mem_type}", r)
 
     has_cells, has_nodes = KEY_CELLS in node, KEY_NODES in node
@@ -346,7 +398,7 @@ def _decode_table(raw: object, path: str, r: _Reader) -> MemoryTable:
 
 def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
     if not isinstance(raw, list):
-        r.fail(path, f"must be a list of memory blocks, got {_type_name(raw)}")
+        r.fail(path, f"must be a list of memory blocks, got {describe(raw)}")
     blocks = []
     for i, raw_block in enumerate(raw):
         block_path = f"{path}[{i}]"
@@ -358,42 +410,145 @@ def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
         )
         mem_type = r.string(r.field(block, "type", block_path), f"{block_path}.type")
         if not is_memory_type(mem_type):
-            r.fail(f"{block_path}.type", f"{_show(mem_type)} is not 'memory' or 'hugepages-<size>'")
+            r.fail(f"{block_path}.type", f"{quote(mem_type)} is not 'memory' or 'hugepages-<size>'")
         size = r.integer(r.field(block, "size", block_path), f"{block_path}.size", MAX_UINT64)
         blocks.append(Block(numa_affinity=tuple(mask), type=mem_type, size=size))
     return blocks
 
 
-def _checksum_candidates(d: _Decoded) -> list[int]:
-    """Checksums a genuine writer of this content could have stored."""
-    sums = [fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _NEW_NAMES).encode())]
+def _v1_candidates(d: _Decoded) -> Iterator[int]:
+    """Checksums a genuine writer of this content in the v1 form could have stored.
+
+    Lazily, the one kubelet and this plugin write today first: a large state is
+    dumped once at start.
+    """
+
+    def sum_of(policy_name: str, names: _GoNames) -> int:
+        return fnv1a_32(_dump(policy_name, d.machine, d.entries, names).encode())
+
+    yield sum_of(d.policy_name, _NEW_NAMES)
+    if not d.legacy_layout:
+        yield sum_of(d.policy_name, _V1_STRUCT_NAMES)
+        return
+    yield sum_of(d.policy_name, _OLD_NAMES)
+    # The kubernetes.io example shows "Static" but its checksum was made
+    # with the first implementation's "static"; accept that one edit.
+    lower = d.policy_name.lower()
+    if lower != d.policy_name and lower in _LEGACY_POLICY_NAMES:
+        yield sum_of(lower, _OLD_NAMES)
+
+
+def _v2_checksum(d: _Decoded) -> int:
+    pods = d.pod_entries if d.pod_entries is not None else {}
+    return fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _NEW_NAMES, pods).encode())
+
+
+def _corrupted(stored: int, what: str) -> str:
+    return f"checkpoint is corrupted: stored checksum {stored} does not match {what}"
+
+
+def _verify_v1_or_v2(top: dict[object, object], d: _Decoded, r: _Reader) -> str:
+    """The form whose checksum the file carries (v1 or v2); StateError naming it if none."""
+    stored = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
+    if d.pod_entries is not None:
+        v2 = _v2_checksum(d)
+        if stored != v2:
+            r.fail(
+                "checksum", _corrupted(stored, f"the content of {FORMS[FORM_V2]} (computed {v2})")
+            )
+        return FORM_V2
+    v1 = []
+    for candidate in _v1_candidates(d):
+        if stored == candidate:
+            return FORM_V1
+        v1.append(candidate)
     if d.legacy_layout:
-        sums.append(fnv1a_32(_dump(d.policy_name, d.machine, d.entries, _OLD_NAMES).encode()))
-        # The kubernetes.io example shows "Static" but its checksum was made
-        # with the first implementation's "static"; accept that one edit.
-        lower = d.policy_name.lower()
-        if lower != d.policy_name and lower in _LEGACY_POLICY_NAMES:
-            sums.append(fnv1a_32(_dump(lower, d.machine, d.entries, _OLD_NAMES).encode()))
-    return sums
+        r.fail("checksum", _corrupted(stored, f"the content (computed {v1[1]})"))
+    # kubelet 1.36 with PodLevelResourceManagers on omits an empty podEntries from
+    # the JSON but still hashes the field: the file looks like v1, the sum is v2's
+    v2 = _v2_checksum(d)
+    if stored == v2:
+        return FORM_V2
+    r.fail(
+        "checksum",
+        _corrupted(
+            stored,
+            f"the content (computed {v1[0]} as {FORMS[FORM_V1]}, {v2} as {FORMS[FORM_V2]})",
+        ),
+    )
 
 
-def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
-    """Decode a parsed checkpoint (JSON or YAML), verify its checksum and policy name.
+def _read_v3(top: dict[object, object], r: _Reader) -> tuple[_Decoded, str]:
+    """kubelet 1.37's form: the v1 fields, and the same state (plus podEntries) in ``data``.
+
+    Both checksums are verified, and the two copies must agree: kubelet 1.37
+    reads ``data``, an older kubelet (or a downgrade) the v1 fields.
+    """
+    form = FORMS[FORM_V3]
+    for key in (KEY_DATA, KEY_DATA_CHECKSUM):
+        if key not in top:
+            r.fail(key, f"is missing ({form} has both {KEY_DATA} and {KEY_DATA_CHECKSUM})")
+    if KEY_POD_ENTRIES in top:
+        r.fail(
+            KEY_POD_ENTRIES,
+            f"beside {KEY_DATA}: kubelet 1.36's field in {form}, which keeps podEntries"
+            f" in {KEY_DATA}; no kubelet writes both",
+        )
+    data = r.string(top[KEY_DATA], KEY_DATA)
+    stored = r.integer(top[KEY_DATA_CHECKSUM], KEY_DATA_CHECKSUM, MAX_UINT64)
+    computed = data_checksum(data)
+    if stored != computed:
+        r.fail(KEY_DATA_CHECKSUM, _corrupted(stored, f"{KEY_DATA} of {form} (computed {computed})"))
+    inner_reader = _Reader(f"{r.source}: {KEY_DATA}")
+    inner = inner_reader.obj(parse_json(data, source=inner_reader.source), "")
+    if "checksum" in inner:
+        inner_reader.fail("checksum", f"is not a field of {form}'s {KEY_DATA}")
+    d = _decode(inner, inner_reader)
+
+    legacy = _decode(top, r)
+    if legacy.legacy_layout:
+        r.fail("machineState", f"uses {KEY_NODES!r} in {form}, which writes {KEY_CELLS!r}")
+    stored_v1 = r.integer(r.field(top, "checksum", ""), "checksum", MAX_UINT64)
+    v1 = next(_v1_candidates(legacy))
+    if stored_v1 != v1:
+        r.fail("checksum", _corrupted(stored_v1, f"the v1 fields of {form} (computed {v1})"))
+    if (legacy.policy_name, legacy.machine, legacy.entries) != (
+        d.policy_name,
+        d.machine,
+        d.entries,
+    ):
+        differing = next(
+            key
+            for key, a, b in (
+                ("policyName", legacy.policy_name, d.policy_name),
+                ("machineState", legacy.machine, d.machine),
+                ("entries", legacy.entries, d.entries),
+            )
+            if a != b
+        )
+        r.fail(
+            differing,
+            f"differs from {KEY_DATA}.{differing}: {form} keeps one state twice, the v1 fields"
+            " for kubelet 1.36 and older and data for 1.37 and newer",
+        )
+    return d, FORM_V3
+
+
+def read_checkpoint(data: object, *, source: str = "state") -> Checkpoint:
+    """Decode a parsed checkpoint of any form kubelet 1.34-1.37 writes, verifying its checksums.
 
     Accepts the group key ``cells`` and the older ``nodes``. The returned
     state uses kubelet's current policy spelling (``Static`` / ``None``).
-    Raises :class:`StateError` naming ``source`` and the offending key path.
+    Raises :class:`StateError` naming ``source``, the offending key path and,
+    for a checksum that does not match, the form it was read as.
     """
     r = _Reader(source)
-    d = _decode(data, r)
-
-    candidates = _checksum_candidates(d)
-    if d.stored_checksum not in candidates:
-        r.fail(
-            "checksum",
-            f"checkpoint is corrupted: stored checksum {d.stored_checksum} does not match"
-            f" the content (computed {candidates[1 if d.legacy_layout else 0]})",
-        )
+    top = r.obj(data, "")
+    if KEY_DATA in top or KEY_DATA_CHECKSUM in top:
+        d, form = _read_v3(top, r)
+    else:
+        d = _decode(top, r)
+        form = _verify_v1_or_v2(top, d, r)
 
     policy_name = d.policy_name
     if policy_name not in (POLICY_STATIC, POLICY_NONE):
@@ -402,10 +557,35 @@ def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
         else:
             r.fail(
                 "policyName",
-                f"{_show(policy_name)} is not {POLICY_STATIC!r} or {POLICY_NONE!r}"
+                f"{quote(policy_name)} is not {POLICY_STATIC!r} or {POLICY_NONE!r}"
                 " (lower-case names are only read from old checkpoints that use 'nodes')",
             )
-    return MemoryState(policy_name=policy_name, machine=d.machine, entries=d.entries)
+    pods = {uid: tuple(blocks or ()) for uid, blocks in (d.pod_entries or {}).items()}
+    state = MemoryState(policy_name=policy_name, machine=d.machine, entries=d.entries)
+    return Checkpoint(state, form, pods)
+
+
+def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
+    """The state of a parsed checkpoint (:func:`read_checkpoint`), refusing pod-level entries.
+
+    Pod-level memory (kubelet's ``PodLevelResourceManagers``, ``podEntries``)
+    is reserved for a whole pod, and the entries of that pod's containers are
+    views of it, not allocations of their own: the engine does not model that
+    (docs/simulate.md, "initialState"), so such a state is refused rather than
+    read wrong.
+    """
+    checkpoint = read_checkpoint(data, source=source)
+    held = [uid for uid, blocks in sorted(checkpoint.pod_entries.items()) if blocks]
+    if held:
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        _Reader(source).fail(
+            f"{KEY_DATA}.{KEY_POD_ENTRIES}" if checkpoint.form == FORM_V3 else KEY_POD_ENTRIES,
+            f"pod {quote(str(held[0]))}{more} holds pod-level memory (kubelet's"
+            f" PodLevelResourceManagers, pod scope; read as {FORMS[checkpoint.form]}), which"
+            " this plugin does not model: the entries of its containers share the pod's"
+            " blocks; remove the pod from podEntries and entries to use the rest",
+        )
+    return checkpoint.state
 
 
 # -- the file ----------------------------------------------------------------
@@ -416,7 +596,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     for key, value in pairs:
         if key in out:
             # Go keeps the last one silently; a duplicate means a hand-edited file.
-            raise StateError(f"duplicate key {_show(key)}")
+            raise StateError(f"duplicate key {quote(key)}")
         out[key] = value
     return out
 
@@ -430,16 +610,24 @@ def parse_json(text: str, *, source: str) -> object:
     if not text.strip():
         raise StateError(f"{source}: checkpoint is empty")
     try:
-        return json.loads(
+        data = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
         )
     except StateError as exc:
         raise StateError(f"{source}: {exc}") from exc
     except json.JSONDecodeError as exc:
+        # a writer that crashed mid-file leaves text that ends early
+        ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated")
+        cut = " (cut short?)" if ends_early else ""
+        problem = exc.msg.removesuffix(" at")  # "Unterminated string starting at"
         raise StateError(
-            f"{source}: checkpoint is not valid JSON (truncated?): {exc.msg}"
-            f" at line {exc.lineno} column {exc.colno}"
+            f"{source}: not valid JSON: {problem} at line {exc.lineno}, column {exc.colno}{cut}"
         ) from exc
-    except (ValueError, RecursionError) as exc:
-        # e.g. an integer with more digits than Python converts, or absurd nesting
-        raise StateError(f"{source}: checkpoint is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise StateError(too_deep(source)) from None
+    except ValueError:
+        # the only other refusal: an integer longer than Python converts
+        raise StateError(f"{source}: not valid JSON: a number of more than 4300 digits") from None
+    # No depth check beyond the json module's: the decoder below walks kubelet's fixed
+    # layout, so anything nested deeper is refused there, at no extra cost at start.
+    return data

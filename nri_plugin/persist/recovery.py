@@ -9,14 +9,16 @@ file. This module does better, in this order (``docs/recovery.md``):
    policy's spelling, a symlink, inconsistent with its own machine state) is
    set aside, never deleted, and the state is rebuilt at Synchronize;
 3. a trusted checkpoint is compared with the machine and configuration of
-   this start: memory totals that drifted (within ``memoryDriftTolerance`` or
-   not), a changed ``reservedMemory``, memory manager policy or topology
-   manager policy. Every recorded block is re-applied onto the new machine
-   state; the start is refused only when a node's memory shrank beyond the
-   tolerance and the running allocations no longer fit. Other conflicts are
-   logged and the blocks kept as recorded: memory that is really in use is
-   never forgotten (bytes beyond the new allocatable memory are counted on
-   top of it, "lent", and :func:`settle` gives them back as blocks go).
+   this start: regular memory totals that drifted (KEP-6232's
+   ``memory-drift-tolerance``), a changed ``reservedMemory``, hugepage pool,
+   memory manager policy or topology manager policy. Every recorded block is
+   re-applied onto the new machine state; the start is refused when a node's
+   memory total moved beyond the tolerance (unless ``memoryDriftBeyondTolerance:
+   accept-if-fits``) or shrank under allocations that no longer fit. Other
+   conflicts are logged and the blocks kept as recorded: memory that is
+   really in use is never forgotten (bytes beyond the new allocatable memory
+   are counted on top of it, "lent", and :func:`settle` gives them back as
+   blocks go).
 
 :func:`plan` is the pure decision; :func:`recover` and :func:`restore` add
 the file system and the logs.
@@ -24,6 +26,7 @@ the file system and the logs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from nri_plugin.engine.rebase import (
     Conflict,
     Drift,
     Plan,
+    PoolChange,
     _lend,
     _untrusted,
     plan,
@@ -60,6 +64,12 @@ class RecoveryReport:
     conflicts: tuple[Conflict, ...] = ()
     dropped: tuple[str, ...] = ()
     removed_temp_files: tuple[Path, ...] = ()
+    pool_changes: tuple[PoolChange, ...] = ()
+    # the memory drift tolerance in effect (bytes, 0: exact), and how far each NUMA node's
+    # memory total moved from the checkpoint (bytes, either way; empty: nothing compared),
+    # for kubelet's gauges of KEP-6232
+    drift_tolerance: int = 0
+    memory_drift: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,9 @@ class Recovery:
 def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recovery:
     """Load, judge and apply the checkpoint at ``path`` for this machine and config.
 
-    Raises StateError when the start must be refused (memory shrank beyond the
-    drift tolerance under running allocations); the file is then left as it is.
+    Raises StateError when the start must be refused (a memory total moved
+    beyond the drift tolerance, or shrank under running allocations; see
+    :func:`~nri_plugin.engine.rebase.plan`); the file is then left as it is.
     """
     path = Path(path)
     removed = tuple(remove_stale_temp_files(path, log))
@@ -87,12 +98,18 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
     try:
         saved = load_file(path)
     except StateError as exc:
-        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed)
+        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed, config)
     if saved is None:
         log.info(
             "no checkpoint; the state is built from the runtime at Synchronize", path=str(path)
         )
-        return Recovery(fresh, RecoveryReport(OUTCOME_NONE, path, removed_temp_files=removed))
+        report = RecoveryReport(
+            OUTCOME_NONE,
+            path,
+            removed_temp_files=removed,
+            drift_tolerance=config.memory_drift_tolerance,
+        )
+        return Recovery(fresh, report)
 
     try:
         decided = plan(saved, fresh.policy.default_state(), config)
@@ -100,13 +117,14 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
         log.error("refusing to start", path=str(path), reason=str(exc))
         raise
     if decided.state is None:
-        return _start_fresh(fresh, path, log, decided, removed)
+        return _start_fresh(fresh, path, log, decided, removed, config)
     try:
         manager = MemoryManager(topology, config, decided.state)
     except StateError as exc:  # not expected after plan(); never trust what fails here
-        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed)
+        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed, config)
     _lend(manager.state, decided.lent)
     _log_plan(decided, path, log, manager)
+    moved = {d.node: d.size for d in decided.drifts}
     report = RecoveryReport(
         decided.outcome,
         path,
@@ -114,12 +132,20 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
         changes=decided.changes,
         conflicts=decided.conflicts,
         removed_temp_files=removed,
+        pool_changes=decided.pool_changes,
+        drift_tolerance=config.memory_drift_tolerance,
+        memory_drift={n: moved.get(n, 0) for n in sorted(manager.state.machine)},
     )
     return Recovery(manager, report)
 
 
 def _start_fresh(
-    fresh: MemoryManager, path: Path, log: Any, decided: Plan, removed: tuple[Path, ...]
+    fresh: MemoryManager,
+    path: Path,
+    log: Any,
+    decided: Plan,
+    removed: tuple[Path, ...],
+    config: Config,
 ) -> Recovery:
     tag = "untrusted" if decided.outcome == OUTCOME_UNTRUSTED else "policy-changed"
     aside = set_aside(path, tag)
@@ -146,6 +172,7 @@ def _start_fresh(
         reason=decided.reason,
         dropped=decided.dropped,
         removed_temp_files=removed,
+        drift_tolerance=config.memory_drift_tolerance,
     )
     return Recovery(fresh, report)
 
@@ -161,15 +188,24 @@ def _log_plan(decided: Plan, path: Path, log: Any, manager: MemoryManager) -> No
                 new_total=d.new_total,
                 tolerance=d.tolerance,
             )
-        else:
+        else:  # only with memoryDriftBeyondTolerance: accept-if-fits
             log.warning(
-                "memory total changed beyond tolerance; every recorded allocation still fits",
+                "memory total changed beyond tolerance; accepted (memoryDriftBeyondTolerance:"
+                " accept-if-fits): every recorded allocation still fits",
                 numa_node=d.node,
                 type=d.type,
                 old_total=d.old_total,
                 new_total=d.new_total,
                 tolerance=d.tolerance,
             )
+    for p in decided.pool_changes:
+        log.warning(
+            "hugepage pool changed; applied",
+            numa_node=p.node,
+            type=p.type,
+            old_total=p.old_total,
+            new_total=p.new_total,
+        )
     for c in decided.changes:
         log.warning(
             "reserved memory changed; applied",

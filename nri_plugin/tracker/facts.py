@@ -8,7 +8,7 @@ the tracker reads nothing else. Values, no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from nri_plugin.engine.bitmask import nodes_of
@@ -130,6 +130,8 @@ class ContainerFacts:
     # kubelet's io.kubernetes.container.restartCount annotation, when present
     restart_count: int | None = None
     error: str | None = None
+    # the container's annotations (only read for our own, see nodemap.py)
+    annotations: Mapping[str, str] = field(default_factory=dict)
     # the device manager's hints for the devices kubelet allocated to it, one list per
     # resource (from kubelet's pod-resources API); None: no devices, or not known
     device_hints: DeviceHints | None = None

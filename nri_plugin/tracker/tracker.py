@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from nri_plugin.engine.bitmask import format_mems, mask_of, parse_cpulist
+from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.manager import AdmissionResult, ContainerDecision, MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
@@ -52,6 +52,7 @@ from nri_plugin.tracker.facts import (
     ContainerResources,
     PodFacts,
 )
+from nri_plugin.tracker.nodemap import NodeMap
 from nri_plugin.tracker.records import INIT, LISTED, ContainerRecord, PodRecord
 
 # The owner of a name's blocks when the instance holding them was never seen (it
@@ -76,6 +77,9 @@ class Observer:
 
     def resize(self, *, resized: bool) -> None: ...
 
+    def waiting(self, namespace: str, pod: str, containers: int) -> None:
+        """How many containers of a pod wait after a refused creation (0: none any more)."""
+
     def state_changed(self, manager: MemoryManager) -> None: ...
 
     def connection(self, connected: bool) -> None: ...
@@ -91,14 +95,15 @@ class NodeTracker:
         persist: Callable[[], None] | None = None,
         observer: Observer | None = None,
         logger: Any = None,
-        mems_text: Callable[[int], str] = format_mems,
+        node_map: NodeMap | None = None,
     ) -> None:
         self.manager = manager
         self._persist = persist or (lambda: None)
         self._observer = observer or Observer()
         self._log = logger if logger is not None else structlog.get_logger("tracker")
-        # NUMA node mask -> the cpuset.mems text to write (the host's nodes for a fake one)
-        self._mems_text = mems_text
+        # fake NUMA nodes -> the host's, for the cpuset.mems written (nodemap.py)
+        self.node_map = node_map or NodeMap()
+        self._mems_text = self.node_map.mems_text
         self.pods: dict[str, PodRecord] = {}
         # (pod uid, container name) -> id of the container that holds the blocks
         self.owners: dict[tuple[str, str], str] = {}
@@ -107,6 +112,9 @@ class NodeTracker:
         self.synchronized = False
         # pods that may have exited containers holding blocks (see exit_records)
         self._exits_watch: set[str] = set()
+        # pod uid -> names of its containers whose last creation was refused (kubelet retries
+        # them: they wait in CreateContainerError)
+        self._refused: dict[str, set[str]] = {}
         # exit records of an earlier run, applied at the next Synchronize
         self._restored_exits: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -122,6 +130,12 @@ class NodeTracker:
     def mems(self, pod_uid: str, name: str) -> str:
         """The cpuset.mems of the container's blocks ("" when it holds none)."""
         return self._mems_text(blocks_mask(self.manager.state.blocks(pod_uid, name) or ()))
+
+    def annotations(self, pod_uid: str, name: str) -> dict[str, str]:
+        """Annotations to give the container: its fake NUMA nodes when they are mapped."""
+        return self.node_map.annotations(
+            blocks_mask(self.manager.state.blocks(pod_uid, name) or ())
+        )
 
     # -- pods ----------------------------------------------------------------------------
 
@@ -215,6 +229,7 @@ class NodeTracker:
                 "admission", pod=record.ref, pod_uid=uid, container=name, qos=qos,
                 result="refused", reason="resize", message=outcome,
             )  # fmt: skip
+            self._waiting(record, name, refused=True)
             raise Refused(outcome)
         if isinstance(outcome, AdmissionResult):
             self._observe(
@@ -237,7 +252,9 @@ class NodeTracker:
                 message=message,
             )
             self._persist()
+            self._waiting(record, name, refused=True)
             raise Refused(message)
+        self._waiting(record, name, refused=False)
         self.owners[(uid, name)] = cid
         mems = self._mems_text(blocks_mask(outcome.allocations))
         seconds = time.perf_counter() - started
@@ -249,7 +266,7 @@ class NodeTracker:
             qos=qos,
             result="pinned",
             cpuset_mems=mems,
-            numa_nodes=outcome.cpuset_mems,
+            numa_nodes=outcome.cpuset_mems if self.node_map.active else None,
             hints=messages.providers_json(outcome.provider_hints),
             merged_hint=messages.hint_json(outcome.affinity),
             blocks=[messages.block_json(b) for b in outcome.allocations],
@@ -873,7 +890,12 @@ class NodeTracker:
         return adopted, admitted, failed, updates
 
     def _nodes_in_force(self, c: ContainerFacts) -> int:
-        """The NUMA nodes a listed container is pinned to (0: none we can read)."""
+        """The NUMA nodes a listed container is pinned to (0: none we can read).
+
+        With fake nodes mapped to the host's, its annotation says which fake ones.
+        """
+        if self.node_map.active:
+            return self.node_map.fake_nodes(c.annotations)
         if not c.mems:
             return 0
         try:
@@ -909,7 +931,29 @@ class NodeTracker:
         _update_record(record, pod)
         return record
 
+    def _waiting(self, record: PodRecord, name: str, *, refused: bool) -> None:
+        """Count the pod's containers waiting after a refusal, for an alert to fire."""
+        names = self._refused.get(record.uid)
+        if refused:
+            if names is None:
+                names = set()
+                self._refused[record.uid] = names
+            elif name in names:
+                return
+            names.add(name)
+        elif names is None or name not in names:
+            return
+        else:
+            names.discard(name)
+            if not names:
+                del self._refused[record.uid]
+        self._observer.waiting(record.namespace, record.name, len(names))
+
     def _release_pod(self, uid: str, reason: str) -> None:
+        record = self.pods.get(uid)
+        if record is not None and uid in self._refused:
+            del self._refused[uid]
+            self._observer.waiting(record.namespace, record.name, 0)
         names = list(self.manager.state.entries.get(uid, {}))
         for key in [k for k in self.owners if k[0] == uid]:
             del self.owners[key]

@@ -926,7 +926,7 @@ class FaultInjection:
             return None
         elapsed = time.perf_counter() - began
         expect_pinned = expect_pinned and not self._fired.is_set()
-        mems = self._cri(lambda cri: cri.mems(cid))
+        mems = self._cri(lambda cri: cri.numa_nodes(cid))
         self._seq += 1
         container = LiveContainer(plan, pod.uid, cid, self._seq, mems, guaranteed)
         self.counts["created"] += 1
@@ -1106,7 +1106,7 @@ class FaultInjection:
                 if c.removed:
                     continue
                 blocks = plugin_state.blocks(pod.uid, c.name)
-                mems = cri.mems(c.id)
+                mems = cri.numa_nodes(c.id)
                 if blocks is not None:
                     want = format_mems(blocks_mask(blocks))
                     if mems != want:

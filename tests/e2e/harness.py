@@ -11,6 +11,7 @@ Usable outside pytest (benchmarks, demos): nothing here imports pytest.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -53,7 +54,27 @@ GUARANTEED_OOM_SCORE_ADJ = -997
 BESTEFFORT_OOM_SCORE_ADJ = 1000
 
 CRI_TIMEOUT_S = 60.0
+# the annotation naming the fake NUMA nodes a container got (nri_plugin/tracker/nodemap.py)
+NUMA_NODES_ANNOTATION = "nri-memory-manager.io/numa-nodes"
 _CGROUP_FS = "/sys/fs/cgroup"
+
+# Instances started and not yet torn down. Whatever a process leaves here when it
+# exits (its teardown was cut short, or never ran) is swept at exit.
+_LIVE: set[Containerd] = set()
+
+
+def sweep_live_instances() -> None:
+    """Remove every instance this process started and did not close (an atexit hook)."""
+    for ctrd in list(_LIVE):
+        with contextlib.suppress(Exception):
+            for plugin in ctrd._plugins:
+                plugin.stop()
+        with contextlib.suppress(Exception):
+            ctrd._sweep()
+        _LIVE.discard(ctrd)
+
+
+atexit.register(sweep_live_instances)
 
 
 class HarnessError(RuntimeError):
@@ -558,6 +579,40 @@ class CRIClient:
         cpu = self.spec(container_id).get("linux", {}).get("resources", {}).get("cpu", {})
         return str(cpu.get("mems", ""))
 
+    def numa_nodes(self, container_id: str) -> str:
+        """The NUMA nodes the plugin gave the container, as it decided them.
+
+        With a fake topology the plugin writes the host's nodes into cpuset.mems and
+        names the fake ones in the annotation `nri-memory-manager.io/numa-nodes`;
+        without a mapping the two are the same.
+        """
+        info = self.info(container_id)
+        spec = info["runtimeSpec"]
+        # NRI's annotation lands in the OCI spec; the CRI proxy's in the container's config
+        for given in (spec.get("annotations"), info.get("config", {}).get("annotations")):
+            if given and NUMA_NODES_ANNOTATION in given:
+                return str(given[NUMA_NODES_ANNOTATION])
+        cpu = spec.get("linux", {}).get("resources", {}).get("cpu", {})
+        return str(cpu.get("mems", ""))
+
+    def exit_code(self, container_id: str) -> int:
+        """The exit code of an exited container (CRI ContainerStatus)."""
+        r = self._call(
+            "ContainerStatus", self.api.ContainerStatusRequest(container_id=container_id)
+        )
+        return int(r.status.exit_code)
+
+    def process_mems(self, container_id: str) -> str:
+        """The NUMA nodes the running container's process may allocate from, as the
+        kernel reports them (`Mems_allowed_list` in /proc/PID/status)."""
+        pid = int(self.info(container_id).get("pid") or 0)
+        if pid <= 0:
+            raise HarnessError(f"container {container_id} has no process")
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Mems_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+        raise HarnessError(f"/proc/{pid}/status has no Mems_allowed_list")
+
     def host_cpuset_mems(self, container_id: str) -> str:
         """What the kernel enforces: the container cgroup's cpuset.mems (cgroup v1 or v2)."""
         path: str = self.spec(container_id)["linux"]["cgroupsPath"].lstrip("/")
@@ -867,6 +922,7 @@ class Containerd:
         """Start containerd; the first start also clears leftovers and imports the image."""
         if self.running:
             raise HarnessError(f"containerd {self.instance} already running")
+        _LIVE.add(self)
         if not self._started_once:
             self._created_run_containerd = not Path("/run/containerd").exists()
             self._sweep()  # a crashed earlier run may have left this instance's traces
@@ -1024,6 +1080,7 @@ class Containerd:
             plugin.stop()
         self.stop()
         self._sweep()
+        _LIVE.discard(self)
         if errors:
             raise HarnessError(f"containerd {self.instance} teardown: " + "; ".join(errors))
 

@@ -119,7 +119,7 @@ def test_restart_trusts_the_checkpoint_it_wrote(ctrd: Containerd, tmp_path: Path
     # kubelet's restore check replays entries by pod UID: the pinned pod's must come first
     _, group = _guaranteed(cri, "ffffffff-0000-4000-8000-000000000001", "app", 12 * GI)
     _, pinned = _guaranteed(cri, "00000000-0000-4000-8000-000000000002", "app", GI, cpuset="4-5")
-    assert (cri.mems(group), cri.mems(pinned)) == ("0,1", "1")
+    assert (cri.numa_nodes(group), cri.numa_nodes(pinned)) == ("0,1", "1")
     before = _state(plugin)
     _restart(plugin)
     assert _state(plugin) == before

@@ -1,7 +1,10 @@
 """nri-memory-manager run against a real containerd (2.x and 1.7), driven as kubelet drives CRI.
 
-The plugin runs on a fake 4-NUMA topology; this machine has one real node, so
-containers pinned elsewhere are created (their OCI spec read back), not started.
+The plugin runs on a fake 4-NUMA topology, bigger than this machine: it writes
+the host nodes the fake ones map to into cpuset.mems and names the fake ones in
+an annotation (`CRIClient.numa_nodes`). These tests read the OCI spec the
+plugin's answer produced; tests/e2e/test_running.py starts containers on every
+fake node.
 """
 
 from __future__ import annotations
@@ -156,10 +159,10 @@ def test_single_node_fit_follows_cpu_pinning(
 ) -> None:
     plugin = plugin_factory("single-numa-node")
     _, on_node2 = guaranteed(cri, GI, cpuset="8-9")
-    assert cri.mems(on_node2) == "2"
+    assert cri.numa_nodes(on_node2) == "2"
     _, unpinned_cpus = guaranteed(cri, GI)
     # no CPU preference: the narrowest, lowest node
-    assert cri.mems(unpinned_cpus) == "0"
+    assert cri.numa_nodes(unpinned_cpus) == "0"
     state = plugin.state()
     assert state["machineState"]["2"]["memoryMap"]["memory"]["reserved"] == GI
     assert state["machineState"]["0"]["memoryMap"]["memory"]["reserved"] == GI
@@ -170,7 +173,7 @@ def test_request_larger_than_a_node_gets_a_group(
 ) -> None:
     plugin_factory("best-effort")
     _, cid = guaranteed(cri, 12 * GI)
-    assert cri.mems(cid) == "0,1"
+    assert cri.numa_nodes(cid) == "0,1"
 
 
 def test_single_numa_node_refuses_with_topology_affinity_error(
@@ -197,8 +200,8 @@ def test_burstable_and_best_effort_are_untouched(
     cid_b = cri.create_container(burst, "b", memory_limit=GI, cpu_millis=500, cpu_limit_millis=1000)
     be = cri.run_pod(str(uuid.uuid4()), qos="BestEffort")
     cid_e = cri.create_container(be, "e")
-    assert cri.mems(cid_b) == ""
-    assert cri.mems(cid_e) == ""
+    assert cri.numa_nodes(cid_b) == ""
+    assert cri.numa_nodes(cid_e) == ""
     assert "entries" not in plugin.state()
 
 
@@ -214,7 +217,7 @@ def test_removing_a_pod_frees_memory_for_one_that_did_not_fit(
     cri.stop_pod(first.id)
     cri.remove_pod(first.id)
     _, cid = guaranteed(cri, 5 * GI)
-    assert cri.mems(cid) == "0"
+    assert cri.numa_nodes(cid) == "0"
 
 
 def test_plugin_killed_keeps_every_allocation(
@@ -223,14 +226,14 @@ def test_plugin_killed_keeps_every_allocation(
     plugin = plugin_factory("single-numa-node")
     _, a = guaranteed(cri, 7 * GI)
     _, b = guaranteed(cri, 3 * GI)
-    assert (cri.mems(a), cri.mems(b)) == ("0", "1")
+    assert (cri.numa_nodes(a), cri.numa_nodes(b)) == ("0", "1")
     before = plugin.state()
     plugin.kill(signal.SIGKILL)
     plugin.start()
     assert plugin.state()["machineState"] == before["machineState"]
     # the restarted plugin still counts both: 6Gi goes to node 2, not node 0 or 1
     _, c = guaranteed(cri, 6 * GI)
-    assert cri.mems(c) == "2"
+    assert cri.numa_nodes(c) == "2"
 
 
 def test_lost_state_file_is_rebuilt_from_the_runtime(
@@ -255,14 +258,14 @@ def test_containerd_restart_reconnects(
 ) -> None:
     plugin = plugin_factory("single-numa-node")
     _, a = guaranteed(cri, 7 * GI)
-    assert cri.mems(a) == "0"
+    assert cri.numa_nodes(a) == "0"
     assert plugin.proc is not None
     since = containerd.log_offset()
     containerd.restart()
     containerd.wait_for_log(r'plugin \\?"90-memory-manager\\?" connected', timeout=20, since=since)
     cri2 = containerd.cri()
     _, b = guaranteed(cri2, 2 * GI)
-    assert cri2.mems(b) == "1"  # node 0 is still held by the first pod
+    assert cri2.numa_nodes(b) == "1"  # node 0 is still held by the first pod
     assert plugin.http("/healthz")[0] == 200
 
 
@@ -306,11 +309,11 @@ def test_init_container_memory_is_reused_then_released(
     init = cri.create_container(
         pod, "init", memory_limit=4 * GI, cpu_millis=1000, cpuset_cpus="0-1", command=["/bin/true"]
     )
-    assert cri.mems(init) == "0"  # node 0 of the fake machine: this one can run
+    assert cri.numa_nodes(init) == "0"  # node 0 of the fake machine: this one can run
     cri.start_container(init)
     wait_exited(cri, init)
     app = cri.create_container(pod, "app", memory_limit=2 * GI, cpu_millis=1000, cpuset_cpus="0-1")
-    assert cri.mems(app) == "0"
+    assert cri.numa_nodes(app) == "0"
     node0 = plugin.state()["machineState"]["0"]["memoryMap"]["memory"]
     assert node0["reserved"] == 4 * GI  # the app reused the init container's memory
     cri.start_container(app)
@@ -353,7 +356,7 @@ def test_prelaunched_by_containerd(flavor: str, e2e_paths: Any, tmp_path: Path) 
         ctrd.wait_for_log(r"containerd successfully booted", timeout=20, since=since)
         cri = ctrd.cri()
         _, cid = guaranteed(cri, 2 * GI, cpuset="12")
-        assert cri.mems(cid) == "3"
+        assert cri.numa_nodes(cid) == "3"
         log = (work / "plugin.log").read_text()
         assert '"result": "pinned"' in log
     finally:

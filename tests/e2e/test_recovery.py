@@ -6,8 +6,9 @@ group, single-node pods (one with two containers),
 Burstable and BestEffort pods. The plugin is then killed with SIGKILL, its
 state file deleted, corrupted, truncated or replaced by a symlink, and the
 plugin started again: what it rebuilds from Synchronize must equal, field by
-field, what it had. Containers pinned to NUMA node 0 (the one real node here)
-run; the others are created and not started, as in test_plugin.py.
+field, what it had. The fake nodes map to this machine's (README, "Running on a
+node"), so the containers run, except those whose CPU-manager cpuset
+names CPUs this machine lacks (kept for their CPU hints): those are created only.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class Workload:
         return cid
 
     def mems(self) -> dict[str, str]:
-        return {label: self.cri.mems(cid) for label, cid in self.containers.items()}
+        return {label: self.cri.numa_nodes(cid) for label, cid in self.containers.items()}
 
     def host_mems(self) -> dict[str, str]:
         return {cid: self.cri.host_cpuset_mems(cid) for cid in sorted(self.running)}
@@ -153,7 +154,7 @@ def busy_node(cri: CRIClient, plugin: Plugin) -> Workload:
     p = w.pod("runner")
     w.create(p, "app", start=True, memory_limit=GI, cpu_millis=1000, cpuset_cpus="0-1")
     # wider than any node: a group; node 0 serves single-node pods, so [1,2]
-    w.create(w.pod("group"), "app", memory_limit=12 * GI, cpu_millis=2000)
+    w.create(w.pod("group"), "app", start=True, memory_limit=12 * GI, cpu_millis=2000)
     p = w.pod("two")
     w.create(p, "app", memory_limit=2 * GI, cpu_millis=1000, cpuset_cpus="12-13")
     w.create(p, "side", memory_limit=GI, cpu_millis=1000, cpuset_cpus="12-13")
@@ -270,8 +271,9 @@ def test_state_is_rebuilt_from_the_runtime(damage: str, cri: CRIClient, plugin: 
         assert untrusted and untrusted[-1]["kept_as"] == str(kept)
     assert not plugin.state_file.is_symlink()
     # and the rebuilt state is what admissions use: 4Gi fill node 0, then 3Gi fill node 3
-    assert cri.mems(w.create(w.pod("after-a"), "app", memory_limit=4 * GI, cpu_millis=1000)) == "0"
-    assert cri.mems(w.create(w.pod("after-b"), "app", memory_limit=3 * GI, cpu_millis=1000)) == "3"
+    after_a = w.create(w.pod("after-a"), "app", memory_limit=4 * GI, cpu_millis=1000)
+    after_b = w.create(w.pod("after-b"), "app", memory_limit=3 * GI, cpu_millis=1000)
+    assert (cri.numa_nodes(after_a), cri.numa_nodes(after_b)) == ("0", "3")
 
 
 def test_restart_with_an_intact_file_changes_nothing(cri: CRIClient, plugin: Plugin) -> None:
@@ -330,11 +332,23 @@ def test_drift_within_tolerance_is_accepted(cri: CRIClient, plugin: Plugin) -> N
     assert w.mems()["group/app"] == "1,2"
 
 
-def test_drift_beyond_tolerance_that_still_fits_is_accepted(cri: CRIClient, plugin: Plugin) -> None:
+def test_drift_beyond_tolerance_refuses_unless_accept_if_fits_is_chosen(
+    cri: CRIClient, plugin: Plugin
+) -> None:
     busy_node(cri, plugin)
     before = plugin.state()
     plugin.crash()
-    plugin.write(topology_text(("8Gi", "8Gi", "8Gi", "6Gi")), config_text())  # 5Gi for 4Gi
+    content = plugin.state_file.read_bytes()
+    moved = topology_text(("8Gi", "8Gi", "8Gi", "6Gi"))  # 5Gi for 4Gi: it still fits
+    plugin.write(moved, config_text())
+    with pytest.raises(PluginExited):  # KEP-6232: beyond the bound, not the same machine
+        plugin.start()
+    assert plugin.proc is not None and plugin.proc.returncode == 2
+    last = plugin.proc.log_text().strip().splitlines()[-1]
+    assert last.startswith("nri-memory-manager run: NUMA node 3 memory total was 8Gi")
+    assert "a drift of 2Gi (2147483648 bytes), more than the memory-drift-tolerance" in last
+    assert plugin.state_file.read_bytes() == content
+    plugin.write(moved, config_text(extra="memoryDriftBeyondTolerance: accept-if-fits\n"))
     plugin.start()
     after = plugin.state()
     assert after["entries"] == before["entries"]
@@ -349,7 +363,10 @@ def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(
     before = plugin.state()
     plugin.crash()
     content = plugin.state_file.read_bytes()
-    plugin.write(topology_text(("8Gi", "8Gi", "8Gi", "4Gi")), config_text())  # 3Gi for 4Gi
+    plugin.write(
+        topology_text(("8Gi", "8Gi", "8Gi", "4Gi")),  # 3Gi for 4Gi
+        config_text(extra="memoryDriftBeyondTolerance: accept-if-fits\n"),
+    )
     with pytest.raises(PluginExited):
         plugin.start()
     assert plugin.proc is not None and plugin.proc.returncode == 2
@@ -367,14 +384,15 @@ def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(
 def test_tolerance_comes_from_the_config(cri: CRIClient, plugin: Plugin) -> None:
     busy_node(cri, plugin)
     plugin.crash()
-    # node 0 holds 2Gi: 5Gi less leaves 1Gi allocatable, yet within a 6Gi tolerance
+    # node 0 holds 2Gi: 4Gi less leaves exactly 2Gi allocatable, within a 6Gi tolerance
     plugin.write(
-        topology_text(("3Gi", "8Gi", "8Gi", "8Gi")),
-        config_text(extra="memoryDriftTolerance: 6Gi\n"),
+        topology_text(("4Gi", "8Gi", "8Gi", "8Gi")),
+        config_text(extra="memoryManagerPolicyOptions: {memory-drift-tolerance: 6Gi}\n"),
     )
     plugin.start()
     node0 = plugin.state()["machineState"]["0"]["memoryMap"]["memory"]
-    assert (node0["total"], node0["allocatable"], node0["reserved"]) == (3 * GI, 2 * GI, 2 * GI)
+    assert (node0["total"], node0["allocatable"], node0["reserved"]) == (4 * GI, 2 * GI, 2 * GI)
+    assert node0["free"] == 0
 
 
 # -- change without drain ------------------------------------------------------------------------

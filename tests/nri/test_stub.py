@@ -483,7 +483,9 @@ def test_pending_calls_time_out_or_fail_on_eof() -> None:
         call = asyncio.get_running_loop().create_task(
             conn.call(RUNTIME_SERVICE, "RegisterPlugin", request, api.Empty, timeout=5)
         )
-        await asyncio.sleep(0.01)
+        # both RegisterPlugin requests (the timed-out one and this one) are at the runtime
+        await wait_until(lambda: runtime.registrations.qsize() == 2)
+        assert not call.done()
         await runtime.close()
         with pytest.raises(ConnectionClosedError, match="EOF"):
             await call
@@ -541,8 +543,8 @@ def test_external_plugin_dials_late_runtime_and_reconnects(
             max_backoff=0.2,
         )
         task = asyncio.get_running_loop().create_task(stub.run())
-        await asyncio.sleep(0.15)  # the runtime is not there yet: dialing fails and retries
-        assert "nri cannot connect, retrying" in logger.events()
+        # the runtime is not there yet: dialing fails, and is retried
+        await wait_until(lambda: logger.events().count("nri cannot connect, retrying") >= 2)
 
         runtimes: asyncio.Queue[FakeRuntime] = asyncio.Queue()
 

@@ -399,6 +399,9 @@ class CRIProxy:
         if mems:
             req.config.linux.resources.cpuset_mems = mems
             ctr.linux.resources.cpu.mems = mems
+            ours = self.tracker.annotations(pod.uid, ctr.name)
+            req.config.annotations.update(ours)
+            ctr.annotations.update(ours)
             request = req.SerializeToString()  # fields we do not know ride along unchanged
         try:
             answer = await self._relay(method, request, context)
