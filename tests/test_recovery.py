@@ -985,7 +985,7 @@ class _ScrapingFrontEnd:
         self.port = port
         self.metrics = ""
 
-    async def start(self, tracker: Any) -> None:
+    async def start(self, tracker: Any, kubelet: Any = None) -> None:
         return None
 
     async def run(self) -> None:

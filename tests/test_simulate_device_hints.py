@@ -110,7 +110,10 @@ def test_pod_scope_names_each_containers_list() -> None:
     [
         ("gpu", "deviceHints: expected a list of hints or a mapping of resource name"),
         ({"gpu": "x"}, "deviceHints.gpu: expected a list of hints, got"),
-        ({"gpu": [{"nodes": [7], "preferred": True}]}, "deviceHints.gpu[0].nodes: 7 is not a"),
+        (
+            {"gpu": [{"nodes": [7], "preferred": True}]},
+            "deviceHints.gpu[0].nodes: the number 7 is not a",
+        ),
         ({1: NODE_1}, "deviceHints: expected resource names (strings), got"),
     ],
 )

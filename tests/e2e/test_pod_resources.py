@@ -3,8 +3,9 @@
 kubelet is the stand-in of tests/podresources_standin.py, run as a process on a
 unix socket (``python -m tests.podresources_standin``); the plugin is
 ``nri-memory-manager run`` with ``--pod-resources-socket`` pointing at it, on
-the fake 4-NUMA topology of test_plugin.py (containers pinned to a node this
-machine lacks are created, not started). Checked:
+the fake 4-NUMA topology of test_plugin.py (the fake nodes map to the host's;
+the stand-in's devices are on the fake nodes, whose ids the plugin reads device
+NUMA nodes in). Checked:
 
 * a Guaranteed container with shared CPUs and a device on NUMA node 1 is pinned
   to node 1, and refused under ``single-numa-node`` when node 1 lacks memory;
@@ -243,8 +244,8 @@ def test_a_device_on_node_1_pins_a_container_with_shared_cpus_to_node_1(
     plugin = plugin_with("single-numa-node")
     _, with_gpu = device_pod(cri, kubelet, ["gpu1"])
     _, without = device_pod(cri, kubelet, [])
-    assert cri.mems(with_gpu) == "1"
-    assert cri.mems(without) == "0"  # as without a device: the first node that fits
+    assert cri.numa_nodes(with_gpu) == "1"
+    assert cri.numa_nodes(without) == "0"  # as without a device: the first node that fits
     pinned = [e for e in plugin.admissions() if e["result"] == "pinned"]
     assert pinned[0]["hints"]["devices"][GPU][0] == {"nodes": [1], "preferred": True}
     assert pinned[1]["hints"]["devices"] is None
@@ -261,7 +262,7 @@ def test_refused_under_single_numa_node_when_the_devices_node_lacks_memory(
     fill = cri.create_container(
         filler, "app", memory_limit=8 * GI, cpu_millis=2000, cpuset_cpus="4-5"
     )
-    assert cri.mems(fill) == "1"  # node 1 is full
+    assert cri.numa_nodes(fill) == "1"  # node 1 is full
     with pytest.raises(CRIError) as err:
         device_pod(cri, kubelet, ["gpu1"])
     text = str(err.value)
@@ -269,7 +270,7 @@ def test_refused_under_single_numa_node_when_the_devices_node_lacks_memory(
     assert f"device hints {GPU} [1]" in text
     # without the device it would have fitted node 0
     _, plain = device_pod(cri, kubelet, [])
-    assert cri.mems(plain) == "0"
+    assert cri.numa_nodes(plain) == "0"
     assert plugin.failures() == {}
 
 
@@ -287,7 +288,7 @@ def _create_times(
         # small: node 0 holds all of them (it holds 7Gi)
         cid = cri.create_container(pod, "app", memory_limit=GI // 4, cpu_millis=500)
         times.append(time.monotonic() - started)
-        mems.append(cri.mems(cid))
+        mems.append(cri.numa_nodes(cid))
     return times, mems
 
 
@@ -336,13 +337,13 @@ def test_a_late_answer_serves_the_pods_next_containers(
     kubelet.add_pod(name, {"a": {}, "b": {GPU: ["gpu1"]}})
     pod = cri.run_pod(uid, name, qos="Guaranteed")
     first = cri.create_container(pod, "a", memory_limit=GI, cpu_millis=500)
-    assert cri.mems(first) == "0"
+    assert cri.numa_nodes(first) == "0"
     assert plugin.failures() == {"deadline": 1.0}
     time.sleep(1.5)  # the answer asked at RunPodSandbox arrives meanwhile, and is kept
     started = time.monotonic()
     second = cri.create_container(pod, "b", memory_limit=GI, cpu_millis=500)
     took = time.monotonic() - started
-    assert cri.mems(second) == "1"  # its GPU is known now, without asking again
+    assert cri.numa_nodes(second) == "1"  # its GPU is known now, without asking again
     assert plugin.failures() == {"deadline": 1.0}
     print(f"\nCreateContainer answered from the cached late answer: {took:.3f} s")
 
