@@ -99,6 +99,23 @@ class E2EPaths:
         return self.root / "e2e-image.tar"
 
     @property
+    def kubectl(self) -> Path:
+        return self.root / "k8s" / "root" / "usr" / "bin" / "kubectl"
+
+    @property
+    def kustomize(self) -> Path:
+        return self.root / "k8s" / "root" / "usr" / "bin" / "kustomize"
+
+    @property
+    def schema_validator(self) -> Path:
+        """The python of the venv holding kubernetes-validate (Kubernetes' JSON schemas)."""
+        return self.root / "validate" / "bin" / "python"
+
+    @property
+    def manifest_tools(self) -> list[Path]:
+        return [self.kubectl, self.kustomize, self.schema_validator]
+
+    @property
     def stubs_dir(self) -> Path:
         return self.root / "stubs"
 
@@ -113,7 +130,7 @@ class E2EPaths:
 
     def missing(self) -> list[Path]:
         """Files a test needs that are absent (empty: the setup is complete)."""
-        needed = [self.ready_marker, self.runc, self.image_tar]
+        needed = [self.ready_marker, self.runc, self.image_tar, *self.manifest_tools]
         needed += [self.stubs_dir / "k8s_cri" / f for f in ("api_pb2.py", "api_pb2_grpc.py")]
         for flavor in FLAVORS:
             needed += [
