@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from .harness import (
     FLAVOR_TAG,
     FLAVORS,
+    REPO,
     Containerd,
     CRIClient,
     E2EPaths,
@@ -50,6 +52,26 @@ def e2e_paths() -> E2EPaths:
         if missing := paths.missing():
             pytest.fail(f"hack/e2e-setup.sh finished but {missing} are missing")
     return paths
+
+
+@pytest.fixture(scope="session")
+def plugin_image(e2e_paths: E2EPaths) -> Path:
+    """The plugin's image (OCI archive) built from the Dockerfile by hack/image-build.sh:
+    built here when missing or stale (a no-op when up to date), never in CI."""
+    archive = e2e_paths.plugin_image_archive
+    if os.environ.get("CI") == "true":
+        if not archive.is_file():
+            pytest.fail(f"{archive} missing; CI must run hack/image-build.sh before the tests")
+        return archive
+    proc = subprocess.run(
+        [str(REPO / "hack" / "image-build.sh"), str(archive.parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or not archive.is_file():
+        pytest.fail(f"hack/image-build.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return archive
 
 
 def _closed_and_clean(ctrd: Containerd) -> None:
