@@ -413,6 +413,15 @@ class Deployed:
     def log_text(self) -> str:
         return "\n".join(text for _, text in cri_log_lines(self.log))
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """The plugin's structured log lines (one JSON object each), from its CRI log."""
+        records = []
+        for _, text in cri_log_lines(self.log):
+            with contextlib.suppress(ValueError):
+                if isinstance(record := json.loads(text), dict):
+                    records.append(record)
+        return records
+
     @property
     def pid(self) -> int:
         return int(self.cri.info(self.running.container_id)["pid"])
@@ -541,11 +550,12 @@ def test_pins_a_guaranteed_container_and_checkpoints_it_in_the_state_mount(
         assert cri.container_state(cid) == "CONTAINER_RUNNING"
         assert cri.host_cpuset_mems(cid) == host_numa_nodes()
         decision = wait_until(
-            lambda: re.search(rf'"pod_uid": "{uid}".*?"result": "(\w+)"', deployed.log_text()),
+            lambda: next((r for r in deployed.log_records() if r.get("pod_uid") == uid), None),
             10,
             "the plugin's decision in its CRI log",
         )
-        assert decision[1] == "pinned"
+        assert decision["result"] == "pinned", decision
+        assert decision["cpuset_mems"] == host_numa_nodes(), decision
 
         checkpoint = deployed.state_dir / "memory_manager_state"
 
