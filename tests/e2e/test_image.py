@@ -88,7 +88,8 @@ BAD_CONFIG = "policy: static\nreservedMemory:\n  - numaNode: 0\n    limits:\n   
 
 class NRIDirContainerd(Containerd):
     """containerd with its NRI socket alone in a directory, like /var/run/nri on a node: the
-    DaemonSet mounts that directory, and containerd's own run directory must not be mounted."""
+    DaemonSet mounts that directory, and containerd's own run directory must not be mounted.
+    containerd makes the directory itself, root's with mode 0700, as on a node."""
 
     @property
     def nri_socket(self) -> Path:
@@ -449,7 +450,6 @@ def deployed(
         )
     ctrd = NRIDirContainerd(e2e_paths, flavor, f"img{FLAVOR_TAG[flavor]}")
     try:
-        ctrd.nri_socket.parent.mkdir(parents=True, mode=0o700)  # containerd's /var/run/nri
         ctrd.start()
         ctrd.import_image(plugin_image)
         cri = ctrd.cri()
@@ -534,6 +534,9 @@ def test_plugin_process_has_no_privilege(deployed: Deployed) -> None:
         if line.split()[4] == "/"
     ]
     assert "ro" in root[5].split(","), f"root mounted {root[5]}"
+    # and yet registered: owning the socket's 0700 directory is all it takes
+    nri_dir = deployed.ctrd.nri_socket.parent.stat()
+    assert (stat.S_IMODE(nri_dir.st_mode), nri_dir.st_uid) == (0o700, 0)
 
 
 def test_pins_a_guaranteed_container_and_checkpoints_it_in_the_state_mount(
