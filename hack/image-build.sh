@@ -5,8 +5,9 @@
 #   * the tools (mmdebstrap, buildah, patchelf, libgpgme11) come from Debian with a private apt
 #     config and are unpacked with `dpkg-deb -x` into the work directory;
 #   * the base passed as PYTHON_IMAGE is made with mmdebstrap from Debian packages, shaped like
-#     the official python:*-slim image (Debian's python3, pip in /usr/local where the
-#     Dockerfile's `pip uninstall` can remove it); cached, keyed by suite and pip version;
+#     the official python:*-slim image (debian:*-slim's packages, Debian's python3, pip in
+#     /usr/local where the Dockerfile's `pip uninstall` can remove it); cached, keyed by suite,
+#     pip version and this recipe;
 #   * the build context is the repository's tracked files (a clean checkout; local edits to
 #     tracked files included, untracked files never), and .dockerignore applies as usual;
 #   * buildah runs with chroot isolation, a private containers config and, in a private mount
@@ -168,7 +169,12 @@ with open(sys.argv[1], "w") as f:
     f.write("[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(settings.items())))
 PY
 
-# --- the base: a python:*-slim lookalike, cached by suite and pip version ---------------------
+# --- the base: a python:*-slim lookalike, cached by suite, pip version and recipe -------------
+# python:*-slim is debian:*-slim (minbase: Essential, required and apt, which brings the libstdc++
+# grpcio's wheels need) with ca-certificates, netbase and tzdata; its python3 is Debian's here.
+base_variant=minbase
+base_packages=python3,python-is-python3,ca-certificates,netbase,tzdata
+recipe=$(printf '%s %s\n' "$base_variant" "$base_packages" | sha256sum | cut -c1-8)
 rm -rf "$work/wheels"
 mkdir -p "$work/wheels"
 if PIP_NO_CACHE_DIR=1 python3 -m pip download -q --no-deps -d "$work/wheels" pip 2>"$work/pip.err"; then
@@ -177,13 +183,13 @@ if PIP_NO_CACHE_DIR=1 python3 -m pip download -q --no-deps -d "$work/wheels" pip
     pip_version=${pip_version%%-*}
 else
     # no index reachable: the newest cached base will do
-    cached=$(compgen -G "$work/cache/base-$suite-pip*.tar" | sort -V | tail -n1 || true)
+    cached=$(compgen -G "$work/cache/base-$suite-pip*-$recipe.tar" | sort -V | tail -n1 || true)
     [ -n "$cached" ] || die "cannot download pip and no base is cached: $(tail -n1 "$work/pip.err")"
-    pip_version=${cached##*-pip}
-    pip_version=${pip_version%.tar}
+    pip_version=${cached##*/base-"$suite"-pip}
+    pip_version=${pip_version%-"$recipe".tar}
     say "pip download failed; using the cached base with pip $pip_version"
 fi
-base_key=$suite-pip$pip_version
+base_key=$suite-pip$pip_version-$recipe
 base_tar=$work/cache/base-$base_key.tar
 base_image=localhost/nmm-base/python-slim:$base_key
 reimport=false
@@ -195,8 +201,8 @@ if [ ! -s "$base_tar" ]; then
     # the hooks are scripts mmdebstrap runs with the chroot as $1
     # shellcheck disable=SC2016
     PATH=$tools/usr/bin:$PATH unshare -m --propagation private -- \
-        nice -n 10 mmdebstrap --mode=root --variant=essential --quiet \
-        --include=python3,python-is-python3,ca-certificates \
+        nice -n 10 mmdebstrap --mode=root --variant="$base_variant" --quiet \
+        --include="$base_packages" \
         --aptopt='Acquire::Check-Valid-Until "false"' \
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
