@@ -22,7 +22,8 @@
 # out:   DIR/nri-memory-manager-oci.tar, image localhost/nri-memory-manager:ci (the name is in
 #        the archive's index.json); rebuilt only when the context, base or script changed
 #        (--force: always).
-# env:   NMM_IMAGE_SUITE   Debian suite of the base (default bookworm: Python 3.11)
+# env:   NMM_IMAGE_SUITE   Debian suite of the base (default bookworm: Python 3.11; the only
+#                          one tried so far)
 #        NMM_E2E_MIRROR    Debian mirror (default: the system's first one)
 # Needs root (mmdebstrap's root mode, overlay storage, chroot).
 set -Eeuo pipefail
@@ -97,16 +98,21 @@ apt_opts=(
 tools=$work/tools
 tool_debs=(mmdebstrap buildah libgpgme11 patchelf)
 if [ ! -e "$tools/.unpacked" ]; then
+    apt_update() {
+        say "apt: updating private package lists from $mirror"
+        apt-get "${apt_opts[@]}" update || die "apt-get update failed (is $mirror reachable?)"
+        touch "$work/apt/updated"
+    }
     for pkg in "${tool_debs[@]}"; do
         compgen -G "$work/debs/${pkg}_*.deb" >/dev/null && continue
-        if [ ! -e "$work/apt/updated" ]; then
-            say "apt: updating private package lists from $mirror"
-            apt-get "${apt_opts[@]}" update || die "apt-get update failed (is $mirror reachable?)"
-            touch "$work/apt/updated"
-        fi
+        [ -e "$work/apt/updated" ] || apt_update
         say "apt: downloading $pkg"
-        (cd "$work/debs" && apt-get "${apt_opts[@]}" download "$pkg") ||
-            die "cannot download $pkg from $mirror"
+        # old lists may name a version the mirror has dropped: refresh once and retry
+        if ! (cd "$work/debs" && apt-get "${apt_opts[@]}" download "$pkg"); then
+            apt_update
+            (cd "$work/debs" && apt-get "${apt_opts[@]}" download "$pkg") ||
+                die "cannot download $pkg from $mirror"
+        fi
     done
     rm -rf "$tools.tmp"
     mkdir -p "$tools.tmp"
