@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything tests/e2e needs into one private directory, without touching the system:
 # containerd 2.x (sid) and 1.7 (trixie), runc and busybox (bookworm), the CRI api.proto,
-# a local OCI image tar and the Python CRI stubs. Idempotent: finished steps are skipped.
+# a local OCI image tar and the Python CRI stubs; for the manifests, kustomize and kubectl
+# (trixie) and kubernetes-validate (PyPI, in a venv of its own: Kubernetes' schemas offline).
+# Idempotent: finished steps are skipped.
 #
 # usage: hack/e2e-setup.sh [DIR]   (DIR defaults to $NMM_E2E_DIR or /tmp/nmm-e2e)
 # env:   PYTHON            interpreter with grpcio-tools (default: the repo's .venv)
@@ -97,16 +99,33 @@ if ! compgen -G "$dir/debs/base/golang-*cri-api-dev_*.deb" >/dev/null; then
         fetch "$dir/debs/base" golang-github-kubernetes-cri-api-dev/trixie ||
         die "no CRI api.proto package found in sid or trixie"
 fi
+fetch "$dir/debs/k8s" kustomize/trixie
+fetch "$dir/debs/k8s" kubectl/trixie
 unpack "$dir/ctrd2/root" "$dir/debs/ctrd2"
 unpack "$dir/ctrd17/root" "$dir/debs/ctrd17"
 unpack "$dir/base/root" "$dir/debs/base"
-for bin in ctrd2/root/usr/bin/containerd ctrd17/root/usr/bin/containerd \
+unpack "$dir/k8s/root" "$dir/debs/k8s"
+for bin in k8s/root/usr/bin/kustomize k8s/root/usr/bin/kubectl \
+    ctrd2/root/usr/bin/containerd ctrd17/root/usr/bin/containerd \
     ctrd2/root/usr/bin/containerd-shim-runc-v2 ctrd17/root/usr/bin/containerd-shim-runc-v2 \
     ctrd2/root/usr/bin/ctr ctrd17/root/usr/bin/ctr base/root/usr/sbin/runc base/root/bin/busybox; do
     [ -x "$dir/$bin" ] || die "$dir/$bin missing after unpacking"
 done
 "$dir/base/root/usr/sbin/runc" --version >/dev/null 2>&1 ||
     die "$dir/base/root/usr/sbin/runc does not run on this system"
+
+# --- Kubernetes' own JSON schemas, offline: no Debian package has a validator, PyPI does --------
+validator=$dir/validate
+validator_version=1.37.0
+if [ "$(cat "$validator/.stamp" 2>/dev/null)" != "$validator_version" ]; then
+    rm -rf "$validator"
+    "$python" -m venv "$validator"
+    "$validator/bin/python" -m pip install -q --disable-pip-version-check \
+        "kubernetes-validate==$validator_version" ||
+        die "cannot install kubernetes-validate $validator_version from PyPI"
+    printf '%s\n' "$validator_version" >"$validator/.stamp"
+    say "installed kubernetes-validate $validator_version in $validator"
+fi
 
 # --- local OCI image (no registry is reachable) -------------------------------------------------
 image=$dir/e2e-image.tar

@@ -3,7 +3,8 @@
 #
 #   hack/test.sh          lint, types, unit/property/protocol tests and the end-to-end
 #                         tests against real containerd 2.x and 1.7 (root; installs a
-#                         private containerd under /tmp/nmm-e2e first). CI runs this.
+#                         private containerd under /tmp/nmm-e2e and builds the plugin's
+#                         image from the Dockerfile first). CI runs this.
 #   hack/test.sh --unit   lint, types and the unit/property/protocol tests only: no root,
 #                         no containerd, nothing installed beyond .venv.
 #
@@ -20,6 +21,9 @@ fi
 hack/setup.sh
 if [ "$unit_only" = 0 ]; then
     hack/e2e-setup.sh
+    # The plugin's image from the Dockerfile, for tests/e2e/test_image.py; also proves the
+    # build leaves /etc, /var/lib and /usr as they were.
+    hack/image-build.sh --check-system
 fi
 echo "== shellcheck"
 if command -v shellcheck >/dev/null; then

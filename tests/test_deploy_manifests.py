@@ -1,12 +1,18 @@
 """The image and the manifests, checked statically: what a cluster would trip over.
 
-No Docker engine and no cluster here, so: every YAML parses; the kustomizations
-render (patches applied as kustomize's strategic merge does for the fields we
-use); every path flag of the plugin points into a mounted volume of the right
-kind; the probes hit /healthz on the metrics port; the configs pass our own
-validation against kubelet's reservations; the pods of hack/kind/e2e.sh get
-the outcomes it checks for; the Dockerfile is multi-stage with nothing
-installable in the final stage; and the wheel builds from the Docker context.
+No cluster here, so: every YAML parses; the kustomizations render with the
+real tools (kubectl's embedded kustomize, which `kubectl apply -k` uses, and the
+standalone kustomize, which must agree) and the rendered objects pass
+Kubernetes' own schemas in strict mode (tests/manifests.py); every path flag of
+the plugin points into a mounted volume of the right kind; the probes hit
+/healthz on the metrics port; the configs pass our own validation against
+kubelet's reservations; the pods of hack/kind/e2e.sh get the outcomes it checks
+for; the Dockerfile is multi-stage with nothing installable in the final stage;
+and the wheel builds from the Docker context. The image itself is built and run
+with these manifests' settings by tests/e2e/test_image.py.
+
+The rendering tools come from hack/e2e-setup.sh: without them these tests skip,
+saying so, except in CI (CI=true), where they fail.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +42,8 @@ from nri_plugin.inputs.config import parse_config, validate_for_machine
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.quantity import parse_bytes
+from tests.e2e.harness import E2EPaths
+from tests.manifests import missing_tools, render, render_text, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -70,68 +79,21 @@ def manifest_files() -> list[Path]:
     return sorted([*DEPLOY.glob("*.yaml"), *KIND.glob("*.yaml")])
 
 
-# -- a small kustomize: resources, patches (strategic merge), namespace, images
+# -- rendered with the real tools -----------------------------------------------
 
 
-# The merge keys Kubernetes declares for the lists our patches touch; any
-# other list is replaced whole, as strategic merge does.
-_MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-    "env": "name",
-    "ports": "containerPort",
-}
-
-
-def strategic_merge(base: Any, patch: Any, field: str | None = None) -> Any:
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = dict(base)
-        for key, value in patch.items():
-            merged[key] = strategic_merge(base[key], value, key) if key in base else value
-        return merged
-    if isinstance(base, list) and isinstance(patch, list) and field in _MERGE_KEYS:
-        key = _MERGE_KEYS[field]
-        merged_list = [copy.deepcopy(item) for item in base]
-        for item in patch:
-            for i, existing in enumerate(merged_list):
-                if existing.get(key) == item.get(key):
-                    merged_list[i] = strategic_merge(existing, item)
-                    break
-            else:
-                merged_list.append(item)
-        return merged_list
-    return copy.deepcopy(patch)
-
-
-def _identity(doc: dict[str, Any]) -> tuple[str, str]:
-    return doc["kind"], doc["metadata"]["name"]
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    (kustomization,) = yaml_documents(directory / "kustomization.yaml")
-    docs: list[dict[str, Any]] = []
-    for entry in kustomization.get("resources", []):
-        path = directory / entry
-        docs.extend(render(path) if path.is_dir() else yaml_documents(path))
-    for patch_entry in kustomization.get("patches", []):
-        (patch,) = yaml_documents(directory / patch_entry["path"])
-        targets = [i for i, doc in enumerate(docs) if _identity(doc) == _identity(patch)]
-        assert targets, f"patch {patch_entry['path']} matches no resource"
-        for i in targets:
-            docs[i] = strategic_merge(docs[i], patch)
-    if "namespace" in kustomization:
-        for doc in docs:
-            doc.setdefault("metadata", {})["namespace"] = kustomization["namespace"]
-    workloads = [doc for doc in docs if doc["kind"] == "DaemonSet"]
-    for image in kustomization.get("images", []):
-        for container in (c for doc in workloads for c in pod_spec(doc)["containers"]):
-            name, _, tag = container["image"].partition(":")
-            if name == image["name"]:
-                new_tag = image.get("newTag", tag)
-                container["image"] = f"{image.get('newName', name)}:{new_tag}"
-    return docs
+def merge_patch(base: Any, patch: Any) -> Any:
+    """A JSON merge patch (RFC 7386): how kind applies kubeadmConfigPatches to the
+    KubeletConfiguration, whose fields our patches touch are maps and scalars only."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -184,9 +146,30 @@ class Rendering:
 RENDERINGS = {"deploy": DEPLOY, "kind": KIND}
 
 
-@pytest.fixture(params=sorted(RENDERINGS), scope="module")
-def rendering(request: pytest.FixtureRequest) -> Rendering:
-    return Rendering(request.param, render(RENDERINGS[request.param]))
+@pytest.fixture(scope="module")
+def tools() -> E2EPaths:
+    """kubectl, kustomize and the schema validator, installed by hack/e2e-setup.sh."""
+    paths = E2EPaths.from_env()
+    if missing := missing_tools(paths):
+        reason = (
+            f"{missing[0]} missing: hack/e2e-setup.sh installs kubectl, kustomize and"
+            " kubernetes-validate"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run it before the tests")
+        pytest.skip(reason)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def renderings(tools: E2EPaths) -> dict[str, Rendering]:
+    """Each kustomization as `kubectl apply -k` would apply it."""
+    return {name: Rendering(name, render(tools, path)) for name, path in RENDERINGS.items()}
+
+
+@pytest.fixture(params=sorted(RENDERINGS))
+def rendering(request: pytest.FixtureRequest, renderings: dict[str, Rendering]) -> Rendering:
+    return renderings[request.param]
 
 
 def flag_values(args: list[str]) -> dict[str, str]:
@@ -233,14 +216,36 @@ def test_every_manifest_parses_with_api_version_and_kind(path: Path) -> None:
             assert doc["metadata"]["name"]
 
 
-@pytest.mark.parametrize("directory", sorted(RENDERINGS.values()), ids=str)
-def test_kustomization_references_exist(directory: Path) -> None:
-    (kustomization,) = yaml_documents(directory / "kustomization.yaml")
-    for entry in kustomization.get("resources", []):
-        path = directory / entry
-        assert path.is_file() or (path / "kustomization.yaml").is_file(), entry
-    for patch in kustomization.get("patches", []):
-        assert (directory / patch["path"]).is_file(), patch
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_kubectl_and_the_standalone_kustomize_render_the_same(tools: E2EPaths, name: str) -> None:
+    by_kubectl, by_kustomize = (
+        list(yaml.safe_load_all(render_text(tools, RENDERINGS[name], tool)))
+        for tool in ("kubectl", "kustomize")
+    )
+    assert by_kubectl
+    assert by_kubectl == by_kustomize
+
+
+def test_rendered_objects_pass_kubernetes_schemas(tools: E2EPaths, rendering: Rendering) -> None:
+    report = validate(tools, rendering.docs)
+    assert len(report) == 2, report  # the oldest and the newest Kubernetes with schemas
+    assert report == {version: [] for version in report}
+
+
+def test_schema_validation_rejects_unknown_fields_and_wrong_types(
+    tools: E2EPaths, renderings: dict[str, Rendering]
+) -> None:
+    """The check above can fail: a misspelt field and a quoted port are reported."""
+    daemonset = copy.deepcopy(renderings["deploy"].daemonset)
+    (container,) = pod_spec(daemonset)["containers"]
+    security = container["securityContext"]
+    security["readOnlyRootFileSystem"] = security.pop("readOnlyRootFilesystem")
+    ((_, errors),) = validate(tools, [daemonset], ["1.30.0"]).items()
+    assert len(errors) == 1 and "'readOnlyRootFileSystem' was unexpected" in errors[0], errors
+    security["readOnlyRootFilesystem"] = security.pop("readOnlyRootFileSystem")
+    container["ports"][0]["containerPort"] = str(container["ports"][0]["containerPort"])
+    ((_, errors),) = validate(tools, [daemonset], ["1.30.0"]).items()
+    assert len(errors) == 1 and "is not of type 'integer'" in errors[0], errors
 
 
 def test_every_deploy_manifest_is_in_the_kustomization() -> None:
@@ -249,10 +254,10 @@ def test_every_deploy_manifest_is_in_the_kustomization() -> None:
     assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
 
 
-def test_no_rbac_and_no_api_access() -> None:
-    kinds = {d["kind"] for d in render(DEPLOY)}
+def test_no_rbac_and_no_api_access(renderings: dict[str, Rendering]) -> None:
+    kinds = {d["kind"] for d in renderings["deploy"].docs}
     assert kinds == {"ConfigMap", "DaemonSet"}
-    spec = pod_spec(Rendering("deploy", render(DEPLOY)).daemonset)
+    spec = renderings["deploy"].pod
     assert spec["automountServiceAccountToken"] is False
 
 
@@ -413,12 +418,12 @@ def kind_kubelet_config() -> dict[str, Any]:
     patches = [yaml.safe_load(p) for p in cluster.get("kubeadmConfigPatches", [])]
     for patch in patches:
         if patch.get("kind") == "KubeletConfiguration":
-            kubelet = strategic_merge(kubelet, patch)
+            kubelet = merge_patch(kubelet, patch)
     return kubelet
 
 
-def kind_topology_mapping() -> Any:
-    cm = Rendering("kind", render(KIND)).one("ConfigMap", f"{PLUGIN}-topology")
+def kind_topology_mapping(kind: Rendering) -> Any:
+    cm = kind.one("ConfigMap", f"{PLUGIN}-topology")
     return yaml.safe_load(cm["data"]["topology.yaml"])
 
 
@@ -437,8 +442,10 @@ def aligned_and_validated(
     return aligned
 
 
-def test_deploy_config_fits_a_kubeadm_kubelet_that_reserves_nothing(tmp_path: Path) -> None:
-    rendering = Rendering("deploy", render(DEPLOY))
+def test_deploy_config_fits_a_kubeadm_kubelet_that_reserves_nothing(
+    renderings: dict[str, Rendering], tmp_path: Path
+) -> None:
+    rendering = renderings["deploy"]
     kubeadm_kubelet = {k: KIND_KUBELET_DEFAULTS[k] for k in ("apiVersion", "kind")}
     two_nodes = {
         "nodes": [
@@ -450,17 +457,19 @@ def test_deploy_config_fits_a_kubeadm_kubelet_that_reserves_nothing(tmp_path: Pa
     assert aligned.eviction_hard == {"memory.available": "100Mi"}
 
 
-def test_kind_config_fits_kinds_kubelet_and_topology(tmp_path: Path) -> None:
-    rendering = Rendering("kind", render(KIND))
+def test_kind_config_fits_kinds_kubelet_and_topology(
+    renderings: dict[str, Rendering], tmp_path: Path
+) -> None:
+    rendering = renderings["kind"]
     aligned = aligned_and_validated(
-        rendering, kind_kubelet_config(), kind_topology_mapping(), tmp_path
+        rendering, kind_kubelet_config(), kind_topology_mapping(rendering), tmp_path
     )
     assert aligned.topology_manager_policy == "single-numa-node"
     assert aligned.system_reserved == {"memory": 412 << 20}
 
 
-def test_kind_topology_is_a_valid_multi_numa_machine() -> None:
-    topology = topology_from_mapping(kind_topology_mapping())
+def test_kind_topology_is_a_valid_multi_numa_machine(renderings: dict[str, Rendering]) -> None:
+    topology = topology_from_mapping(kind_topology_mapping(renderings["kind"]))
     assert len(topology.nodes) >= 2
 
 
@@ -471,9 +480,11 @@ def e2e_pods() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(match[1]) if d]
 
 
-def test_e2e_pods_get_the_outcomes_e2e_sh_checks(tmp_path: Path) -> None:
+def test_e2e_pods_get_the_outcomes_e2e_sh_checks(
+    renderings: dict[str, Rendering], tmp_path: Path
+) -> None:
     """The kind config, kubelet and topology, run through `simulate` with e2e.sh's pods."""
-    rendering = Rendering("kind", render(KIND))
+    rendering = renderings["kind"]
     kubelet = kind_kubelet_config()
     config = yaml.safe_load(config_text(rendering))
     config["systemReserved"] = kubelet["systemReserved"]
@@ -498,7 +509,7 @@ def test_e2e_pods_get_the_outcomes_e2e_sh_checks(tmp_path: Path) -> None:
                 }
             }
         )
-    scenario = {"topology": kind_topology_mapping(), "config": config, "steps": steps}
+    scenario = {"topology": kind_topology_mapping(rendering), "config": config, "steps": steps}
     report: dict[str, Any] = simulate_text(json.dumps(scenario), source="e2e")
     outcome = {
         s["pod"]: (s["admitted"], s.get("reason"), [c.get("cpusetMems") for c in s["containers"]])
@@ -518,21 +529,23 @@ def test_e2e_pods_get_the_outcomes_e2e_sh_checks(tmp_path: Path) -> None:
 # -- kind ----------------------------------------------------------------------
 
 
-def test_kind_cluster_enables_nri_on_the_socket_the_daemonset_mounts() -> None:
+def test_kind_cluster_enables_nri_on_the_socket_the_daemonset_mounts(
+    renderings: dict[str, Rendering],
+) -> None:
     (cluster,) = yaml_documents(KIND / "cluster.yaml")
     assert cluster["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     sections = [tomllib.loads(patch) for patch in cluster["containerdConfigPatches"]]
     nri = [s["plugins"][NRI_SECTION] for s in sections if NRI_SECTION in s.get("plugins", {})]
     assert len(nri) == 1
     assert nri[0]["disable"] is False
-    socket = Rendering("kind", render(KIND)).flags["--socket"]
+    socket = renderings["kind"].flags["--socket"]
     assert nri[0]["socket_path"] == socket
 
 
-def test_kind_image_is_the_one_e2e_sh_builds_and_loads() -> None:
+def test_kind_image_is_the_one_e2e_sh_builds_and_loads(renderings: dict[str, Rendering]) -> None:
     match = re.search(r'^IMAGE="([^"]+)"$', E2E_SCRIPT.read_text(), re.M)
     assert match
-    (container,) = pod_spec(Rendering("kind", render(KIND)).daemonset)["containers"]
+    (container,) = renderings["kind"].pod["containers"]
     assert container["image"] == match[1]
     assert container["imagePullPolicy"] == "IfNotPresent"
 
@@ -779,11 +792,11 @@ def documented_run_flags() -> set[str]:
     return flags
 
 
-def test_run_help_lists_every_flag_used_or_documented() -> None:
+def test_run_help_lists_every_flag_used_or_documented(renderings: dict[str, Rendering]) -> None:
     text = run_help()
     used: set[str] = set()
-    for directory in RENDERINGS.values():
-        used.update(Rendering(directory.name, render(directory)).flags)
+    for rendering in renderings.values():
+        used.update(rendering.flags)
     documented = documented_run_flags()
     assert "--kubelet-config" in documented
     for flag in used | documented:

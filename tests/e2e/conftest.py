@@ -77,6 +77,20 @@ def _teardown_on_sigterm() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@pytest.fixture(scope="session")
+def plugin_image(e2e_paths: E2EPaths) -> Path:
+    """The plugin's image (OCI archive) that hack/image-build.sh built from the Dockerfile
+    (hack/test.sh builds it first). Tests never build it: missing, it is a failure in CI
+    and a skip elsewhere, naming the script."""
+    archive = e2e_paths.plugin_image_archive
+    if not archive.is_file():
+        message = f"{archive} missing: run hack/image-build.sh first (hack/test.sh does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return archive
+
+
 def _closed_and_clean(ctrd: Containerd) -> None:
     try:
         ctrd.close()

@@ -120,6 +120,29 @@ class E2EPaths:
         return self.root / "e2e-image.tar"
 
     @property
+    def kubectl(self) -> Path:
+        return self.root / "k8s" / "root" / "usr" / "bin" / "kubectl"
+
+    @property
+    def kustomize(self) -> Path:
+        return self.root / "k8s" / "root" / "usr" / "bin" / "kustomize"
+
+    @property
+    def schema_validator(self) -> Path:
+        """The python of the venv holding kubernetes-validate (Kubernetes' JSON schemas)."""
+        return self.root / "validate" / "bin" / "python"
+
+    @property
+    def manifest_tools(self) -> list[Path]:
+        return [self.kubectl, self.kustomize, self.schema_validator]
+
+    @property
+    def plugin_image_archive(self) -> Path:
+        """The plugin's image as an OCI archive, built by hack/image-build.sh (not by the
+        setup: it takes a minute, and only tests/e2e/test_image.py needs it)."""
+        return self.root / "image" / "nri-memory-manager-oci.tar"
+
+    @property
     def stubs_dir(self) -> Path:
         return self.root / "stubs"
 
@@ -134,7 +157,7 @@ class E2EPaths:
 
     def missing(self) -> list[Path]:
         """Files a test needs that are absent (empty: the setup is complete)."""
-        needed = [self.ready_marker, self.runc, self.image_tar]
+        needed = [self.ready_marker, self.runc, self.image_tar, *self.manifest_tools]
         needed += [self.stubs_dir / "k8s_cri" / f for f in ("api_pb2.py", "api_pb2_grpc.py")]
         for flavor in FLAVORS:
             needed += [
@@ -444,21 +467,33 @@ class CRIClient:
         annotations: Mapping[str, str] | None = None,
         attempt: int = 0,
         image: str = WORKLOAD_IMAGE,
+        args: Sequence[str] | None = None,
+        mounts: Sequence[Any] = (),
+        security_context: Any | None = None,
     ) -> str:
         """CreateContainer as kubelet sends it; returns the container ID.
 
         `cpu_limit_millis` None means "limit = request" (Guaranteed); 0 means no limit.
         `hugepages` maps CRI page sizes ("2MB", "1GB") to limits in bytes.
-        `command` None runs the image's `sleep 2147483647`.
+        `command` None runs the image's `sleep 2147483647` (its ENTRYPOINT with `args`).
+        `mounts` are CRI Mounts; `security_context` a LinuxContainerSecurityContext merged
+        over the host-network namespace options every container here gets.
         """
         api = self.api
         limit = cpu_millis if cpu_limit_millis is None else cpu_limit_millis
         log_dir = Path(pod.config.log_directory) / name
         log_dir.mkdir(parents=True, exist_ok=True)  # kubelet creates it
+        security = api.LinuxContainerSecurityContext(
+            namespace_options=api.NamespaceOption(network=api.NODE, pid=api.CONTAINER),
+        )
+        if security_context is not None:
+            security.MergeFrom(security_context)
         config = api.ContainerConfig(
             metadata=api.ContainerMetadata(name=name, attempt=attempt),
             image=api.ImageSpec(image=image),
             command=list(command or []),
+            args=list(args or []),
+            mounts=list(mounts),
             log_path=f"{name}/{attempt}.log",
             labels={
                 **(labels or {}),
@@ -485,9 +520,7 @@ class CRIClient:
                     cpuset_mems=cpuset_mems,
                     hugepages=hugepages,
                 ),
-                security_context=api.LinuxContainerSecurityContext(
-                    namespace_options=api.NamespaceOption(network=api.NODE, pid=api.CONTAINER),
-                ),
+                security_context=security,
             ),
         )
         r = self._call(
@@ -545,6 +578,16 @@ class CRIClient:
             )
             for c in self._call("ListContainers", request).containers
         ]
+
+    def container_log(self, pod: Pod, name: str, attempt: int = 0) -> Path:
+        """The container's CRI log file (kubelet's layout: <pod log dir>/<name>/<attempt>.log)."""
+        return Path(pod.config.log_directory) / name / f"{attempt}.log"
+
+    def container_exit_code(self, container_id: str) -> int:
+        r = self._call(
+            "ContainerStatus", self.api.ContainerStatusRequest(container_id=container_id)
+        )
+        return int(r.status.exit_code)
 
     def container_state(self, container_id: str) -> str:
         r = self._call(
@@ -988,10 +1031,14 @@ class Containerd:
         return None if self._proc is None else self._proc.poll()
 
     def _import_image(self, timeout: float) -> None:
+        self.import_image(self.paths.image_tar, timeout)
+
+    def import_image(self, archive: Path, timeout: float = 120.0) -> None:
+        """`ctr images import` of an image archive (OCI or Docker) for CRI to use."""
         ctr = self.paths.containerd_bin(self.flavor, "ctr")
         # CRI only sees namespace k8s.io; ctr needs an absolute socket path.
         cmd = [str(ctr), "--address", str(self.cri_socket), "-n", "k8s.io", "images", "import"]
-        cmd.append(str(self.paths.image_tar))
+        cmd.append(str(archive))
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=max(timeout, 1.0), check=False
         )
