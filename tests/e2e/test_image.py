@@ -461,6 +461,9 @@ def deployed(
                 "/var/lib/nri-memory-manager": work / "state",
                 "/sys": Path("/sys"),
                 "/var/lib/kubelet/config.yaml": kubelet_config,
+                # no kubelet here: its pod-resources directory is empty
+                "/var/lib/kubelet/pod-resources": work / "pod-resources",
+                "/run/nri-memory-manager": work / "run",
             },
             work,
         )
