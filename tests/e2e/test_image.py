@@ -24,7 +24,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -577,6 +577,31 @@ def test_pins_a_guaranteed_container_and_checkpoints_it_in_the_state_mount(
         assert stat.S_IMODE(deployed.state_dir.stat().st_mode) == 0o700
     finally:
         remove_pod(cri, pod)
+
+
+def test_serves_pod_resources_through_its_mount_without_kubelet(deployed: Deployed) -> None:
+    import grpc  # type: ignore[import-untyped]
+
+    from nri_plugin.podresources.gen import podresources_pb2 as pb
+    from nri_plugin.podresources.gen import podresources_pb2_grpc as pb_grpc
+
+    # no kubelet here: its (read-only) pod-resources directory is empty, said once
+    absent = [r for r in deployed.log_records() if "pod-resources socket absent" in r["event"]]
+    assert len(absent) == 1, absent
+    (flag,) = [a for a in deployed.deployment.container["args"] if "--serve-pod-resources" in a]
+    served = PurePosixPath(flag.split("=", 1)[1])
+    socket_path = deployed.host.by_node_path[str(served.parent)] / served.name
+    wait_until(socket_path.is_socket, 10, f"the served socket {socket_path}")
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        stub = pb_grpc.PodResourcesListerStub(channel)
+        allocatable = stub.GetAllocatableResources(pb.AllocatableResourcesRequest(), timeout=10)
+    state = json.loads((deployed.state_dir / "memory_manager_state").read_text())
+    assert {(m.memory_type, m.topology.nodes[0].ID): m.size for m in allocatable.memory} == {
+        (t, int(node)): table["allocatable"]
+        for node, machine in state["machineState"].items()
+        for t, table in machine["memoryMap"].items()
+        if table["allocatable"]
+    }
 
 
 def test_bad_config_stops_the_container_with_one_line_in_its_log(deployed: Deployed) -> None:
