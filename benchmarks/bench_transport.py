@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
 import os
 import socket
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -56,6 +57,10 @@ from tests.nri.fake_runtime import FakeRuntime  # noqa: E402  (the repo's own te
 
 NODES = 8
 TARGET_PER_SECOND = 500.0
+
+# Something switched on around the measured round trips only: a profiler, or callgrind's
+# instrumentation (benchmarks/profile_create.py).
+MEASURE_HOOK: cProfile.Profile | Measured | None = None
 
 
 def pin_to_one_cpu() -> int | None:
@@ -115,6 +120,11 @@ def running(count: int) -> list[tuple[list[Any], list[Any]]]:
     return pages or [([], [])]
 
 
+class Measured(Protocol):
+    def enable(self) -> None: ...
+    def disable(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunResult:
     tracked: int
@@ -170,6 +180,8 @@ async def _round_trips(tracked: int, count: int, checkpoint: bool, state_dir: Pa
             raise RuntimeError(f"{held} containers tracked after Synchronize, not {tracked}")
         batch = [r.SerializeToString() for r in requests(count, start=tracked)]
         gc.collect()
+        if MEASURE_HOOK is not None:
+            MEASURE_HOOK.enable()
         t0, c0 = time.perf_counter(), time.process_time()
         for payload in batch:
             response = await runtime.call("CreateContainer", payload)
@@ -177,6 +189,8 @@ async def _round_trips(tracked: int, count: int, checkpoint: bool, state_dir: Pa
                 raise RuntimeError(f"CreateContainer failed: {response.status_message}")
         await writer.flush()
         t1, c1 = time.perf_counter(), time.process_time()
+        if MEASURE_HOOK is not None:
+            MEASURE_HOOK.disable()
         return RunResult(tracked, checkpoint, count, t1 - t0, c1 - c0, writer.writes)
     finally:
         stub.stop()
