@@ -41,7 +41,7 @@ from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, PodSpec
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.nri_convert import container_resources
-from nri_plugin.logs import configure_logging
+from nri_plugin.logs import bound_logger, configure_logging
 from nri_plugin.metrics import Metrics
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
@@ -156,7 +156,7 @@ def manager_with(tracked: int) -> MemoryManager:
 async def _round_trips(tracked: int, count: int, checkpoint: bool, state_dir: Path) -> RunResult:
     topology = make_topology(NODES, UNIFORM)
     manager = MemoryManager(topology, make_config(NODES))
-    log = structlog.get_logger("bench")
+    log = bound_logger("bench")
     writer = CheckpointWriter(state_dir / "memory_manager_state", log)
     persist: Callable[[], None] | None = None
     if checkpoint:
@@ -266,7 +266,7 @@ def breakdown(tracked: int, reps: int) -> dict[str, float]:
 
     with quiet_logs():
         manager = manager_with(tracked)
-        plugin = MemoryPlugin(manager, observer=Metrics(), logger=structlog.get_logger("bench"))
+        plugin = MemoryPlugin(manager, observer=Metrics(), logger=bound_logger("bench"))
         gc.collect()
         total = 0.0
         for r in decoded:

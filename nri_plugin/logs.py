@@ -139,3 +139,12 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         logger_factory=lambda *_args: sink,
         cache_logger_on_first_use=False,
     )
+
+
+def bound_logger(name: str | None = None) -> Any:
+    """A logger bound to the configuration in force (call after :func:`configure_logging`).
+
+    ``structlog.get_logger`` returns a proxy that builds a new bound logger on every
+    call (a dozen microseconds per log line); the request path logs on every request.
+    """
+    return structlog.get_logger(name).bind()
