@@ -48,7 +48,7 @@ def _subset_sums(values: Sequence[int]) -> list[int]:
 _DIRECT_SUMS = 24
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=64)
 def _structural_candidates(
     ids: tuple[int, ...],
     allocatable: tuple[tuple[int, ...], ...],
@@ -73,7 +73,7 @@ def _structural_candidates(
         ok = [o and s >= need for o, s in zip(ok, sums, strict=True)]
     real = _subset_sums([1 << i for i in ids])  # position mask -> NUMA node mask
     min_size = n
-    out = []
+    out: list[tuple[int, int, tuple[int, ...]]] = []
     for pm, size in _kubelet_order(n):
         if not ok[pm]:
             continue
@@ -86,7 +86,10 @@ def _structural_candidates(
             pm & bit and cells != mask for bit, cells in group_assigned
         ):
             continue
-        out.append((pm, mask, tuple(p for p in range(n) if pm >> p & 1)))
+        out.append((pm, mask, ()))
+    if len(out) <= _DIRECT_SUMS:
+        # positions only where the free sums will be taken node by node (the entry stays small)
+        out = [(pm, mask, tuple(p for p in range(n) if pm >> p & 1)) for pm, mask, _ in out]
     return tuple(out), min_size
 
 
