@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from nri_plugin.engine.config import Config
-from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.topology import NumaNode, Topology
 
 GI = 1 << 30
@@ -90,7 +90,8 @@ def guaranteed_pod(
         limits["hugepages-1Gi"] = Fraction(hugepages_1g)
     cpuset = frozenset(cpus) if cpus is not None else None
     container = ContainerSpec(name, requests=dict(limits), limits=limits, cpuset=cpuset)
-    return PodSpec(uid=uid, name=uid, containers=(container,))
+    # the QoS class given, as the plugin gives it (read from the pod's cgroup, not computed)
+    return PodSpec(uid=uid, name=uid, containers=(container,), qos_class=GUARANTEED)
 
 
 # -- statistics and output -----------------------------------------------------------------
