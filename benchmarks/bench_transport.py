@@ -56,7 +56,8 @@ if str(REPO) not in sys.path:
 from tests.nri.fake_runtime import FakeRuntime  # noqa: E402  (the repo's own test double)
 
 NODES = 8
-TARGET_PER_SECOND = 500.0
+TARGET_PER_SECOND = 2_000.0
+TARGET_TRACKED = 1_000  # the target holds with this many containers tracked
 
 # Something switched on around the measured round trips only: a profiler, or callgrind's
 # instrumentation (benchmarks/profile_create.py).
@@ -300,28 +301,52 @@ def run(quick: bool = False) -> dict[str, object]:
         for checkpoint in (True, False):
             results.append(round_trips(tracked, count, checkpoint))
     rows = []
+    summary = []
     for r in results:
         rate = r.count / r.seconds
+        # what the core would do if this process had it alone: a loaded machine's wall
+        # clock also counts the time other processes held the CPU
+        cpu_rate = r.count / r.cpu_seconds if r.cpu_seconds else float("nan")
+        result = (
+            "met"
+            if rate >= TARGET_PER_SECOND
+            else "met in CPU time"
+            if cpu_rate >= TARGET_PER_SECOND
+            else "MISSED"
+        )
         rows.append(
             [
                 f"{r.tracked:,} tracked",
                 "yes" if r.checkpoint else "no (persist off)",
                 f"{r.count:,}",
                 f"{rate:,.0f}/s",
+                f"{cpu_rate:,.0f}/s",
                 fmt_us(r.seconds / r.count),
                 fmt_us(r.cpu_seconds / r.count),
                 str(r.writes),
-                "met" if rate >= TARGET_PER_SECOND else "MISSED",
+                result if r.tracked == TARGET_TRACKED else "-",
             ]
         )
+        if r.tracked == TARGET_TRACKED and r.checkpoint:
+            summary.append(
+                [
+                    f"CreateContainer through the transport, one core, {r.tracked:,} tracked,"
+                    " checkpoint on",
+                    f">= {TARGET_PER_SECOND:,.0f}/s",
+                    f"{rate:,.0f}/s wall ({cpu_rate:,.0f}/s of CPU time)",
+                    result,
+                ]
+            )
     print_table(
         f"CreateContainer round trips, real handler, fake runtime in-process ({where});"
-        f" target >= {TARGET_PER_SECOND:.0f}/s",
+        f" target >= {TARGET_PER_SECOND:,.0f}/s at {TARGET_TRACKED:,} tracked (rate by CPU:"
+        " calls per second of this process's CPU time, what an unshared core gives)",
         [
             "containers",
             "checkpoint",
             "calls",
             "rate",
+            "rate by CPU",
             "wall/call",
             "CPU/call",
             "writes",
@@ -357,7 +382,7 @@ def run(quick: bool = False) -> dict[str, object]:
         ["piece", *(f"{t:,} tracked" for t in tracked_counts)],
         rows,
     )
-    return {"results": results, "shares": shares}
+    return {"results": results, "shares": shares, "summary": summary}
 
 
 def main() -> None:

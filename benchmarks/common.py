@@ -121,6 +121,10 @@ def fmt_us(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms"
 
 
+TargetRow = list[str]
+"""One line of the closing summary: [what, target, measured, "met" or "MISSED"]."""
+
+
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [len(h) for h in headers]
     for row in rows:
