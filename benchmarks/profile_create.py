@@ -93,7 +93,17 @@ def cprofile(tracked: int, count: int, checkpoint: bool, top: int) -> None:
 _TOTAL = re.compile(r"^totals:\s*([0-9]+)", re.MULTILINE)
 
 
-def _instructions(tracked: int, count: int, checkpoint: bool) -> int:
+def use_uvloop() -> None:
+    """Run on uvloop's event loop (a developer's experiment: uvloop is no dependency)."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        print("--uvloop: uvloop is not installed (pip install uvloop)", file=sys.stderr)
+        raise SystemExit(2) from None
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _instructions(tracked: int, count: int, checkpoint: bool, uvloop: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix="nmm-cg-") as tmp:
         out = Path(tmp) / "callgrind.out"
         argv = [
@@ -112,6 +122,8 @@ def _instructions(tracked: int, count: int, checkpoint: bool) -> int:
         ]
         if checkpoint:
             argv.append("--checkpoint")
+        if uvloop:
+            argv.append("--uvloop")
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         subprocess.run(argv, check=True, env=env, capture_output=True)
         match = _TOTAL.search(out.read_text(errors="replace"))
@@ -120,17 +132,18 @@ def _instructions(tracked: int, count: int, checkpoint: bool) -> int:
         return int(match[1])
 
 
-def instructions(tracked: int, count: int, checkpoint: bool) -> None:
+def instructions(tracked: int, count: int, checkpoint: bool, uvloop: bool = False) -> None:
     if shutil.which("valgrind") is None:
         print("instructions: valgrind is not installed", file=sys.stderr)
         raise SystemExit(2)
     small = max(1, count // 5)
-    few = _instructions(tracked, small, checkpoint)
-    many = _instructions(tracked, count, checkpoint)
+    few = _instructions(tracked, small, checkpoint, uvloop)
+    many = _instructions(tracked, count, checkpoint, uvloop)
     per_call = (many - few) / (count - small)
     print(
         f"{per_call:,.0f} instructions per CreateContainer round trip ({tracked} tracked,"
-        f" checkpoint {'on' if checkpoint else 'off'}; runs of {small} and {count} calls:"
+        f" checkpoint {'on' if checkpoint else 'off'}{', uvloop' if uvloop else ''};"
+        f" runs of {small} and {count} calls:"
         f" {few:,} and {many:,})"
     )
 
@@ -141,6 +154,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--checkpoint", action="store_true", help="with the checkpoint writer")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--uvloop", action="store_true", help="on uvloop (if installed)")
     way = parser.add_mutually_exclusive_group()
     way.add_argument("--cprofile", action="store_true")
     way.add_argument("--instructions", action="store_true")
@@ -148,10 +162,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.count < 5:
         parser.error("--count must be at least 5")
+    if args.uvloop:
+        use_uvloop()
     if args.child:
         _run(args.tracked, args.count, args.checkpoint, CallgrindInstrumentation())
     elif args.instructions:
-        instructions(args.tracked, args.count, args.checkpoint)
+        instructions(args.tracked, args.count, args.checkpoint, args.uvloop)
     else:
         cprofile(args.tracked, args.count, args.checkpoint, args.top)
 
