@@ -46,7 +46,7 @@ from nri_plugin.inputs.config import load_config_file, validate_for_machine
 from nri_plugin.inputs.iomem import IOMEM_PATH, resolve_drift_tolerance
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import discover_sysfs, host_node_ids, load_topology_file
-from nri_plugin.logs import configure_logging
+from nri_plugin.logs import bound_logger, configure_logging
 from nri_plugin.metrics import Metrics, parse_address, serve_http
 from nri_plugin.nri.stub import Stub, check_identity, prelaunched_identity
 from nri_plugin.persist.exits import load_exit_records
@@ -166,7 +166,7 @@ class NRIFrontEnd:
         plugin = MemoryPlugin(
             tracker.manager,
             tracker=tracker,
-            logger=structlog.get_logger(),
+            logger=bound_logger(),
             pod_cgroups=pod_cgroups(self._args),
             exit_codes=self._exit_codes,
         )
@@ -175,7 +175,7 @@ class NRIFrontEnd:
             plugin_name=self._args.plugin_name,
             plugin_idx=self._args.plugin_index,
             socket_path=self._args.socket,
-            logger=structlog.get_logger("nri"),
+            logger=bound_logger("nri"),
         )
 
     async def run(self) -> None:
@@ -220,7 +220,7 @@ class CRIFrontEnd:
         self._proxy = CRIProxy(
             tracker,
             self._channel,
-            logger=structlog.get_logger("cri-proxy"),
+            logger=bound_logger("cri-proxy"),
             pod_cgroups=pod_cgroups(self._args),
         )
         self._server = await start_server(self._proxy, self._args.listen)
@@ -258,7 +258,7 @@ class CRIFrontEnd:
 
 
 async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
-    log = structlog.get_logger("nri-memory-manager")
+    log = bound_logger("nri-memory-manager")
     topology, config = load_machine(args)
     nodes = node_map(args, topology, config, log)
     state_path = Path(args.state_dir) / STATE_FILE_NAME
