@@ -12,6 +12,11 @@ Both commands go through the same steps, in this order:
 6. the front end serves until stopped; then every change is flushed to the
    checkpoint.
 
+When a node's memory shrank under the checkpoint's blocks, nothing is written
+(step 5 included) until the first Synchronize shows that the blocks of the
+containers that still exist fit (:class:`~nri_plugin.persist.recovery.ConservationGate`);
+otherwise the start is refused then, with the file as it was.
+
 The front ends differ only in how events arrive: :class:`NRIFrontEnd` (a
 containerd NRI plugin) and :class:`CRIFrontEnd` (a CRI proxy).
 """
@@ -51,7 +56,7 @@ from nri_plugin.metrics import Metrics, parse_address, serve_http
 from nri_plugin.nri.stub import Stub, check_identity, prelaunched_identity
 from nri_plugin.persist.exits import load_exit_records
 from nri_plugin.persist.file import STATE_FILE_NAME
-from nri_plugin.persist.recovery import recover
+from nri_plugin.persist.recovery import ConservationGate, recover
 from nri_plugin.persist.writer import CheckpointWriter
 from nri_plugin.tracker.nodemap import ANNOTATION, NodeMap, checked_map, default_map
 from nri_plugin.tracker.tracker import NodeTracker
@@ -264,6 +269,8 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     state_path = Path(args.state_dir) / STATE_FILE_NAME
     recovery = recover(topology, config, state_path, log)
     manager = recovery.manager
+    gate = ConservationGate(recovery.pending, state_path, log)
+    loop = asyncio.get_running_loop()
     writer = CheckpointWriter(state_path, log)
     metrics = Metrics()
     metrics.restored(
@@ -274,18 +281,20 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     )
     tracker = NodeTracker(
         manager,
-        persist=lambda: writer.request(manager.state),
+        persist=lambda: None if gate.holding else writer.request(manager.state),
         observer=metrics,
         logger=log,
         node_map=nodes,
+        # a refusal fails Synchronize (no updates answered), then the front end stops
+        check_restored=gate.hook(lambda: loop.call_soon(front.stop)) if gate.holding else None,
     )
     tracker.restore_exit_records(load_exit_records(writer.exits_path, log))
     writer.exit_records = tracker.exit_records
     metrics.state_changed(manager)
     metrics.connection(False)
     await front.start(tracker)
-    writer.write_now(manager.state)
-    loop = asyncio.get_running_loop()
+    if not gate.holding:
+        writer.write_now(manager.state)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, front.stop)
     http = None
@@ -312,9 +321,12 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
         await front.close()
         if http is not None:
             http.close()
-        await writer.flush()
-        writer.write_now(manager.state)
+        if not gate.holding:
+            await writer.flush()
+            writer.write_now(manager.state)
         log.info("stopped")
+    if gate.refusal is not None:
+        raise gate.refusal
     return 0
 
 
