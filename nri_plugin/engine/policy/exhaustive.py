@@ -99,7 +99,7 @@ def _exhaustive_masks(
     requested: Mapping[str, int],
     reusable: Mapping[int, Mapping[str, int]],
 ) -> tuple[list[int], int]:
-    """Section 5.3 over every non-empty subset, in kubelet's order; (masks, minimal size)."""
+    """kubelet's calculateHints over every non-empty subset, in its order; (masks, min size)."""
     types = list(requested.items())
     nodes = [machine[i] for i in ids]
     tables = [[node.table(t) for node in nodes] for t, _ in types]
