@@ -160,11 +160,11 @@ def test_bounded_search_answers_like_the_exhaustive_walk(
         narrowest = min((_width(mask) for mask in exhaustive), default=0)
         assert bounded == [mask for mask in exhaustive if _width(mask) == narrowest]
 
-        # the default hint (section 7 step 4)
+        # the default hint (kubelet's getDefaultHint)
         exhaustive_default = m.policy._find_best(full)
         assert _bounded_default(machine, requested, reusable) == exhaustive_default
 
-        # the extension of an affinity without enough free memory (section 7 step 5)
+        # the extension of an affinity without enough free memory (extendTopologyManagerHint)
         for mask in {data.draw(nonempty_masks(tuple(ids))), *(exhaustive[:1])}:
             expected = _best_containing(full_list, mask)
             assert _bounded_extension(machine, requested, reusable, mask) == expected, mask

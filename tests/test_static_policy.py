@@ -2,7 +2,7 @@
 
 Every case runs through the simulator (the project's black-box interface) and
 checks the report and the final state against the numbers kubelet produces
-(reference/static-policy.md).
+(kubelet's memorymanager tests, e.g. ``policy_static_test.go``, and KEP-1769).
 """
 
 from __future__ import annotations
@@ -513,7 +513,7 @@ def test_remove_reports_whether_something_was_known() -> None:
 
 
 def test_single_node_block_on_a_grouped_node_restores() -> None:
-    # kubelet lets a single-node affinity through its group check (reference 7.6): a pod
+    # kubelet's isAffinityViolatingNUMAAllocations lets a single-node affinity through: a pod
     # pinned to CPUs of node 1 while node 1 is grouped with node 0 gets a block on [1],
     # which relabels node 1's cells. The checkpoint must still load back, whatever the
     # order of its entries (kubelet replays them in map order).
@@ -545,7 +545,7 @@ def test_releasing_a_group_leaves_a_single_node_block_on_a_relabelled_node_its_b
     # The one place we depart from kubelet (docs/simulate.md). Node 0 is full, so the 10Gi
     # group lands on [1,2] (node 1 gives 8Gi, node 2 2Gi), and the 2Gi pod joins it (node
     # 2). With the group pod gone, node 1 holds none of the group's bytes; the pinned pod
-    # then gets [1] through kubelet's single-node path (reference 7.6). When the 2Gi pod
+    # then gets [1] (isAffinityViolatingNUMAAllocations skips one-node masks). When the 2Gi pod
     # goes, kubelet's walk takes its bytes back from node 1 first, i.e. the pinned pod's:
     # node 1 would show them free while in use and node 2 keep 1.5Gi for nobody.
     topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(3)]}
