@@ -257,7 +257,7 @@ def test_admissions_are_the_same_with_the_bounded_search_shrinking(scenario: Sce
 def test_best_effort_picks_the_wide_hint_with_the_bounded_search_too() -> None:
     # A CPU set on both nodes and a request that fits one node: memory hints
     # [0], [1] preferred and [0,1] not; merged with CPU [0,1] the best
-    # non-preferred merge has the CPU list's width 2, so [0,1] (quirk 15.3).
+    # non-preferred merge has the CPU list's width 2, so [0,1] (HintMerger.compare).
     # A search that only kept the narrowest hints would give [0].
     topology = Topology((NumaNode(0, frozenset({0}), 4 * GI), NumaNode(1, frozenset({1}), 4 * GI)))
     config = Config(

@@ -140,7 +140,7 @@ def test_best_effort_admits_into_the_group_non_preferred() -> None:
 
 
 def test_pod_fitting_nowhere_is_unexpected_admission_error_even_under_single_numa_node() -> None:
-    # quirk 1: no hints means "no preference", so the topology manager admits and
+    # a kubelet quirk: no hints means "no preference", so the topology manager admits and
     # Allocate fails
     report = simulate(
         {
@@ -328,7 +328,7 @@ def test_removing_from_a_group_walks_nodes_in_order() -> None:
 
 
 def test_wide_cpuset_makes_best_effort_group_a_tiny_pod() -> None:
-    # quirk 3: CPUs on nodes 0 and 1 + memory that fits one node
+    # a kubelet quirk: CPUs on nodes 0 and 1 + memory that fits one node
     def scenario(tm: str) -> dict[str, Any]:
         return {
             "topology": {"nodes": [node(0, "8Gi", "0-3"), node(1, "8Gi", "4-7")]},
@@ -416,7 +416,7 @@ def test_fractional_cpu_guaranteed_pod_is_pinned() -> None:
 
 
 def test_zero_hugepages_request_makes_a_zero_block() -> None:
-    # quirk 4: a zero-valued hugepages request still counts as an assignment
+    # a kubelet quirk: a zero-valued hugepages request still counts as an assignment
     report = simulate(
         {
             "topology": {"nodes": [node(0, "8Gi", "0-3", {"2Mi": "1Gi"})]},
