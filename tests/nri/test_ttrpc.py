@@ -35,7 +35,7 @@ REGISTER_REQUEST = bytes.fromhex(
 REGISTER_HEADER = bytes.fromhex("00000042000000010100")
 
 
-def test_appendix_a_register_plugin_request() -> None:
+def test_worked_bytes_register_plugin_request() -> None:
     payload = api.RegisterPluginRequest(plugin_name="memmgr", plugin_idx="90")
     assert payload.SerializeToString() == REGISTER_PAYLOAD
     message = ttrpc.encode_request(
@@ -53,7 +53,7 @@ def test_appendix_a_register_plugin_request() -> None:
     )
 
 
-def test_appendix_a_request_decodes() -> None:
+def test_worked_bytes_request_decodes() -> None:
     reader = MessageReader()
     reader.receive_data(REGISTER_HEADER + REGISTER_REQUEST)
     assert reader.events() == [
@@ -68,7 +68,7 @@ def test_appendix_a_request_decodes() -> None:
     ]
 
 
-def test_appendix_a_empty_success_reply() -> None:
+def test_worked_bytes_empty_success_reply() -> None:
     reply = bytes.fromhex("00000000000000010200")
     assert ttrpc.encode_response(1) == reply
     reader = MessageReader()
@@ -76,7 +76,7 @@ def test_appendix_a_empty_success_reply() -> None:
     assert reader.next_event() == ResponseReceived(1, 0, "", b"")
 
 
-def test_appendix_a_error_reply() -> None:
+def test_worked_bytes_error_reply() -> None:
     data = bytes.fromhex("0a08080212 04626f6f6d".replace(" ", ""))
     message = ttrpc.encode_response(3, status_code=Code.UNKNOWN, status_message="boom")
     assert message == struct.pack(">IIBB", len(data), 3, 2, 0) + data
@@ -87,7 +87,7 @@ def test_appendix_a_error_reply() -> None:
     assert isinstance(event, ResponseReceived) and not event.ok
 
 
-def test_appendix_a_configure_and_create_container_payloads() -> None:
+def test_worked_bytes_configure_and_create_container_payloads() -> None:
     configure = api.ConfigureResponse(events=0x60D).SerializeToString()
     assert configure == bytes.fromhex("108d0c")
     message = ttrpc.encode_response(1, configure)
