@@ -253,6 +253,15 @@ def run(
             rows,
         )
         out[flavor] = summary
+    out["summary"] = [
+        [
+            f"CreateContainer {figure}, {runtime}: ours / Go plugin",
+            target,
+            f"{ratio} ({ours} vs {go})",
+            result,
+        ]
+        for runtime, figure, go, ours, ratio, target, result in targets
+    ]
     if targets:
         print_table(
             "Targets: CreateContainer with nri-memory-manager against the Go plugin"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
 import os
 import socket
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -40,7 +41,7 @@ from nri_plugin.engine.manager import MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, PodSpec
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.nri_convert import container_resources
-from nri_plugin.logs import configure_logging
+from nri_plugin.logs import bound_logger, configure_logging
 from nri_plugin.metrics import Metrics
 from nri_plugin.nri import mux, ttrpc
 from nri_plugin.nri.gen import nri_pb2 as api
@@ -55,7 +56,12 @@ if str(REPO) not in sys.path:
 from tests.nri.fake_runtime import FakeRuntime  # noqa: E402  (the repo's own test double)
 
 NODES = 8
-TARGET_PER_SECOND = 500.0
+TARGET_PER_SECOND = 2_000.0
+TARGET_TRACKED = 1_000  # the target holds with this many containers tracked
+
+# Something switched on around the measured round trips only: a profiler, or callgrind's
+# instrumentation (benchmarks/profile_create.py).
+MEASURE_HOOK: cProfile.Profile | Measured | None = None
 
 
 def pin_to_one_cpu() -> int | None:
@@ -115,6 +121,11 @@ def running(count: int) -> list[tuple[list[Any], list[Any]]]:
     return pages or [([], [])]
 
 
+class Measured(Protocol):
+    def enable(self) -> None: ...
+    def disable(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunResult:
     tracked: int
@@ -146,7 +157,7 @@ def manager_with(tracked: int) -> MemoryManager:
 async def _round_trips(tracked: int, count: int, checkpoint: bool, state_dir: Path) -> RunResult:
     topology = make_topology(NODES, UNIFORM)
     manager = MemoryManager(topology, make_config(NODES))
-    log = structlog.get_logger("bench")
+    log = bound_logger("bench")
     writer = CheckpointWriter(state_dir / "memory_manager_state", log)
     persist: Callable[[], None] | None = None
     if checkpoint:
@@ -170,6 +181,8 @@ async def _round_trips(tracked: int, count: int, checkpoint: bool, state_dir: Pa
             raise RuntimeError(f"{held} containers tracked after Synchronize, not {tracked}")
         batch = [r.SerializeToString() for r in requests(count, start=tracked)]
         gc.collect()
+        if MEASURE_HOOK is not None:
+            MEASURE_HOOK.enable()
         t0, c0 = time.perf_counter(), time.process_time()
         for payload in batch:
             response = await runtime.call("CreateContainer", payload)
@@ -177,6 +190,8 @@ async def _round_trips(tracked: int, count: int, checkpoint: bool, state_dir: Pa
                 raise RuntimeError(f"CreateContainer failed: {response.status_message}")
         await writer.flush()
         t1, c1 = time.perf_counter(), time.process_time()
+        if MEASURE_HOOK is not None:
+            MEASURE_HOOK.disable()
         return RunResult(tracked, checkpoint, count, t1 - t0, c1 - c0, writer.writes)
     finally:
         stub.stop()
@@ -252,7 +267,7 @@ def breakdown(tracked: int, reps: int) -> dict[str, float]:
 
     with quiet_logs():
         manager = manager_with(tracked)
-        plugin = MemoryPlugin(manager, observer=Metrics(), logger=structlog.get_logger("bench"))
+        plugin = MemoryPlugin(manager, observer=Metrics(), logger=bound_logger("bench"))
         gc.collect()
         total = 0.0
         for r in decoded:
@@ -286,28 +301,52 @@ def run(quick: bool = False) -> dict[str, object]:
         for checkpoint in (True, False):
             results.append(round_trips(tracked, count, checkpoint))
     rows = []
+    summary = []
     for r in results:
         rate = r.count / r.seconds
+        # what the core would do if this process had it alone: a loaded machine's wall
+        # clock also counts the time other processes held the CPU
+        cpu_rate = r.count / r.cpu_seconds if r.cpu_seconds else float("nan")
+        result = (
+            "met"
+            if rate >= TARGET_PER_SECOND
+            else "met in CPU time"
+            if cpu_rate >= TARGET_PER_SECOND
+            else "MISSED"
+        )
         rows.append(
             [
                 f"{r.tracked:,} tracked",
                 "yes" if r.checkpoint else "no (persist off)",
                 f"{r.count:,}",
                 f"{rate:,.0f}/s",
+                f"{cpu_rate:,.0f}/s",
                 fmt_us(r.seconds / r.count),
                 fmt_us(r.cpu_seconds / r.count),
                 str(r.writes),
-                "met" if rate >= TARGET_PER_SECOND else "MISSED",
+                result if r.tracked == TARGET_TRACKED else "-",
             ]
         )
+        if r.tracked == TARGET_TRACKED and r.checkpoint:
+            summary.append(
+                [
+                    f"CreateContainer through the transport, one core, {r.tracked:,} tracked,"
+                    " checkpoint on",
+                    f">= {TARGET_PER_SECOND:,.0f}/s",
+                    f"{rate:,.0f}/s wall ({cpu_rate:,.0f}/s of CPU time)",
+                    result,
+                ]
+            )
     print_table(
         f"CreateContainer round trips, real handler, fake runtime in-process ({where});"
-        f" target >= {TARGET_PER_SECOND:.0f}/s",
+        f" target >= {TARGET_PER_SECOND:,.0f}/s at {TARGET_TRACKED:,} tracked (rate by CPU:"
+        " calls per second of this process's CPU time, what an unshared core gives)",
         [
             "containers",
             "checkpoint",
             "calls",
             "rate",
+            "rate by CPU",
             "wall/call",
             "CPU/call",
             "writes",
@@ -343,7 +382,7 @@ def run(quick: bool = False) -> dict[str, object]:
         ["piece", *(f"{t:,} tracked" for t in tracked_counts)],
         rows,
     )
-    return {"results": results, "shares": shares}
+    return {"results": results, "shares": shares, "summary": summary}
 
 
 def main() -> None:

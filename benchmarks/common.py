@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from nri_plugin.engine.config import Config
-from nri_plugin.engine.pod import ContainerSpec, PodSpec
+from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.topology import NumaNode, Topology
 
 GI = 1 << 30
@@ -90,7 +90,8 @@ def guaranteed_pod(
         limits["hugepages-1Gi"] = Fraction(hugepages_1g)
     cpuset = frozenset(cpus) if cpus is not None else None
     container = ContainerSpec(name, requests=dict(limits), limits=limits, cpuset=cpuset)
-    return PodSpec(uid=uid, name=uid, containers=(container,))
+    # the QoS class given, as the plugin gives it (read from the pod's cgroup, not computed)
+    return PodSpec(uid=uid, name=uid, containers=(container,), qos_class=GUARANTEED)
 
 
 # -- statistics and output -----------------------------------------------------------------
@@ -118,6 +119,10 @@ def fmt_us(seconds: float) -> str:
     if seconds < 0.01:
         return f"{seconds * 1e6:,.0f} µs"
     return f"{seconds * 1e3:,.1f} ms"
+
+
+TargetRow = list[str]
+"""One line of the closing summary: [what, target, measured, "met" or "MISSED"]."""
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

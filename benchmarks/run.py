@@ -17,7 +17,7 @@ from benchmarks import (
     bench_memory,
     bench_transport,
 )
-from benchmarks.common import load_average, machine_line
+from benchmarks.common import TargetRow, load_average, machine_line, print_table
 
 BENCHMARKS: dict[str, Callable[[bool], object]] = {
     "decision": lambda quick: bench_decision.run(quick),
@@ -39,11 +39,20 @@ def main() -> None:
     chosen = [n for n in BENCHMARKS if (not args.only or n in args.only) and n not in args.skip]
     print(f"nri-memory-manager benchmarks{' (quick)' if args.quick else ''}: {machine_line()}")
     started = time.monotonic()
+    summary: list[TargetRow] = []
     for name in chosen:
         t0 = time.monotonic()
         print(f"\n=== {name}", flush=True)
-        BENCHMARKS[name](args.quick)
+        result = BENCHMARKS[name](args.quick)
+        if isinstance(result, dict):
+            summary += result.get("summary", [])
         print(f"({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+    if summary:
+        print_table(
+            "Every target with its measured figure (issue 15; figures of this run)",
+            ["figure", "target", "measured", "result"],
+            summary,
+        )
     print(
         f"\ndone in {time.monotonic() - started:.0f} s; load average now {load_average()}"
         " (other work on the machine inflates the figures)"

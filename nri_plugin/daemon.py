@@ -14,6 +14,11 @@ Both commands go through the same steps, in this order:
 6. the front end serves until stopped; then every change is flushed to the
    checkpoint.
 
+When a node's memory shrank under the checkpoint's blocks, nothing is written
+(step 5 included) until the first Synchronize shows that the blocks of the
+containers that still exist fit (:class:`~nri_plugin.persist.recovery.ConservationGate`);
+otherwise the start is refused then, with the file as it was.
+
 The front ends differ only in how events arrive: :class:`NRIFrontEnd` (a
 containerd NRI plugin) and :class:`CRIFrontEnd` (a CRI proxy).
 """
@@ -50,12 +55,12 @@ from nri_plugin.inputs.config import load_config_file, validate_for_machine
 from nri_plugin.inputs.iomem import IOMEM_PATH, resolve_drift_tolerance
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import discover_sysfs, host_node_ids, load_topology_file
-from nri_plugin.logs import configure_logging
+from nri_plugin.logs import bound_logger, configure_logging
 from nri_plugin.metrics import Metrics, parse_address, serve_http
 from nri_plugin.nri.stub import Stub, check_identity, prelaunched_identity
 from nri_plugin.persist.exits import load_exit_records
 from nri_plugin.persist.file import STATE_FILE_NAME
-from nri_plugin.persist.recovery import recover
+from nri_plugin.persist.recovery import ConservationGate, recover
 from nri_plugin.persist.writer import CheckpointWriter
 from nri_plugin.podresources.client import PodResourcesClient
 from nri_plugin.podresources.server import PodResourcesServer
@@ -190,7 +195,7 @@ class NRIFrontEnd:
         plugin = MemoryPlugin(
             tracker.manager,
             tracker=tracker,
-            logger=structlog.get_logger(),
+            logger=bound_logger(),
             pod_cgroups=pod_cgroups(self._args),
             exit_codes=self._exit_codes,
             kubelet=kubelet,
@@ -200,7 +205,7 @@ class NRIFrontEnd:
             plugin_name=self._args.plugin_name,
             plugin_idx=self._args.plugin_index,
             socket_path=self._args.socket,
-            logger=structlog.get_logger("nri"),
+            logger=bound_logger("nri"),
         )
 
     async def run(self) -> None:
@@ -245,7 +250,7 @@ class CRIFrontEnd:
         self._proxy = CRIProxy(
             tracker,
             self._channel,
-            logger=structlog.get_logger("cri-proxy"),
+            logger=bound_logger("cri-proxy"),
             pod_cgroups=pod_cgroups(self._args),
             kubelet=kubelet,
         )
@@ -284,12 +289,14 @@ class CRIFrontEnd:
 
 
 async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
-    log = structlog.get_logger("nri-memory-manager")
+    log = bound_logger("nri-memory-manager")
     topology, config = load_machine(args)
     nodes = node_map(args, topology, config, log)
     state_path = Path(args.state_dir) / STATE_FILE_NAME
     recovery = recover(topology, config, state_path, log)
     manager = recovery.manager
+    gate = ConservationGate(recovery.pending, state_path, log)
+    loop = asyncio.get_running_loop()
     writer = CheckpointWriter(state_path, log)
     metrics = Metrics()
     metrics.restored(
@@ -300,10 +307,12 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     )
     tracker = NodeTracker(
         manager,
-        persist=lambda: writer.request(manager.state),
+        persist=lambda: None if gate.holding else writer.request(manager.state),
         observer=metrics,
         logger=log,
         node_map=nodes,
+        # a refusal fails Synchronize (no updates answered), then the front end stops
+        check_restored=gate.hook(lambda: loop.call_soon(front.stop)) if gate.holding else None,
     )
     tracker.restore_exit_records(load_exit_records(writer.exits_path, log))
     writer.exit_records = tracker.exit_records
@@ -313,7 +322,7 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
     client = PodResourcesClient(
         str(unix_socket_path(kubelet_socket)) if kubelet_socket else "",
         observer=metrics,
-        logger=structlog.get_logger("pod-resources"),
+        logger=bound_logger("pod-resources"),
     )
     await client.start()  # says once when the socket is absent
     kubelet = KubeletResources(client, tracker)
@@ -322,14 +331,14 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
         path = str(unix_socket_path(args.serve_pod_resources))
         served = await start_pod_resources_server(
             PodResourcesServer(
-                TrackerMemory(tracker), client, logger=structlog.get_logger("pod-resources")
+                TrackerMemory(tracker), client, logger=bound_logger("pod-resources")
             ),
             path,
         )
         log.info("serving pod-resources", socket=path, kubelet_socket=client.socket_path)
     await front.start(tracker, kubelet)
-    writer.write_now(manager.state)
-    loop = asyncio.get_running_loop()
+    if not gate.holding:
+        writer.write_now(manager.state)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, front.stop)
     http = None
@@ -360,9 +369,12 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
         await client.close()
         if http is not None:
             http.close()
-        await writer.flush()
-        writer.write_now(manager.state)
+        if not gate.holding:
+            await writer.flush()
+            writer.write_now(manager.state)
         log.info("stopped")
+    if gate.refusal is not None:
+        raise gate.refusal
     return 0
 
 

@@ -131,6 +131,10 @@ class Metrics(Observer):
         # (node, type) -> the (allocatable, reserved, free) published last, and its children
         self._published: dict[tuple[int, str], tuple[int, int, int]] = {}
         self._assignments: dict[int, int] = {}
+        # the labelled children, looked up once: labels() validates and locks on every call,
+        # and state_changed runs after every change
+        self._memory_children: dict[tuple[int, str], tuple[Gauge, Gauge, Gauge]] = {}
+        self._assignment_children: dict[int, Gauge] = {}
 
     def restored(
         self,
@@ -177,17 +181,28 @@ class Metrics(Observer):
         for node_id, node in state.machine.items():
             if self._assignments.get(node_id) != node.number_of_assignments:
                 self._assignments[node_id] = node.number_of_assignments
-                self.assignments.labels(str(node_id)).set(node.number_of_assignments)
+                child = self._assignment_children.get(node_id)
+                if child is None:
+                    child = self._assignment_children[node_id] = self.assignments.labels(
+                        str(node_id)
+                    )
+                child.set(node.number_of_assignments)
             for type_, t in node.memory_map.items():
                 now = (t.allocatable, t.reserved, t.free)
                 key = (node_id, type_)
                 if self._published.get(key) == now:
                     continue
                 self._published[key] = now
-                n = str(node_id)
-                self.memory_bytes.labels(n, type_, "allocatable").set(t.allocatable)
-                self.memory_bytes.labels(n, type_, "reserved").set(t.reserved)
-                self.memory_bytes.labels(n, type_, "free").set(t.free)
+                children = self._memory_children.get(key)
+                if children is None:
+                    n = str(node_id)
+                    children = self._memory_children[key] = (
+                        self.memory_bytes.labels(n, type_, "allocatable"),
+                        self.memory_bytes.labels(n, type_, "reserved"),
+                        self.memory_bytes.labels(n, type_, "free"),
+                    )
+                for child, value in zip(children, now, strict=True):
+                    child.set(value)
         self.containers.set(state.holders)
         if self._conflicts:
             self._conflicts = {k for k in self._conflicts if state.blocks(*k) is not None}

@@ -10,11 +10,15 @@ installs anything or talks to a cluster.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -95,3 +99,61 @@ def validate(
     )
     report: dict[str, list[str]] = json.loads(out)
     return report
+
+
+def load_kind_verify() -> ModuleType:
+    """hack/kind/verify.py (a script, stdlib only, that e2e.sh runs) as a module."""
+    name = "kind_verify"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / "kind" / "verify.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+# What kind's own kubeadm template puts into every node's KubeletConfiguration
+# before the cluster config's kubeadmConfigPatches apply.
+KIND_KUBELET_DEFAULTS: dict[str, Any] = {
+    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+    "kind": "KubeletConfiguration",
+    "cgroupDriver": "systemd",
+    "cgroupRoot": "/kubelet",
+    "failSwapOn": False,
+    "imageGCHighThresholdPercent": 100,
+    "evictionHard": {
+        "nodefs.available": "0%",
+        "nodefs.inodesFree": "0%",
+        "imagefs.available": "0%",
+    },
+}
+
+
+def yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def merge_patch(base: Any, patch: Any) -> Any:
+    """A JSON merge patch (RFC 7386): how kind applies kubeadmConfigPatches to the
+    KubeletConfiguration, whose fields our patches touch are maps and scalars only."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def kind_kubelet_config() -> dict[str, Any]:
+    (cluster,) = yaml_documents(ROOT / "hack" / "kind" / "cluster.yaml")
+    kubelet = copy.deepcopy(KIND_KUBELET_DEFAULTS)
+    patches = [yaml.safe_load(p) for p in cluster.get("kubeadmConfigPatches", [])]
+    for patch in patches:
+        if patch.get("kind") == "KubeletConfiguration":
+            kubelet = merge_patch(kubelet, patch)
+    return kubelet

@@ -455,7 +455,7 @@ def _config_mapping(config: Config, flag_form: bool) -> dict[str, object]:
 
 
 def scenario_mapping(scenario: Scenario, *, flag_form: bool = False) -> dict[str, Any]:
-    """``scenario`` as the YAML document of spec/simulate.md (steps, config, topology)."""
+    """``scenario`` as the YAML document of docs/simulate.md (steps, config, topology)."""
     steps: list[dict[str, object]] = []
     for step in scenario.steps:
         if isinstance(step, AdmitStep):

@@ -49,7 +49,7 @@ from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.stub import PLUGIN_SERVICE, Stub
 from nri_plugin.persist.file import write_file
 from nri_plugin.persist.format import MAX_FILE_BYTES, dumps, read_checkpoint
-from nri_plugin.persist.recovery import recover
+from nri_plugin.persist.recovery import ConservationGate, recover
 from nri_plugin.podresources.client import PodResourcesClient
 from tests.nri.fake_runtime import FakeRuntime
 from tests.nri_builders import container, pod
@@ -1349,18 +1349,26 @@ def test_state_drift_beyond_tolerance_refuses_the_start(tmp_path: Path) -> None:
 
 
 def test_state_drift_shrinking_under_blocks_refuses_the_start(tmp_path: Path) -> None:
-    # row state-drift-shrink-under-blocks: node 1 holds all its 7Gi; 16Mi less no longer fit
+    # row state-drift-shrink-under-blocks: node 1 holds all its 7Gi; 16Mi less no longer fit.
+    # Decided at the first Synchronize: here the runtime still lists the container.
     path = tmp_path / "memory_manager_state"
     manager = MemoryManager(TOPOLOGY, CONFIG)
     assert manager.admit(guaranteed("app", 7 * GI, frozenset({4}))).admitted
     write_file(path, manager.state)
+    content = path.read_bytes()
+    log = ListLogger()
+    recovery = recover(_drifted(("8Gi", "8176Mi")), CONFIG, path, log)
+    gate = ConservationGate(recovery.pending, path, log)
+    assert gate.holding
     with pytest.raises(StateError) as err:
-        recover(_drifted(("8Gi", "8176Mi")), CONFIG, path, ListLogger())
+        gate.check(recovery.manager.state, released=[])
     message = str(err.value)
     assert (
         ", within the memory-drift-tolerance of 64Mi (67108864 bytes), and the running" in message
     )
     assert message.endswith("short by 16Mi (16777216 bytes); drain the node, then restart")
+    assert ("error", "refusing to start", {"path": str(path), "reason": message}) in log.records
+    assert path.read_bytes() == content
 
 
 def test_iomem_without_addresses_keeps_the_exact_comparison(tmp_path: Path) -> None:

@@ -160,11 +160,11 @@ def test_bounded_search_answers_like_the_exhaustive_walk(
         narrowest = min((_width(mask) for mask in exhaustive), default=0)
         assert bounded == [mask for mask in exhaustive if _width(mask) == narrowest]
 
-        # the default hint (section 7 step 4)
+        # the default hint (kubelet's getDefaultHint)
         exhaustive_default = m.policy._find_best(full)
         assert _bounded_default(machine, requested, reusable) == exhaustive_default
 
-        # the extension of an affinity without enough free memory (section 7 step 5)
+        # the extension of an affinity without enough free memory (extendTopologyManagerHint)
         for mask in {data.draw(nonempty_masks(tuple(ids))), *(exhaustive[:1])}:
             expected = _best_containing(full_list, mask)
             assert _bounded_extension(machine, requested, reusable, mask) == expected, mask
@@ -257,7 +257,7 @@ def test_admissions_are_the_same_with_the_bounded_search_shrinking(scenario: Sce
 def test_best_effort_picks_the_wide_hint_with_the_bounded_search_too() -> None:
     # A CPU set on both nodes and a request that fits one node: memory hints
     # [0], [1] preferred and [0,1] not; merged with CPU [0,1] the best
-    # non-preferred merge has the CPU list's width 2, so [0,1] (quirk 15.3).
+    # non-preferred merge has the CPU list's width 2, so [0,1] (HintMerger.compare).
     # A search that only kept the narrowest hints would give [0].
     topology = Topology((NumaNode(0, frozenset({0}), 4 * GI), NumaNode(1, frozenset({1}), 4 * GI)))
     config = Config(

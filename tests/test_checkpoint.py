@@ -274,8 +274,9 @@ def test_clone_is_independent_of_later_changes() -> None:
 
 
 def test_clone_keeps_the_init_blocks_an_app_container_shrinks_later() -> None:
-    # The policy shrinks an init container's blocks by what the app reuses (reference 8):
-    # a snapshot taken before (a checkpoint write in flight) must keep them whole.
+    # The policy shrinks an init container's blocks by what the app reuses (kubelet's
+    # updateInitContainersMemoryBlocks): a snapshot taken before (a checkpoint write in
+    # flight) must keep them whole.
     scenario = parse_scenario(
         {
             "topology": {"nodes": [{"id": 0, "cpus": "0-3", "memory": "8Gi"}]},

@@ -6,8 +6,8 @@ standalone kustomize, which must agree) and the rendered objects pass
 Kubernetes' own schemas in strict mode (tests/manifests.py); every path flag of
 the plugin points into a mounted volume of the right kind; the probes hit
 /healthz on the metrics port; the configs pass our own validation against
-kubelet's reservations; the pods of hack/kind/e2e.sh get the outcomes it checks
-for; the Dockerfile is multi-stage with nothing installable in the final stage;
+kubelet's reservations; the pods of hack/kind/pods.yaml expect the outcomes
+`simulate` computes; the Dockerfile is multi-stage with nothing installable in the final stage;
 and the wheel builds from the Docker context. The image itself is built and run
 with these manifests' settings by tests/e2e/test_image.py.
 
@@ -43,7 +43,18 @@ from nri_plugin.inputs.kubeletconfig import align_with_kubelet
 from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.quantity import parse_bytes
 from tests.e2e.harness import E2EPaths
-from tests.manifests import missing_tools, render, render_text, validate
+from tests.manifests import (
+    KIND_KUBELET_DEFAULTS,
+    kind_kubelet_config,
+    load_kind_verify,
+    missing_tools,
+    render,
+    render_text,
+    validate,
+    yaml_documents,
+)
+
+verify = load_kind_verify()
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -54,25 +65,6 @@ DOCS = (ROOT / "docs" / "deploy.md", ROOT / "docs" / "kubelet-alignment.md")
 
 PLUGIN = "nri-memory-manager"
 NRI_SECTION = "io.containerd.nri.v1.nri"
-# What kind's own kubeadm template puts into every node's KubeletConfiguration
-# before the cluster config's kubeadmConfigPatches apply.
-KIND_KUBELET_DEFAULTS: dict[str, Any] = {
-    "apiVersion": "kubelet.config.k8s.io/v1beta1",
-    "kind": "KubeletConfiguration",
-    "cgroupDriver": "systemd",
-    "cgroupRoot": "/kubelet",
-    "failSwapOn": False,
-    "imageGCHighThresholdPercent": 100,
-    "evictionHard": {
-        "nodefs.available": "0%",
-        "nodefs.inodesFree": "0%",
-        "imagefs.available": "0%",
-    },
-}
-
-
-def yaml_documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
 def manifest_files() -> list[Path]:
@@ -80,20 +72,6 @@ def manifest_files() -> list[Path]:
 
 
 # -- rendered with the real tools -----------------------------------------------
-
-
-def merge_patch(base: Any, patch: Any) -> Any:
-    """A JSON merge patch (RFC 7386): how kind applies kubeadmConfigPatches to the
-    KubeletConfiguration, whose fields our patches touch are maps and scalars only."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    merged = dict(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -412,16 +390,6 @@ class _QuietLogger:
         raise AssertionError(f"unexpected warning: {event}")
 
 
-def kind_kubelet_config() -> dict[str, Any]:
-    (cluster,) = yaml_documents(KIND / "cluster.yaml")
-    kubelet = copy.deepcopy(KIND_KUBELET_DEFAULTS)
-    patches = [yaml.safe_load(p) for p in cluster.get("kubeadmConfigPatches", [])]
-    for patch in patches:
-        if patch.get("kind") == "KubeletConfiguration":
-            kubelet = merge_patch(kubelet, patch)
-    return kubelet
-
-
 def kind_topology_mapping(kind: Rendering) -> Any:
     cm = kind.one("ConfigMap", f"{PLUGIN}-topology")
     return yaml.safe_load(cm["data"]["topology.yaml"])
@@ -464,7 +432,7 @@ def test_kind_config_fits_kinds_kubelet_and_topology(
     aligned = aligned_and_validated(
         rendering, kind_kubelet_config(), kind_topology_mapping(rendering), tmp_path
     )
-    assert aligned.topology_manager_policy == "single-numa-node"
+    assert aligned.topology_manager_policy == "restricted"
     assert aligned.system_reserved == {"memory": 412 << 20}
 
 
@@ -473,24 +441,18 @@ def test_kind_topology_is_a_valid_multi_numa_machine(renderings: dict[str, Rende
     assert len(topology.nodes) >= 2
 
 
-def e2e_pods() -> list[dict[str, Any]]:
-    text = E2E_SCRIPT.read_text()
-    match = re.search(r"apply -n \"\$NS\" -f - <<'EOF'\n(.*?)\nEOF\n", text, re.S)
-    assert match, "e2e.sh: no pod manifest heredoc"
-    return [d for d in yaml.safe_load_all(match[1]) if d]
+def kind_pods() -> list[dict[str, Any]]:
+    return yaml_documents(KIND / "pods.yaml")
 
 
-def test_e2e_pods_get_the_outcomes_e2e_sh_checks(
-    renderings: dict[str, Rendering], tmp_path: Path
-) -> None:
-    """The kind config, kubelet and topology, run through `simulate` with e2e.sh's pods."""
-    rendering = renderings["kind"]
+def kind_scenario(rendering: Rendering) -> dict[str, Any]:
+    """The kind config, kubelet and topology with hack/kind/pods.yaml's pods, in order."""
     kubelet = kind_kubelet_config()
     config = yaml.safe_load(config_text(rendering))
     config["systemReserved"] = kubelet["systemReserved"]
     config["evictionHard"] = kubelet["evictionHard"]
     steps = []
-    for pod in e2e_pods():
+    for pod in kind_pods():
         containers = []
         for c in pod["spec"]["containers"]:
             resources = c.get("resources", {})
@@ -509,21 +471,59 @@ def test_e2e_pods_get_the_outcomes_e2e_sh_checks(
                 }
             }
         )
-    scenario = {"topology": kind_topology_mapping(rendering), "config": config, "steps": steps}
-    report: dict[str, Any] = simulate_text(json.dumps(scenario), source="e2e")
-    outcome = {
-        s["pod"]: (s["admitted"], s.get("reason"), [c.get("cpusetMems") for c in s["containers"]])
-        for s in report["steps"]
-    }
-    assert outcome["guaranteed"] == (True, None, ["0"])
-    assert outcome["burstable"][0] and outcome["burstable"][2] in ([None], [""], [])
-    assert outcome["besteffort"][0] and outcome["besteffort"][2] in ([None], [""], [])
-    assert outcome["refused"][:2] == (False, "TopologyAffinityError")
-    script = E2E_SCRIPT.read_text()
-    assert 'check "guaranteed cpuset.mems" "$mems_guaranteed" "0"' in script
-    assert 'check "burstable cpuset.mems" "$mems_burstable" ""' in script
-    assert 'check "besteffort cpuset.mems" "$mems_besteffort" ""' in script
-    assert "TopologyAffinityError:*single-numa-node" in script
+    return {"topology": kind_topology_mapping(rendering), "config": config, "steps": steps}
+
+
+def test_kind_pods_expect_what_simulate_decides(renderings: dict[str, Rendering]) -> None:
+    """Each pod's e2e-expect annotation (what e2e.sh and test_kind_overlay.py check) is the
+    outcome `simulate` computes for the kind config, kubelet and topology."""
+    report: dict[str, Any] = simulate_text(json.dumps(kind_scenario(renderings["kind"])))
+    outcomes = {}
+    for step in report["steps"]:
+        if not step["admitted"]:
+            outcomes[step["pod"]] = (
+                verify.Expectation("refused") if step["reason"] == "TopologyAffinityError" else None
+            )
+            continue
+        (container,) = step["containers"]
+        mems = container.get("cpusetMems") or ""
+        outcomes[step["pod"]] = (
+            verify.Expectation("numa-nodes", mems) if mems else verify.Expectation("unpinned")
+        )
+    expected = {p["metadata"]["name"]: verify.expectation(p) for p in kind_pods()}
+    assert outcomes == expected
+    kinds = {e.kind for e in expected.values()}
+    assert kinds == {"numa-nodes", "unpinned", "refused"}
+    pinned = [e.numa_nodes for e in expected.values() if e.kind == "numa-nodes"]
+    assert any("," in nodes for nodes in pinned), "no pod spans a group of nodes"
+    covered = {int(n) for nodes in pinned for n in nodes.split(",")}
+    assert covered == {n["id"] for n in kind_topology_mapping(renderings["kind"])["nodes"]}
+
+
+def test_verify_checks_fail_when_the_node_disagrees() -> None:
+    want = verify.Expectation("numa-nodes", "2")
+    good = verify.Observed(
+        running=True,
+        numa_nodes_annotation="2",
+        spec_mems="0",
+        process_mems="0",
+        host_nodes="0",
+    )
+    assert all(ok for ok, *_ in verify.check("p", want, good))
+    for bad in (
+        verify.Observed(**{**good.__dict__, "numa_nodes_annotation": "1"}),
+        verify.Observed(**{**good.__dict__, "process_mems": "0-1"}),
+        verify.Observed(**{**good.__dict__, "spec_mems": "3", "process_mems": "3"}),
+        verify.Observed(**{**good.__dict__, "running": False}),
+        verify.Observed(refused="TopologyAffinityError: ...", host_nodes="0"),
+    ):
+        assert not all(ok for ok, *_ in verify.check("p", want, bad)), bad
+    unpinned = verify.Observed(running=True, host_nodes="0")
+    assert all(ok for ok, *_ in verify.check("p", verify.Expectation("unpinned"), unpinned))
+    assert not all(ok for ok, *_ in verify.check("p", verify.Expectation("unpinned"), good))
+    refused = verify.Observed(refused="TopologyAffinityError: no NUMA node", host_nodes="0")
+    assert all(ok for ok, *_ in verify.check("p", verify.Expectation("refused"), refused))
+    assert not all(ok for ok, *_ in verify.check("p", verify.Expectation("refused"), good))
 
 
 # -- kind ----------------------------------------------------------------------

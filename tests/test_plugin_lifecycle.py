@@ -1,4 +1,4 @@
-"""MemoryPlugin's bookkeeping (spec/lifecycle.md) with NRI messages, no runtime needed."""
+"""MemoryPlugin's bookkeeping (docs/lifecycle.md) with NRI messages, no runtime needed."""
 
 from __future__ import annotations
 

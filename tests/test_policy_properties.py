@@ -2,7 +2,8 @@
 
 Every step of a random admit/start/remove sequence runs through
 ``MemoryManager``; after each one the machine state must satisfy kubelet's
-accounting rules (reference/static-policy.md sections 2, 7-10, 12, 13).
+accounting rules (``pkg/kubelet/cm/memorymanager``: ``policy_static.go``, the
+checkpoint of ``state/checkpoint.go`` and the restart check ``validateState``).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def assert_checkpoint_round_trip(
 def assert_unchanged_by_rejection(before: MemoryState, after: MemoryState) -> None:
     """A rejected pod keeps nothing.
 
-    Releasing walks a block's nodes in order (reference section 10), so inside
+    Releasing walks a block's nodes in order (kubelet's RemoveContainer), so inside
     a multi-node group the bytes may come back to a different node than they
     were taken from: only group sums are restored then. Without groups the
     state must be identical.
@@ -142,8 +143,8 @@ class GroupedNodeSpy:
     """Records when Allocate puts a single-node block on a node of a multi-node group.
 
     kubelet's Allocate lets a single-node affinity through on a grouped node
-    (its single- vs cross-NUMA check skips single-node masks, reference
-    section 7 step 6), e.g. best-effort merging a CPU hint [0] with the
+    (its single- vs cross-NUMA check, isAffinityViolatingNUMAAllocations,
+    skips single-node masks), e.g. best-effort merging a CPU hint [0] with the
     memory hint [0,1]. The node then holds both kinds of blocks and its cells
     no longer name its group, so the group rules cannot hold afterwards.
     """
@@ -324,7 +325,7 @@ def _pod(uid: str, *sizes: int, cpus: frozenset[int] | None = None) -> PodSpec:
 
 
 def test_rejection_restores_group_sums_not_the_per_node_split() -> None:
-    # Section 10: releasing walks the mask's nodes in order, so bytes taken
+    # kubelet's RemoveContainer walks the mask's nodes in order, so bytes taken
     # from node 1 come back to node 0 when node 0 holds reservations too.
     manager = _two_nodes("none")
     assert manager.admit(_pod("big", 1536 * MI)).admitted  # [0,1]: 768Mi + 768Mi
@@ -342,7 +343,7 @@ def test_rejection_restores_group_sums_not_the_per_node_split() -> None:
 
 def test_single_node_affinity_on_a_grouped_node() -> None:
     # Best-effort merges CPU [1] with the group's hint [0,1] into [1]; kubelet's
-    # single- vs cross-NUMA check skips single-node masks (section 7 step 6),
+    # single- vs cross-NUMA check (isAffinityViolatingNUMAAllocations) skips single-node masks,
     # so node 1 serves a single-node block while it is in group [0,1].
     manager = _two_nodes()
     spy = GroupedNodeSpy(manager)

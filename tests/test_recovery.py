@@ -36,8 +36,9 @@ from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.persist.file import write_file
 from nri_plugin.persist.format import dumps, to_checkpoint
-from nri_plugin.persist.recovery import Recovery, recover
+from nri_plugin.persist.recovery import ConservationGate, Recovery, recover
 from nri_plugin.persist.writer import CheckpointWriter
+from nri_plugin.tracker.tracker import NodeTracker
 from tests.nri_builders import GI, container, pod
 
 MI = 1 << 20
@@ -394,30 +395,128 @@ def test_drift_within_tolerance_is_accepted_and_free_rebased(state_path: Path) -
     assert as_json(again.manager.state) == as_json(state)
 
 
-def test_drift_within_tolerance_under_blocks_that_no_longer_fit_refuses_to_start(
+SHRUNK_UNDER_FULL_NODE_1 = (
+    "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 7.98Gi (8573157376"
+    " bytes), within the memory-drift-tolerance of 64Mi (67108864 bytes), and the running"
+    " allocations no longer fit: memory on NUMA node 1: the recorded blocks need 6Gi"
+    " (6442450944 bytes), 5.98Gi (6425673728 bytes) is allocatable now, short by 16Mi"
+    " (16777216 bytes); drain the node, then restart"
+)
+
+
+def gated(
+    recovery: Recovery, path: Path, log: Log
+) -> tuple[MemoryPlugin, ConservationGate, list[int]]:
+    """The plugin as `run` wires it: the gate's check runs at the first Synchronize."""
+    gate = ConservationGate(recovery.pending, path, log)
+    stopped: list[int] = []
+    tracker = NodeTracker(
+        recovery.manager,
+        logger=Log(),
+        check_restored=gate.hook(lambda: stopped.append(1)) if gate.holding else None,
+    )
+    return MemoryPlugin(recovery.manager, tracker=tracker), gate, stopped
+
+
+def test_shrink_under_blocks_waits_for_the_runtime_and_refuses_while_their_containers_exist(
     state_path: Path,
 ) -> None:
     # KEP-6232's conservation check: whatever its size, a shrink that leaves a recorded
-    # assignment without room refuses the start (it used to be lent and reported)
+    # assignment without room refuses the start, once the runtime shows its container exists
     n = Node(topo(), cfg(topologyManagerPolicy="single-numa-node"))
     n.run("full", containers=(("app", 6 * GI),), cpus="4")  # node 1 exactly full
     content = write(state_path, n.state)
     for beyond in ("refuse", "accept-if-fits"):
+        log = Log()
+        recovery = recover(
+            topo(("8Gi", "8176Mi", "8Gi", "8Gi")),
+            cfg(memoryDriftBeyondTolerance=beyond),
+            state_path,
+            log,
+        )
+        pending = recovery.pending
+        assert pending is not None and pending.reason == SHRUNK_UNDER_FULL_NODE_1
+        assert [d.node for d in pending.shrunk] == [1]
+        assert str(pending.refusal(n.state.entries)) == SHRUNK_UNDER_FULL_NODE_1
+        assert pending.refusal({}) is None
+        # meanwhile the 16Mi that no longer fit are lent, as for a changed reservation
+        _, _, allocatable, reserved, free = tables(recovery.manager.state)[(1, "memory")]
+        assert (allocatable, reserved, free) == (6 * GI, 6 * GI, 0)
+        [(event, fields)] = [w for w in log.at("warning") if "shrank" in w[0]]
+        assert "nothing is written" in event
+        assert fields["numa_nodes"] == [1] and fields["reason"] == SHRUNK_UNDER_FULL_NODE_1
+        # the container still runs: the first Synchronize is refused, nothing answered
+        plugin, gate, stopped = gated(recovery, state_path, log)
         with pytest.raises(StateError) as err:
-            recover(
-                topo(("8Gi", "8176Mi", "8Gi", "8Gi")),
-                cfg(memoryDriftBeyondTolerance=beyond),
-                state_path,
-                Log(),
-            )
-        assert str(err.value) == (
-            "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 7.98Gi (8573157376"
-            " bytes), within the memory-drift-tolerance of 64Mi (67108864 bytes), and the running"
-            " allocations no longer fit: memory on NUMA node 1: the recorded blocks need 6Gi"
-            " (6442450944 bytes), 5.98Gi (6425673728 bytes) is allocatable now, short by 16Mi"
-            " (16777216 bytes); drain the node, then restart"
+            plugin.synchronize(n.pods, n.running)
+        assert str(err.value) == SHRUNK_UNDER_FULL_NODE_1
+        assert gate.refusal is err.value and gate.holding and stopped == [1]
+        assert not plugin.tracker.synchronized
+        assert ("refusing to start", {"path": str(state_path), "reason": str(err.value)}) in (
+            log.at("error")
         )
     assert state_path.read_bytes() == content
+
+
+def test_shrink_under_blocks_of_containers_that_are_gone_starts_and_releases_them(
+    state_path: Path,
+) -> None:
+    # a reboot on a full node: KASLR took 16Mi of node 1, and the pod holding node 1 was
+    # removed while the plugin was down; the pod on node 2 still runs
+    n = Node(topo(), cfg(topologyManagerPolicy="single-numa-node"))
+    n.run("full", containers=(("app", 6 * GI),), cpus="4")  # node 1
+    n.run("other", containers=(("app", 2 * GI),), cpus="8")  # node 2
+    content = write(state_path, n.state)
+    shrunk = topo(("8Gi", "8176Mi", "8Gi", "8Gi"))
+    log = Log()
+    recovery = recover(shrunk, cfg(), state_path, log)
+    assert recovery.pending is not None
+    plugin, gate, stopped = gated(recovery, state_path, log)
+    other = [c for c in n.running if c.pod_sandbox_id == "sb-other"]
+    assert plugin.synchronize([p for p in n.pods if p.uid == "other"], other) == []
+    assert not gate.holding and gate.refusal is None and stopped == []
+    state = recovery.manager.state
+    assert state.entries == {"other": n.state.entries["other"]}
+    # the loan is paid back: node 1 has exactly this machine's allocatable memory, all free
+    default = tables(MemoryManager(shrunk, cfg()).state)
+    assert tables(state)[(1, "memory")] == default[(1, "memory")]
+    assert tables(state)[(1, "memory")][4] == 6 * GI - 16 * MI
+    [(event, fields)] = [w for w in log.at("warning") if "accepted" in w[0] and "shrank" in w[0]]
+    assert "containers that no longer exist were released" in event
+    assert fields["numa_nodes"] == [1]
+    assert fields["drifts"] == [
+        "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 7.98Gi (8573157376 bytes)"
+    ]
+    assert fields["released"] == ["full/app"] and fields["containers"] == 1
+    assert state_path.read_bytes() == content  # the gate only opens writing; `run` writes
+    # the check runs once: a later Synchronize (a runtime restart) never refuses
+    assert plugin.synchronize([p for p in n.pods if p.uid == "other"], other) == []
+
+
+def test_shrink_under_a_group_is_judged_on_the_groups_surviving_blocks(state_path: Path) -> None:
+    node = busy_node()  # group [0,1] holds 10Gi of its 11Gi
+    write(state_path, node.state)
+    config = cfg(memoryDriftBeyondTolerance="accept-if-fits")
+    recovery = recover(topo(("8Gi", "6Gi", "8Gi", "8Gi")), config, state_path, Log())
+    pending = recovery.pending
+    assert pending is not None
+    # another pod gone changes nothing for the group
+    entries = dict(node.state.entries)
+    del entries["single-a"]
+    refusal = pending.refusal(entries)
+    assert refusal is not None
+    assert "memory on NUMA nodes 0,1: the recorded blocks need 10Gi" in str(refusal)
+    # the group's pod gone: the rest fits
+    del entries["group"]
+    assert pending.refusal(entries) is None
+    plugin, gate, _ = gated(recovery, state_path, Log())
+    plugin.synchronize(
+        [p for p in node.pods if p.uid != "group"],
+        [c for c in node.running if c.pod_sandbox_id != "sb-group"],
+    )
+    assert not gate.holding and "group" not in recovery.manager.state.entries
+    _accounted(recovery.manager.state)
+    assert recovery.manager.state.machine[0].cells == [0]  # the group is dissolved
 
 
 def test_drift_beyond_tolerance_refuses_to_start_even_when_everything_fits(
@@ -466,13 +565,19 @@ def test_drift_beyond_tolerance_that_still_fits_is_accepted_when_chosen(state_pa
     assert fields["numa_node"] == 3
 
 
-def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(state_path: Path) -> None:
+def test_drift_beyond_tolerance_that_no_longer_fits_is_refused_while_the_blocks_are_held(
+    state_path: Path,
+) -> None:
     node = busy_node()
     content = write(state_path, node.state)
     log = Log()
     config = cfg(memoryDriftBeyondTolerance="accept-if-fits")
+    recovery = recover(topo(("8Gi", "6Gi", "8Gi", "8Gi")), config, state_path, log)
+    assert recovery.pending is not None
+    plugin, gate, _ = gated(recovery, state_path, log)
     with pytest.raises(StateError) as err:
-        recover(topo(("8Gi", "6Gi", "8Gi", "8Gi")), config, state_path, log)
+        plugin.synchronize(node.pods, node.running)
+    assert gate.refusal is err.value
     text = str(err.value)
     assert "\n" not in text
     assert "NUMA node 1 memory total was 8Gi (8589934592 bytes), is now 6Gi" in text
@@ -480,9 +585,10 @@ def test_drift_beyond_tolerance_that_no_longer_fits_refuses_to_start(state_path:
     # group [0,1] holds 10Gi; 5Gi + 4Gi are left
     assert "memory on NUMA nodes 0,1: the recorded blocks need 10Gi" in text
     assert "9Gi (9663676416 bytes) is allocatable now, short by 1Gi" in text
+    assert text == recovery.pending.reason
     assert state_path.read_bytes() == content  # left for the operator
     assert [p.name for p in state_path.parent.iterdir()] == [STATE]
-    assert log.at("error")[0][0] == "refusing to start"
+    assert log.at("error")[-1][0] == "refusing to start"
 
 
 def test_refusal_names_the_shortfall_of_a_single_node(state_path: Path) -> None:
@@ -490,9 +596,9 @@ def test_refusal_names_the_shortfall_of_a_single_node(state_path: Path) -> None:
     n.run("a", containers=(("app", 5 * GI),), cpus="8")  # node 2
     write(state_path, n.state)
     config = cfg(memoryDriftBeyondTolerance="accept-if-fits")
-    with pytest.raises(StateError) as err:
-        recover(topo(("8Gi", "8Gi", "6Gi", "8Gi")), config, state_path, Log())
-    assert str(err.value) == (
+    recovery = recover(topo(("8Gi", "8Gi", "6Gi", "8Gi")), config, state_path, Log())
+    assert recovery.pending is not None
+    assert str(recovery.pending.refusal(n.state.entries)) == (
         "NUMA node 2 memory total was 8Gi (8589934592 bytes), is now 6Gi (6442450944 bytes),"
         " more than the memory-drift-tolerance of 64Mi (67108864 bytes), and the running"
         " allocations no longer fit: memory on NUMA node 2: the recorded blocks need 5Gi"
@@ -942,14 +1048,20 @@ def test_restore_never_forgets_memory_in_use(
         try:
             recovery = recover(moved, config, path, Log())
         except StateError as exc:
-            # KEP-6232: a drift beyond the tolerance (unless accept-if-fits), or memory that
-            # shrank under running blocks, refuses; a changed reservation never does
-            assert "memory-drift-tolerance" in str(exc)
-            if "short by" in str(exc):
-                assert any(delta < 0 for delta in drift)
-            else:
-                assert beyond == "refuse" and any(abs(delta) > 64 * MI for delta in drift)
+            # KEP-6232: a drift beyond the tolerance (unless accept-if-fits) refuses at once;
+            # a changed reservation never does
+            assert "memory-drift-tolerance" in str(exc) and "short by" not in str(exc)
+            assert beyond == "refuse" and any(abs(delta) > 64 * MI for delta in drift)
             return
+    pending = recovery.pending
+    if pending is not None:
+        # memory that shrank under recorded blocks: refused while they are all held ...
+        assert any(delta < 0 for delta in drift)
+        refusal = pending.refusal(manager.state.entries)
+        assert refusal is not None and "short by" in str(refusal)
+        assert str(refusal) == pending.reason
+        # ... never once their containers are gone
+        assert pending.refusal({}) is None
     state = recovery.manager.state
     assert state.entries == manager.state.entries
     _accounted(state)

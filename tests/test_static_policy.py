@@ -2,7 +2,7 @@
 
 Every case runs through the simulator (the project's black-box interface) and
 checks the report and the final state against the numbers kubelet produces
-(reference/static-policy.md).
+(kubelet's memorymanager tests, e.g. ``policy_static_test.go``, and KEP-1769).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def test_best_effort_admits_into_the_group_non_preferred() -> None:
 
 
 def test_pod_fitting_nowhere_is_unexpected_admission_error_even_under_single_numa_node() -> None:
-    # quirk 1: no hints means "no preference", so the topology manager admits and
+    # a kubelet quirk: no hints means "no preference", so the topology manager admits and
     # Allocate fails
     report = simulate(
         {
@@ -328,7 +328,7 @@ def test_removing_from_a_group_walks_nodes_in_order() -> None:
 
 
 def test_wide_cpuset_makes_best_effort_group_a_tiny_pod() -> None:
-    # quirk 3: CPUs on nodes 0 and 1 + memory that fits one node
+    # a kubelet quirk: CPUs on nodes 0 and 1 + memory that fits one node
     def scenario(tm: str) -> dict[str, Any]:
         return {
             "topology": {"nodes": [node(0, "8Gi", "0-3"), node(1, "8Gi", "4-7")]},
@@ -416,7 +416,7 @@ def test_fractional_cpu_guaranteed_pod_is_pinned() -> None:
 
 
 def test_zero_hugepages_request_makes_a_zero_block() -> None:
-    # quirk 4: a zero-valued hugepages request still counts as an assignment
+    # a kubelet quirk: a zero-valued hugepages request still counts as an assignment
     report = simulate(
         {
             "topology": {"nodes": [node(0, "8Gi", "0-3", {"2Mi": "1Gi"})]},
@@ -513,7 +513,7 @@ def test_remove_reports_whether_something_was_known() -> None:
 
 
 def test_single_node_block_on_a_grouped_node_restores() -> None:
-    # kubelet lets a single-node affinity through its group check (reference 7.6): a pod
+    # kubelet's isAffinityViolatingNUMAAllocations lets a single-node affinity through: a pod
     # pinned to CPUs of node 1 while node 1 is grouped with node 0 gets a block on [1],
     # which relabels node 1's cells. The checkpoint must still load back, whatever the
     # order of its entries (kubelet replays them in map order).
@@ -545,7 +545,7 @@ def test_releasing_a_group_leaves_a_single_node_block_on_a_relabelled_node_its_b
     # The one place we depart from kubelet (docs/simulate.md). Node 0 is full, so the 10Gi
     # group lands on [1,2] (node 1 gives 8Gi, node 2 2Gi), and the 2Gi pod joins it (node
     # 2). With the group pod gone, node 1 holds none of the group's bytes; the pinned pod
-    # then gets [1] through kubelet's single-node path (reference 7.6). When the 2Gi pod
+    # then gets [1] (isAffinityViolatingNUMAAllocations skips one-node masks). When the 2Gi pod
     # goes, kubelet's walk takes its bytes back from node 1 first, i.e. the pinned pod's:
     # node 1 would show them free while in use and node 2 keep 1.5Gi for nobody.
     topology = {"nodes": [node(i, "8Gi", f"{4 * i}-{4 * i + 3}") for i in range(3)]}

@@ -1,4 +1,4 @@
-"""The machine state with nothing allocated, built from topology and reservations (section 2.1)."""
+"""The empty machine state from topology and reservations (kubelet's getDefaultMachineState)."""
 
 from __future__ import annotations
 

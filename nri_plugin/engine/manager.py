@@ -120,7 +120,7 @@ class MemoryManager:
     # -- admission -----------------------------------------------------------
 
     def admit(self, pod: PodSpec) -> AdmissionResult:
-        """Admit a whole pod: init containers then app containers (section 6.5)."""
+        """Admit a pod: init then app containers (topologymanager containerScope/podScope Admit)."""
         # Reusable init-container memory is per admission: memory of init containers
         # released since an earlier admission of the same pod must not be reused again
         # (kubelet never admits a pod UID twice without a restart emptying this).

@@ -11,14 +11,17 @@ as blocks go. Pure: no I/O.
 Drift follows KEP-6232: only a node's regular memory total may drift (hugepage
 pools are compared exactly: a changed pool is a configuration change); a
 drift beyond the tolerance refuses the start (unless ``memoryDriftBeyondTolerance:
-accept-if-fits``), and so does a shrink under which the recorded blocks no
-longer fit, whatever its size.
+accept-if-fits``), and so does a shrink under which the blocks of containers
+that still exist no longer fit, whatever its size. Which containers exist only
+the runtime knows, after the start: :func:`plan` then returns the check as a
+:class:`ConservationCheck` to run again on the entries that survive the first
+Synchronize.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nri_plugin.engine.bitmask import format_mems, mask_of
@@ -133,6 +136,39 @@ class Conflict:
     reason: str
 
 
+# pod UID -> container name -> blocks, as in MemoryState.entries
+Entries = Mapping[str, Mapping[str, Sequence[Block]]]
+
+
+@dataclass(frozen=True)
+class ConservationCheck:
+    """KEP-6232's conservation check, pending until the runtime says which containers exist.
+
+    A node's memory shrank and the checkpoint's blocks no longer fit. Our
+    entries belong to container instances, and those of containers that are
+    gone are released at the first Synchronize (docs/lifecycle.md), so the
+    start is refused only if the shrink still leaves the blocks of the
+    surviving entries without room: :meth:`refusal` on those entries.
+    ``reason`` is the refusal the checkpoint's own entries give.
+    """
+
+    # this start's empty machine state (the policy's default), never modified
+    default: MemoryState
+    drifts: tuple[Drift, ...]
+    reason: str
+
+    @property
+    def shrunk(self) -> tuple[Drift, ...]:
+        """The drifts that shrank a node (the ones the check is about)."""
+        return tuple(d for d in self.drifts if d.new_total < d.old_total)
+
+    def refusal(self, entries: Entries) -> StateError | None:
+        """The refusal ``entries`` still give (None: the check passes on them)."""
+        lacking = _overflow(self.default, entries)
+        conflicts = _shortfalls(entries, self.default.machine, lacking)
+        return _shrink_under_blocks(entries, self.default, lacking, conflicts, self.drifts)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to start from, decided from a loaded checkpoint and this start's defaults."""
@@ -151,6 +187,9 @@ class Plan:
     # counted as reserved anyway (see _lend); ``state`` does not include them yet
     lent: Mapping[tuple[int, str], int] = field(default_factory=dict)
     pool_changes: tuple[PoolChange, ...] = ()
+    # a shrink under recorded blocks: the start is refused unless the check passes on the
+    # entries the first Synchronize leaves (the lacking bytes are lent meanwhile)
+    conservation: ConservationCheck | None = None
 
 
 def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
@@ -158,9 +197,10 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
 
     Raises StateError (one line: node, old and new totals, the tolerance) when
     a node's memory total moved beyond ``config.memory_drift_tolerance`` (with
-    ``memoryDriftBeyondTolerance: refuse``, the default), when it shrank and
-    the recorded allocations no longer fit (the shortfall named), or when a
-    block uses a NUMA node or memory type the machine no longer has.
+    ``memoryDriftBeyondTolerance: refuse``, the default), or when a block uses
+    a NUMA node or memory type the machine no longer has. When a node's total
+    shrank and the recorded allocations no longer fit, the refusal depends on
+    which containers still exist: the plan keeps it as ``conservation``.
     """
     if saved.policy_name != default.policy_name:
         dropped = tuple(
@@ -193,6 +233,7 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
     same_machine = (
         not drifts and not pools and not changes and _same_tables(saved.machine, default.machine)
     )
+    conservation = None
     if same_machine:
         state = saved
         shortfall_conflicts: list[Conflict] = []
@@ -202,8 +243,10 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
         if config.memory_drift_beyond_tolerance == DRIFT_BEYOND_REFUSE:
             _refuse_beyond_tolerance(drifts)
         lacking = _overflow(default, saved.entries)
-        shortfall_conflicts = _shortfalls(saved, default.machine, lacking)
-        _refuse_shrink_under_blocks(saved, default, lacking, shortfall_conflicts, drifts)
+        shortfall_conflicts = _shortfalls(saved.entries, default.machine, lacking)
+        refusal = _shrink_under_blocks(saved.entries, default, lacking, shortfall_conflicts, drifts)
+        if refusal is not None:
+            conservation = ConservationCheck(default.clone(), tuple(drifts), str(refusal))
         state = expected_state(default, saved.entries)
     conflicts = shortfall_conflicts + _group_conflicts(saved) + _policy_conflicts(saved, config)
     return Plan(
@@ -214,6 +257,7 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
         tuple(conflicts),
         lent=lacking,
         pool_changes=tuple(pools),
+        conservation=conservation,
     )
 
 
@@ -303,7 +347,14 @@ def _refuse_missing(saved: MemoryState, machine: Mapping[int, NodeState]) -> Non
                 )
 
 
-def _components(saved: MemoryState) -> list[set[int]]:
+def _iter_blocks(entries: Entries) -> Iterator[tuple[str, str, Block]]:
+    for uid, containers in entries.items():
+        for name, blocks in containers.items():
+            for block in blocks:
+                yield uid, name, block
+
+
+def _components(entries: Entries) -> list[set[int]]:
     """Sets of nodes whose memory is fungible: masks joined where they share a node.
 
     With the group rules intact these are exactly the groups; when a node
@@ -317,7 +368,7 @@ def _components(saved: MemoryState) -> list[set[int]]:
             x = parent[x]
         return x
 
-    for _, _, block in saved.iter_blocks():
+    for _, _, block in _iter_blocks(entries):
         nodes = list(block.numa_affinity)
         for n in nodes[1:]:
             parent[find(n)] = find(nodes[0])
@@ -328,9 +379,7 @@ def _components(saved: MemoryState) -> list[set[int]]:
     return sorted(groups.values(), key=min)
 
 
-def _overflow(
-    default: MemoryState, entries: Mapping[str, Mapping[str, Iterable[Block]]]
-) -> dict[tuple[int, str], int]:
+def _overflow(default: MemoryState, entries: Entries) -> dict[tuple[int, str], int]:
     """Bytes that re-applying ``entries`` onto ``default`` cannot place, by (node, type).
 
     Follows :func:`expected_state` exactly (same order, same
@@ -356,17 +405,17 @@ def _overflow(
 
 
 def _shortfalls(
-    saved: MemoryState, machine: Mapping[int, NodeState], lacking: Mapping[tuple[int, str], int]
+    entries: Entries, machine: Mapping[int, NodeState], lacking: Mapping[tuple[int, str], int]
 ) -> list[Conflict]:
     """The containers of every group where recorded blocks exceed the new allocatable memory."""
     conflicts: list[Conflict] = []
-    for component in _components(saved):
+    for component in _components(entries):
         nodes = tuple(sorted(component))
         for t in sorted({t for n, t in lacking if n in component}):
             short = sum(v for (n, tt), v in lacking.items() if tt == t and n in component)
             need = 0
             holders: list[tuple[str, str]] = []
-            for uid, name, block in saved.iter_blocks():
+            for uid, name, block in _iter_blocks(entries):
                 if block.type == t and block.numa_affinity[0] in component:
                     need += block.size
                     if (uid, name) not in holders:
@@ -467,14 +516,14 @@ def _refuse_beyond_tolerance(drifts: Iterable[Drift]) -> None:
     )
 
 
-def _refuse_shrink_under_blocks(
-    saved: MemoryState,
+def _shrink_under_blocks(
+    entries: Entries,
     default: MemoryState,
     lacking: Mapping[tuple[int, str], int],
     conflicts: Iterable[Conflict],
     drifts: Iterable[Drift],
-) -> None:
-    """A node's memory shrank and the recorded blocks no longer fit: the memory may be gone.
+) -> StateError | None:
+    """The refusal when a node's memory shrank and ``entries``' blocks no longer fit.
 
     KEP-6232's conservation check, whatever the size of the drift. Only a
     shortfall the shrink causes refuses; one a changed reservation causes is
@@ -483,7 +532,7 @@ def _refuse_shrink_under_blocks(
     shrunk = [d for d in drifts if d.new_total < d.old_total]
     memory_conflicts = [c for c in conflicts if c.type == MEMORY]
     if not shrunk or not memory_conflicts:
-        return
+        return None
     before = default.clone()
     for d in shrunk:
         table = before.machine[d.node].memory_map[MEMORY]
@@ -491,7 +540,7 @@ def _refuse_shrink_under_blocks(
         table.total += grown
         table.allocatable += grown
         table.free += grown
-    lacking_before = _overflow(before, saved.entries)
+    lacking_before = _overflow(before, entries)
     for c in memory_conflicts:
         now = sum(lacking.get((n, MEMORY), 0) for n in c.nodes)
         without_drift = sum(lacking_before.get((n, MEMORY), 0) for n in c.nodes)
@@ -500,10 +549,11 @@ def _refuse_shrink_under_blocks(
         # only the nodes of its own masks change what a group lacks
         d = next((d for d in shrunk if d.node in c.nodes), shrunk[0])
         where = "within" if d.within_tolerance else "more than"
-        raise StateError(
+        return StateError(
             f"{d.describe()}, {where} {_tolerance_text(d.tolerance)}, and the running"
             f" allocations no longer fit: {c.reason}; drain the node, then restart"
         )
+    return None
 
 
 def _group_conflicts(saved: MemoryState) -> list[Conflict]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from nri_plugin.engine.state import POLICY_STATIC, Block, MemoryState, NodeState
 from nri_plugin.errors import StateError
 
-# -- restore validation (reference section 13) -------------------------------
+# -- restore validation (kubelet's validateState) ----------------------------
 
 _MM = "[memorymanager]"
 MSG_MACHINE_DIFFERS = f"{_MM} the expected machine state is different from the real one"

@@ -1,9 +1,10 @@
 """kubelet's Topology Manager: merging providers' hints and deciding admission.
 
-Implements ``reference/static-policy.md`` section 6: normalising each
-provider's answer, merging every permutation, picking the best merged hint
-(with the non-preferred tie-break and ``prefer-closest-numa-nodes``), and the
-four policies. Pure functions over plain values.
+As in kubelet's ``pkg/kubelet/cm/topologymanager/policy.go`` and its
+``policy_*.go`` files (KEP-693): normalising each provider's answer, merging
+every permutation, picking the best merged hint (with the non-preferred
+tie-break and ``prefer-closest-numa-nodes``), and the four policies. Pure
+functions over plain values.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class NUMAInfo:
 
 
 def normalize(providers: Sequence[ProviderHints]) -> list[list[TopologyHint]]:
-    """Section 6.1: one list per (provider, resource); nil -> don't care, empty -> impossible."""
+    """kubelet's filterProvidersHints: one list per (provider, resource).
+
+    nil -> don't care, empty -> impossible.
+    """
     lists: list[list[TopologyHint]] = []
     for hints in providers:
         if not hints:
@@ -83,7 +87,7 @@ def normalize(providers: Sequence[ProviderHints]) -> list[list[TopologyHint]]:
 
 
 def _merge_permutation(default_mask: int, permutation: Sequence[TopologyHint]) -> TopologyHint:
-    """Section 6.2: intersect the masks; preferred iff all preferred and all masks equal."""
+    """kubelet's mergePermutation: intersect; preferred iff all preferred and masks equal."""
     preferred = True
     first: int | None = None
     merged = default_mask
@@ -135,7 +139,7 @@ class _Merger:
     def _compare(
         self, current: TopologyHint | None, candidate: TopologyHint
     ) -> TopologyHint | None:
-        """Section 6.3, kubelet's HintMerger.compare."""
+        """kubelet's HintMerger.compare."""
         assert candidate.mask is not None
         if candidate.mask == 0:
             return current

@@ -4,7 +4,7 @@ One AF_UNIX stream carries several logical connections. Each frame is an
 8-byte big-endian header (u32 conn ID, u32 payload length) followed by the
 payload, a slice of that logical connection's byte stream. ConnID 1 carries
 the runtime's calls to the plugin, ConnID 2 the plugin's calls to the
-runtime (reference nri-protocol.md section 2).
+runtime (containerd/nri ``pkg/net/multiplex/mux.go``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def encode_message(conn_id: int, ttrpc_message: bytes) -> bytes:
     if the frame is bigger), except a message's data of 4096 bytes or more,
     which it reads into a buffer of exactly that size. So: the whole message
     in one frame when it fits in 4096 bytes, else the 10-byte ttrpc header
-    alone, then the data in one frame (reference section 2.5).
+    alone, then the data in one frame (containerd/ttrpc ``channel.go``: ``newChannel``'s
+    ``bufio.Reader``, ``recv``; containerd/nri ``mux.go``: ``conn.Read``).
     """
     if len(ttrpc_message) < TTRPC_HEADER_SIZE:
         raise ValueError(f"a ttrpc message has at least {TTRPC_HEADER_SIZE} bytes")

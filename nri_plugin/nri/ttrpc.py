@@ -3,7 +3,7 @@
 A logical connection is a byte stream of messages: a 10-byte big-endian
 header (u32 data length, u32 stream ID, u8 type, u8 flags) and the data, a
 protobuf ``ttrpc.Request`` or ``ttrpc.Response``. NRI uses unary calls only
-(reference nri-protocol.md section 3). ``MessageReader`` turns received
+(containerd/ttrpc ``channel.go``, ``request.proto``). ``MessageReader`` turns received
 bytes into events in the style of h11: ``receive_data`` then ``next_event``
 until it returns None; the ``encode_*`` functions turn calls into bytes.
 """

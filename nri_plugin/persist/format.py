@@ -2,7 +2,7 @@
 
 Reads and writes :class:`~nri_plugin.state.MemoryState` in the JSON layout
 kubelet uses, with kubelet's checksum, so that a kubelet can read our file and
-we can read kubelet's (reference: static-policy.md sections 12 and 13).
+we can read kubelet's (``pkg/kubelet/cm/memorymanager/state/checkpoint.go``).
 
 Three concerns live here and nowhere else:
 

@@ -14,11 +14,14 @@ file. This module does better, in this order (``docs/recovery.md``):
    memory manager policy or topology manager policy. Every recorded block is
    re-applied onto the new machine state; the start is refused when a node's
    memory total moved beyond the tolerance (unless ``memoryDriftBeyondTolerance:
-   accept-if-fits``) or shrank under allocations that no longer fit. Other
-   conflicts are logged and the blocks kept as recorded: memory that is
-   really in use is never forgotten (bytes beyond the new allocatable memory
-   are counted on top of it, "lent", and :func:`settle` gives them back as
-   blocks go).
+   accept-if-fits``). Other conflicts are logged and the blocks kept as
+   recorded: memory that is really in use is never forgotten (bytes beyond
+   the new allocatable memory are counted on top of it, "lent", and
+   :func:`settle` gives them back as blocks go);
+4. a total that shrank under blocks that no longer fit refuses the start
+   only if the containers holding them still exist: the check waits for the
+   first Synchronize (:class:`ConservationGate`), and nothing is written
+   until it passes, so a refused start leaves the file as it was.
 
 :func:`plan` is the pure decision; :func:`recover` and :func:`restore` add
 the file system and the logs.
@@ -26,7 +29,7 @@ the file system and the logs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from nri_plugin.engine.rebase import (
     OUTCOME_UNTRUSTED,
     Change,
     Conflict,
+    ConservationCheck,
     Drift,
     Plan,
     PoolChange,
@@ -46,6 +50,7 @@ from nri_plugin.engine.rebase import (
     _untrusted,
     plan,
 )
+from nri_plugin.engine.state import MemoryState
 from nri_plugin.engine.topology import Topology
 from nri_plugin.errors import StateError
 from nri_plugin.persist.file import load_file, remove_stale_temp_files, secure_directory, set_aside
@@ -76,6 +81,9 @@ class RecoveryReport:
 class Recovery:
     manager: MemoryManager
     report: RecoveryReport = field(compare=False)
+    # the conservation check still to pass on the entries the first Synchronize leaves
+    # (None: nothing pending); see ConservationGate
+    pending: ConservationCheck | None = field(default=None, compare=False)
 
 
 # -- the decision (pure) -------------------------------------------------------
@@ -88,8 +96,10 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
     """Load, judge and apply the checkpoint at ``path`` for this machine and config.
 
     Raises StateError when the start must be refused (a memory total moved
-    beyond the drift tolerance, or shrank under running allocations; see
-    :func:`~nri_plugin.engine.rebase.plan`); the file is then left as it is.
+    beyond the drift tolerance; see :func:`~nri_plugin.engine.rebase.plan`); the
+    file is then left as it is. A total that shrank under recorded blocks that
+    no longer fit is not refused yet: ``Recovery.pending`` holds the check, to
+    run on the entries of the containers that still exist (:class:`ConservationGate`).
     """
     path = Path(path)
     removed = tuple(remove_stale_temp_files(path, log))
@@ -124,6 +134,14 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
         return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed, config)
     _lend(manager.state, decided.lent)
     _log_plan(decided, path, log, manager)
+    if decided.conservation is not None:
+        log.warning(
+            "memory total shrank under recorded blocks; the start is decided once the runtime"
+            " lists its containers, nothing is written until then",
+            path=str(path),
+            numa_nodes=[d.node for d in decided.conservation.shrunk],
+            reason=decided.conservation.reason,
+        )
     moved = {d.node: d.size for d in decided.drifts}
     report = RecoveryReport(
         decided.outcome,
@@ -136,7 +154,65 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
         drift_tolerance=config.memory_drift_tolerance,
         memory_drift={n: moved.get(n, 0) for n in sorted(manager.state.machine)},
     )
-    return Recovery(manager, report)
+    return Recovery(manager, report, decided.conservation)
+
+
+class ConservationGate:
+    """A start whose conservation check is pending: no writes until it passes.
+
+    The check runs once, at the first Synchronize, after the tracker released
+    the entries of containers that no longer exist (``NodeTracker``'s
+    ``check_restored``). Until it passes :attr:`holding` is true and the
+    checkpoint and the exit records must not be written: a refused start leaves
+    the file exactly as it was, and no later start can find a rebased file
+    that took the shrink for granted.
+    """
+
+    def __init__(self, pending: ConservationCheck | None, path: Path, log: Any) -> None:
+        self._pending = pending
+        self._path = path
+        self._log = log
+        self.refusal: StateError | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Whether writes wait (the check has not passed yet)."""
+        return self._pending is not None
+
+    def hook(
+        self, on_refusal: Callable[[], object]
+    ) -> Callable[[MemoryState, Sequence[str]], None]:
+        """The tracker's ``check_restored``; ``on_refusal`` ends the front end."""
+
+        def check(state: MemoryState, released: Sequence[str]) -> None:
+            try:
+                self.check(state, released)
+            except StateError:
+                on_refusal()
+                raise
+
+        return check
+
+    def check(self, state: MemoryState, released: Sequence[str]) -> None:
+        """Run the pending check on ``state``'s entries; StateError (logged) refuses the start."""
+        pending = self._pending
+        if pending is None:
+            return
+        refusal = pending.refusal(state.entries)
+        if refusal is not None:
+            self.refusal = refusal
+            self._log.error("refusing to start", path=str(self._path), reason=str(refusal))
+            raise refusal
+        self._pending = None
+        self._log.warning(
+            "memory total shrank under recorded blocks; accepted: the blocks of containers that"
+            " no longer exist were released and the others fit",
+            path=str(self._path),
+            numa_nodes=[d.node for d in pending.shrunk],
+            drifts=[d.describe() for d in pending.shrunk],
+            released=list(released),
+            containers=sum(len(c) for c in state.entries.values()),
+        )
 
 
 def _start_fresh(

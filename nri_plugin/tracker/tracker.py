@@ -16,7 +16,8 @@ holds the rules of docs/lifecycle.md:
 * removing a container releases its blocks unless another instance of its name
   is still known; stopping or removing the pod sandbox releases the pod;
 * after any restart, Synchronize's view wins, without releasing an exited app
-  container's or sidecar's blocks.
+  container's or sidecar's blocks; a start's pending check of the restored
+  state (``check_restored``) runs on what that leaves.
 
 No I/O: persistence, metrics and logs are callbacks and a logger.
 """
@@ -36,7 +37,7 @@ from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.manager import AdmissionResult, ContainerDecision, MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.rebase import settle
-from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, blocks_mask
+from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, MemoryState, blocks_mask
 from nri_plugin.engine.topologymanager import (
     SCOPE_POD,
     TOPOLOGY_AFFINITY_ERROR,
@@ -96,9 +97,13 @@ class NodeTracker:
         observer: Observer | None = None,
         logger: Any = None,
         node_map: NodeMap | None = None,
+        check_restored: Callable[[MemoryState, Sequence[str]], None] | None = None,
     ) -> None:
         self.manager = manager
         self._persist = persist or (lambda: None)
+        # run once, at the first Synchronize, on the state its releases leave (with what
+        # they released), before anything is adopted or admitted; raising refuses it
+        self._check_restored = check_restored
         self._observer = observer or Observer()
         self._log = logger if logger is not None else structlog.get_logger("tracker")
         # fake NUMA nodes -> the host's, for the cpuset.mems written (nodemap.py)
@@ -746,6 +751,13 @@ class NodeTracker:
         if mems_shown:
             released += self._release_unanswered(live)
         released += self._release_finished_inits()
+        if self._check_restored is not None:
+            # the restored state judged on the containers that still exist (a start whose
+            # memory shrank); an exception propagates: nothing below may answer on it
+            self._check_restored(self.manager.state, released)
+            self._check_restored = None
+        # memory lent at restore goes back before late admissions could take it
+        settle(self.manager)
         owners: dict[tuple[str, str], str] = {}
         for uid, names in self.manager.state.entries.items():
             record = self.pods[uid]

@@ -13,7 +13,7 @@ Guaranteed container is admitted where the plugin admitted it (on its
 CreateContainer when the plugin answered it; at the next Synchronize when
 containerd created it without the plugin), removals and starts are replayed at
 the same points, and at a Synchronize releases come before late admissions
-(spec/lifecycle.md). A shadow `MemoryManager` runs the steps as they are
+(docs/lifecycle.md). A shadow `MemoryManager` runs the steps as they are
 written, because later steps depend on earlier outcomes (which init containers
 still hold blocks, which late admissions failed and are retried); the finished
 scenario then goes through `nri-memory-manager simulate` itself.

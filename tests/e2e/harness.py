@@ -638,13 +638,6 @@ class CRIClient:
         cpu = spec.get("linux", {}).get("resources", {}).get("cpu", {})
         return str(cpu.get("mems", ""))
 
-    def exit_code(self, container_id: str) -> int:
-        """The exit code of an exited container (CRI ContainerStatus)."""
-        r = self._call(
-            "ContainerStatus", self.api.ContainerStatusRequest(container_id=container_id)
-        )
-        return int(r.status.exit_code)
-
     def process_mems(self, container_id: str) -> str:
         """The NUMA nodes the running container's process may allocate from, as the
         kernel reports them (`Mems_allowed_list` in /proc/PID/status)."""

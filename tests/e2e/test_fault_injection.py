@@ -3,7 +3,7 @@
 The random runs are `tests/e2e/faults.py`; set NMM_FAULT_SEED to repeat one
 (the seed is printed) and NMM_FAULT_OPS to change its length. The two tests
 after them are the smallest cases the runs led to, each a rule of
-spec/lifecycle.md that a plugin restart must keep. The last ones check the
+docs/lifecycle.md that a plugin restart must keep. The last ones check the
 oracle itself and need no containerd.
 """
 

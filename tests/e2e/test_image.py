@@ -40,6 +40,7 @@ from .harness import (
     Containerd,
     CRIClient,
     E2EPaths,
+    Flavor,
     Pod,
     PodResources,
     QoS,
@@ -138,15 +139,18 @@ class Deployment:
         return f"{flags['plugin-index']}-{flags['plugin-name']}"
 
 
-def render_with_image(paths: E2EPaths, image: str, work: Path) -> Deployment:
-    """deploy/ through an overlay that sets `image`, as the README's install section says."""
+def render_with_image(
+    paths: E2EPaths, image: str, work: Path, base: Path = REPO / "deploy"
+) -> Deployment:
+    """deploy/ (or another kustomization, such as hack/kind) through an overlay that sets
+    `image`, as the README's install section says."""
     name, _, tag = image.rpartition(":")
     overlay = work / "overlay"
     overlay.mkdir(parents=True)
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO / "deploy", overlay)],
+        "resources": [os.path.relpath(base, overlay)],
         "images": [{"name": PLUGIN, "newName": name, "newTag": tag}],
     }
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
@@ -428,39 +432,40 @@ class Deployed:
         return int(self.cri.info(self.running.container_id)["pid"])
 
 
-@pytest.fixture(scope="module", params=FLAVORS, ids=FLAVOR_IDS)
-def deployed(
-    request: pytest.FixtureRequest,
+@contextlib.contextmanager
+def daemonset_running(
     e2e_paths: E2EPaths,
-    plugin_image: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    flavor: Flavor,
+    archive: Path,
+    deployment: Deployment,
+    work: Path,
+    kubelet_config: str,
+    name: str,
 ) -> Iterator[Deployed]:
-    """containerd of one flavor with the image imported and the DaemonSet's pod running."""
-    flavor = request.param
-    work = tmp_path_factory.mktemp(f"image-{FLAVOR_TAG[flavor]}")
-    image = image_name(plugin_image)
-    deployment = render_with_image(e2e_paths, image, work)
+    """containerd of `flavor` (instance `name`) with the image imported and the rendered
+    DaemonSet's pod running and registered with NRI; everything torn down after."""
+    image = image_name(archive)
     assert deployment.container["image"] == image
     port = deployment.probe_port("readinessProbe")
     assert deployment.probe_port("livenessProbe") == port
     if port_in_use(port):
         pytest.fail(
-            f"port {port}, the probes' port in deploy/daemonset.yaml, is in use on this host;"
+            f"port {port}, the probes' port in the DaemonSet, is in use on this host;"
             " the plugin's container shares the host's network here: free the port first"
         )
-    ctrd = NRIDirContainerd(e2e_paths, flavor, f"img{FLAVOR_TAG[flavor]}")
+    ctrd = NRIDirContainerd(e2e_paths, flavor, name)
     try:
         ctrd.start()
-        ctrd.import_image(plugin_image)
+        ctrd.import_image(archive)
         cri = ctrd.cri()
-        kubelet_config = work / "kubelet-config.yaml"
-        kubelet_config.write_text(KUBELET_CONFIG)
+        kubelet_file = work / "kubelet-config.yaml"
+        kubelet_file.write_text(kubelet_config)
         host = HostPaths(
             {
                 "/var/run/nri": ctrd.nri_socket.parent,
                 "/var/lib/nri-memory-manager": work / "state",
                 "/sys": Path("/sys"),
-                "/var/lib/kubelet/config.yaml": kubelet_config,
+                "/var/lib/kubelet/config.yaml": kubelet_file,
                 # no kubelet here: its pod-resources directory is empty
                 "/var/lib/kubelet/pod-resources": work / "pod-resources",
                 "/run/nri-memory-manager": work / "run",
@@ -485,6 +490,24 @@ def deployed(
             ctrd.close()
         finally:
             ctrd.assert_clean()
+
+
+@pytest.fixture(scope="module", params=FLAVORS, ids=FLAVOR_IDS)
+def deployed(
+    request: pytest.FixtureRequest,
+    e2e_paths: E2EPaths,
+    plugin_image: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployed]:
+    """containerd of one flavor with the image imported and deploy/'s DaemonSet running."""
+    flavor = request.param
+    work = tmp_path_factory.mktemp(f"image-{FLAVOR_TAG[flavor]}")
+    deployment = render_with_image(e2e_paths, image_name(plugin_image), work)
+    name = f"img{FLAVOR_TAG[flavor]}"
+    with daemonset_running(
+        e2e_paths, flavor, plugin_image, deployment, work, KUBELET_CONFIG, name
+    ) as running:
+        yield running
 
 
 # --------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_init_container_sidecar_and_a_crashing_app_run_on_a_fake_node(
     assert cri.numa_nodes(setup) == "1"
     cri.start_container(setup)
     wait_exited(cri, setup)
-    assert cri.exit_code(setup) == 0  # it really ran
+    assert cri.container_exit_code(setup) == 0  # it really ran
     proxy = cri.create_container(pod, "proxy", memory_limit=GI, cpu_millis=2000)
     cri.start_container(proxy)
     check_runs_on(cri, proxy, "1")
@@ -107,7 +107,7 @@ def test_init_container_sidecar_and_a_crashing_app_run_on_a_fake_node(
     )
     cri.start_container(app)
     wait_exited(cri, app)
-    assert cri.exit_code(app) == 1
+    assert cri.container_exit_code(app) == 1
     wait_for(lambda: "setup" not in entries(plugin, uid), "the finished init container holds")
     app_blocks = entries(plugin, uid)["app"]
     # kubelet restarts the crashed app under the same name, the next attempt
@@ -143,7 +143,7 @@ def test_a_finished_pod_gives_its_fake_node_back(
     job, job_cid = guaranteed(cri, 6 * GI, command=["/bin/true"])  # node 1
     assert cri.numa_nodes(job_cid) == "1"
     wait_exited(cri, job_cid)
-    assert cri.exit_code(job_cid) == 0
+    assert cri.container_exit_code(job_cid) == 0
     # restartPolicy Never, all containers done: the pod succeeded and kubelet stops it
     cri.stop_pod(job.id)
     wait_for(lambda: not entries(plugin, job.uid), "the finished pod still holds blocks")

@@ -3,7 +3,8 @@
 It plays containerd's side of one plugin socket: ttrpc client on conn 1
 (calls the plugin), ttrpc server on conn 2 (RegisterPlugin,
 UpdateContainers). It also checks every frame the plugin sends against the
-Go reader's constraints (reference nri-protocol.md section 2.5).
+Go reader's constraints (containerd/nri ``mux.go`` ``conn.Read``, containerd/ttrpc
+``channel.go`` ``recv``).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def test_generated_modules_import_inside_the_package() -> None:
 
 
 # Spot checks of the field numbers the memory manager's path depends on
-# (reference nri-protocol.md section 5).
+# (containerd/nri pkg/api/api.proto).
 FIELD_NUMBERS = {
     ("PodSandbox", "linux"): 8,
     ("PodSandbox", "uid"): 3,

@@ -71,7 +71,7 @@ def test_smaller_custom_limit() -> None:
         decoder.feed(struct.pack(">II", 1, 17))
 
 
-def test_appendix_a_header_frame_plus_payload_frame() -> None:
+def test_worked_bytes_header_frame_plus_payload_frame() -> None:
     request = bytes.fromhex(
         "0a1c6e72692e706b672e6170692e7631616c706861312e52756e74696d65"
         "120e5265676973746572506c7567696e1a0c0a066d656d6d67721202393020"

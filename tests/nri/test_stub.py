@@ -182,7 +182,7 @@ def test_create_container_adjustment_round_trip(monkeypatch: pytest.MonkeyPatch)
             request = api.CreateContainerRequest(pod=pod("p1"), container=container("c1", "p1"))
             response = await runtime.call("CreateContainer", request)
             assert response.ok
-            # Appendix A: adjust.linux.resources.cpu.mems = "0".
+            # adjust.linux.resources.cpu.mems = "0", the bytes of test_ttrpc.py.
             assert response.payload == bytes.fromhex("0a09320712051203 3a0130".replace(" ", ""))
             refused = api.CreateContainerRequest(
                 pod=pod("p1"), container=container("c2", "p1", name="greedy")

@@ -99,7 +99,7 @@ def _single_node_bytes(state: MemoryState, node_id: int, mem_type: str) -> int:
 
 
 def take(machine: Mapping[int, NodeState], nodes: Sequence[int], type_: str, size: int) -> None:
-    """Section 7 step 7: count the assignment on every node, take bytes in node order."""
+    """kubelet's updateMachineState: count the assignment on every node, take bytes in order."""
     for n in nodes:
         node = machine[n]
         node.number_of_assignments += 1

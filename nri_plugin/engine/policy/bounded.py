@@ -25,7 +25,7 @@ from nri_plugin.engine.topologymanager import (
 
 # -- bounded search (machines above EXHAUSTIVE_NODE_LIMIT) ----------------------------------
 #
-# The admissible masks of section 5.3 fall into two parts:
+# The admissible masks of kubelet's calculateHints fall into two parts:
 #   * subsets of the unassigned nodes whose free memory covers the request. Adding an
 #     unassigned node keeps such a subset admissible, so this part is closed upwards
 #     and is described by the nodes' free memory alone; it is searched, never listed;
@@ -89,7 +89,7 @@ def _kubelet_sorted(masks: Iterable[int]) -> list[int]:
 
 
 class _BoundedSearch:
-    """Section 5.3's admissibility over one machine state, searched instead of enumerated."""
+    """calculateHints' admissibility over one machine state, searched instead of enumerated."""
 
     def __init__(
         self,

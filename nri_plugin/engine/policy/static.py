@@ -1,7 +1,7 @@
 """kubelet's Memory Manager ``Static`` policy: hints, allocation, reuse, release.
 
-Every rule here follows ``reference/static-policy.md`` (sections 2, 4, 5, 7, 8,
-9, 10); the section numbers in comments point there. The policy is pure: it
+Every rule here follows kubelet's ``pkg/kubelet/cm/memorymanager/policy_static.go``
+(KEP-1769); comments name the kubelet function a part mirrors. The policy is pure: it
 mutates only the :class:`MemoryState` it is handed, plus its in-memory
 bookkeeping of reusable init-container memory (which kubelet does not
 checkpoint either).
@@ -53,7 +53,7 @@ class StaticPolicy:
     name = POLICY_STATIC
 
     def __init__(self, default_machine: Mapping[int, NodeState]) -> None:
-        # the state of the machine with nothing allocated (section 2.1)
+        # the state of the machine with nothing allocated (kubelet's getDefaultMachineState)
         self._default_machine = {k: v for k, v in sorted(default_machine.items())}
         self._reusable: ReusableMemory = {}
 
@@ -65,7 +65,7 @@ class StaticPolicy:
         return MemoryState(POLICY_STATIC, deepcopy(self._default_machine), {})
 
     def start(self, state: MemoryState) -> None:
-        """Install the default machine state into an empty state (section 13 step 1)."""
+        """Install the default machine state into an empty state (kubelet's validateState)."""
         if not state.machine:
             if state.entries:
                 from nri_plugin.errors import StateError
@@ -75,7 +75,7 @@ class StaticPolicy:
                 )
             state.machine = self.default_state().machine
 
-    # -- hints (section 5) ---------------------------------------------------
+    # -- hints (kubelet's GetTopologyHints, GetPodTopologyHints) -------------
 
     def container_hints(
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec
@@ -143,7 +143,7 @@ class StaticPolicy:
         requested: Mapping[str, int],
         focus: MergeFocus | None = None,
     ) -> dict[str, list[TopologyHint]]:
-        """Section 5.3: every admissible mask, preferred iff of the minimal allocatable width.
+        """kubelet's calculateHints: every admissible mask, preferred iff of minimal width.
 
         Above EXHAUSTIVE_NODE_LIMIT nodes only the masks that decide the
         outcome: those the merge with ``focus`` (the other providers' hints)
@@ -159,7 +159,7 @@ class StaticPolicy:
             masks, min_size = _bounded_masks(machine, ids, requested, reusable, focus)
         return _hint_lists(masks, min_size, requested)
 
-    # -- allocate (section 7) ------------------------------------------------
+    # -- allocate (kubelet's staticPolicy.Allocate) --------------------------
 
     def allocate(
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec, affinity: TopologyHint
@@ -267,7 +267,7 @@ class StaticPolicy:
         """A new size on the container's own nodes (see :mod:`.resize`); reuse unchanged."""
         return resize_blocks(state, pod_uid, container, requested)
 
-    # -- reuse of init-container memory (section 8) ---------------------------
+    # -- reuse of init-container memory (kubelet's updatePodReusableMemory) ---
 
     def reusable_memory(self, pod_uid: str) -> dict[int, dict[str, int]]:
         return {m: dict(v) for m, v in self._reusable.get(pod_uid, {}).items()}
@@ -313,7 +313,7 @@ class StaticPolicy:
     def forget_pod(self, pod_uid: str) -> None:
         self._reusable.pop(pod_uid, None)
 
-    # -- remove (section 10) -------------------------------------------------
+    # -- remove (kubelet's RemoveContainer) ----------------------------------
 
     def remove_container(self, state: MemoryState, pod_uid: str, container: str) -> bool:
         blocks = state.delete_blocks(pod_uid, container)
@@ -338,7 +338,7 @@ def _is_handled(pod: PodSpec) -> bool:
 
 
 def _regenerate_hints(blocks: Sequence[Block], requested: Mapping[str, int]) -> ProviderHints:
-    """Section 5.1 step 2: one preferred hint per stored block, or nothing on any mismatch."""
+    """kubelet's regenerateHints: one preferred hint per stored block, nothing on a mismatch."""
     if len(blocks) != len(requested):
         return None
     hints: dict[str, list[TopologyHint] | None] = {t: [] for t in requested}
@@ -378,7 +378,7 @@ def _mask_has_free(
 
 
 def _violates_numa_allocations(machine: Mapping[int, NodeState], mask: int) -> bool:
-    """Section 7 step 6: a node cannot serve single- and cross-NUMA allocations at once."""
+    """kubelet's isAffinityViolatingNUMAAllocations: no node serves single- and cross-NUMA."""
     nodes = nodes_of(mask)
     if len(nodes) == 1:
         return False
@@ -394,7 +394,7 @@ def _violates_numa_allocations(machine: Mapping[int, NodeState], mask: int) -> b
 def _shrink_init_blocks(
     state: MemoryState, pod: PodSpec, container: ContainerSpec, blocks: Sequence[Block]
 ) -> None:
-    """Section 8: earlier regular init containers' blocks shrink by what this one reused."""
+    """kubelet's updateInitContainersMemoryBlocks: earlier init blocks shrink by the reuse."""
     for cb in blocks:
         remaining = cb.size
         for init in pod.init_containers:

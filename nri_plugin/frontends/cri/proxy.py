@@ -45,7 +45,7 @@ from google.protobuf.message import DecodeError, Message
 
 from nri_plugin.engine.pod import GUARANTEED
 from nri_plugin.engine.topologymanager import SCOPE_POD
-from nri_plugin.errors import InputError
+from nri_plugin.errors import InputError, StateError
 from nri_plugin.frontends.cri import convert
 from nri_plugin.frontends.cri.gen import cri_pb2 as cri
 from nri_plugin.frontends.kubelet import KubeletResources
@@ -693,7 +693,10 @@ class CRIProxy:
         return pinned
 
     async def synchronize_until_done(self) -> None:
-        """synchronize(), retried with a capped backoff while the runtime is unreachable."""
+        """synchronize(), retried with a capped backoff while the runtime is unreachable.
+
+        A StateError (the start refused on the runtime's view, docs/recovery.md) ends it.
+        """
         delay = RETRY_FIRST_S
         while True:
             try:
@@ -704,6 +707,8 @@ class CRIProxy:
                     error=f"{exc.code().name}: {exc.details()}",
                     retry_in_s=delay,
                 )
+            except StateError:
+                raise
             except Exception:  # a bug must not leave the node silently unsynchronized
                 self._log.exception("synchronization failed; retrying", retry_in_s=delay)
             else:
