@@ -32,47 +32,10 @@ done
 mkdir -p "$dir"/apt/lists/partial "$dir"/apt/cache "$dir"/debs
 rm -f "$dir/setup.done" # rewritten at the very end, so an interrupted run is never "ready"
 
-# --- private apt: own sources, lists and cache; /etc/apt is only read for proxy settings --------
-mirror=${NMM_E2E_MIRROR:-}
-[ -n "$mirror" ] ||
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[ -n "$mirror" ] ||
-    mirror=$(awk '$1 == "deb" && $2 !~ /^\[/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-mirror=${mirror:-http://deb.debian.org/debian}
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg # bookworm's keyring also signs trixie/sid
-[ -r "$keyring" ] || die "$keyring missing (package debian-archive-keyring)"
-for suite in bookworm trixie sid; do
-    printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite"
-done >"$dir/apt/sources.list.new"
-cmp -s "$dir/apt/sources.list.new" "$dir/apt/sources.list" 2>/dev/null ||
-    { mv "$dir/apt/sources.list.new" "$dir/apt/sources.list" && rm -f "$dir/apt/updated"; }
-rm -f "$dir/apt/sources.list.new"
-apt_opts=(
-    -o "Dir::Etc::SourceList=$dir/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$dir/apt/lists" -o "Dir::Cache=$dir/apt/cache"
-    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
-    -o APT::Sandbox::User=root -qq
-)
-
-apt_update() {
-    say "apt: updating private package lists from $mirror"
-    apt-get "${apt_opts[@]}" update || die "apt-get update failed (is $mirror reachable?)"
-    touch "$dir/apt/updated"
-}
-
-# fetch DEST PKG/SUITE: downloads the .deb into DEST unless one is there already.
-fetch() {
-    local dest=$1 spec=$2 name=${2%/*}
-    compgen -G "$dest/${name}_*.deb" >/dev/null && return 0
-    mkdir -p "$dest"
-    [ -e "$dir/apt/updated" ] || apt_update
-    say "apt: downloading $spec"
-    # A failure with old lists usually means the suite moved on: refresh once and retry.
-    if ! (cd "$dest" && apt-get "${apt_opts[@]}" download "$spec"); then
-        apt_update
-        (cd "$dest" && apt-get "${apt_opts[@]}" download "$spec") || return 1
-    fi
-}
+# --- private apt (hack/lib/private-apt.sh): fetch DEST PKG/SUITE -------------------------------
+# shellcheck source=hack/lib/private-apt.sh
+. "$here/lib/private-apt.sh"
+private_apt "$dir" bookworm trixie sid
 
 # unpack ROOT DEBDIR: extracts every .deb of DEBDIR into ROOT, atomically (a partial root is
 # never mistaken for a finished one).

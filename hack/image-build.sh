@@ -77,42 +77,16 @@ fi
 mkdir -p "$work"/{apt/lists/partial,apt/cache,debs,cache,etc,tmp}
 export TMPDIR=$work/tmp
 
-# --- tools: private apt, dpkg-deb -x ----------------------------------------------------------
-mirror=${NMM_E2E_MIRROR:-}
-[ -n "$mirror" ] ||
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[ -n "$mirror" ] ||
-    mirror=$(awk '$1 == "deb" && $2 !~ /^\[/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-mirror=${mirror:-http://deb.debian.org/debian}
+# --- tools: private apt (hack/lib/private-apt.sh), dpkg-deb -x ---------------------------------
+# shellcheck source=hack/lib/private-apt.sh
+. "$here/lib/private-apt.sh"
 # The tools come from bookworm whatever the base's suite: they run on this host.
-printf 'deb [signed-by=%s] %s bookworm main\n' "$keyring" "$mirror" >"$work/apt/sources.list.new"
-cmp -s "$work/apt/sources.list.new" "$work/apt/sources.list" 2>/dev/null ||
-    { mv "$work/apt/sources.list.new" "$work/apt/sources.list" && rm -f "$work/apt/updated"; }
-rm -f "$work/apt/sources.list.new"
-apt_opts=(
-    -o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache"
-    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
-    -o APT::Sandbox::User=root -qq
-)
+private_apt "$work" bookworm
 tools=$work/tools
 tool_debs=(mmdebstrap buildah libgpgme11 patchelf)
 if [ ! -e "$tools/.unpacked" ]; then
-    apt_update() {
-        say "apt: updating private package lists from $mirror"
-        apt-get "${apt_opts[@]}" update || die "apt-get update failed (is $mirror reachable?)"
-        touch "$work/apt/updated"
-    }
     for pkg in "${tool_debs[@]}"; do
-        compgen -G "$work/debs/${pkg}_*.deb" >/dev/null && continue
-        [ -e "$work/apt/updated" ] || apt_update
-        say "apt: downloading $pkg"
-        # old lists may name a version the mirror has dropped: refresh once and retry
-        if ! (cd "$work/debs" && apt-get "${apt_opts[@]}" download "$pkg"); then
-            apt_update
-            (cd "$work/debs" && apt-get "${apt_opts[@]}" download "$pkg") ||
-                die "cannot download $pkg from $mirror"
-        fi
+        fetch "$work/debs" "$pkg" || die "cannot download $pkg from $mirror"
     done
     rm -rf "$tools.tmp"
     mkdir -p "$tools.tmp"

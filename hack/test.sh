@@ -27,7 +27,7 @@ if [ "$unit_only" = 0 ]; then
 fi
 echo "== shellcheck"
 if command -v shellcheck >/dev/null; then
-    shellcheck hack/*.sh hack/kind/*.sh .ci/run
+    shellcheck hack/*.sh hack/kind/*.sh hack/lib/*.sh .ci/run
 elif [ "$unit_only" = 1 ]; then
     echo "shellcheck not installed: skipped (apt-get install shellcheck)"
 else

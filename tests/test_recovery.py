@@ -1024,7 +1024,7 @@ def test_restore_never_forgets_memory_in_use(
     import tempfile
 
     from nri_plugin.engine.pod import ContainerSpec, PodSpec
-    from nri_plugin.engine.rebase import settle
+    from nri_plugin.engine.rebase import repay_overflow
 
     topology = topo()
     manager = MemoryManager(topology, cfg())
@@ -1068,7 +1068,7 @@ def test_restore_never_forgets_memory_in_use(
     # releasing pod by pod keeps the books right; at the end it is the new default state
     for i in range(len(sizes)):
         recovery.manager.remove_pod(f"p{i}")
-        settle(recovery.manager)
+        repay_overflow(recovery.manager)
         _accounted(state)
     assert as_json(state) == as_json(MemoryManager(moved, config).state)
 

@@ -5,7 +5,7 @@ the configuration (drain the node, delete the file). :func:`plan` decides
 instead what to keep (docs/recovery.md): memory totals that drifted within
 the tolerance, changed reservations, hugepage pools and policies; every
 recorded block is re-applied; bytes that no longer fit are counted on top of
-the node's allocatable memory as *overflow* and given back by :func:`settle`
+the node's allocatable memory as *overflow* and given back by :func:`repay_overflow`
 as blocks go. Pure: no I/O.
 
 Drift follows KEP-6232: only a node's regular memory total may drift (hugepage
@@ -170,7 +170,7 @@ class ConservationCheck:
 
 
 @dataclass(frozen=True)
-class Plan:
+class RestorePlan:
     """What to start from, decided from a loaded checkpoint and this start's defaults."""
 
     outcome: str
@@ -184,15 +184,15 @@ class Plan:
     # containers whose blocks are dropped (the new policy keeps no blocks)
     dropped: tuple[str, ...] = ()
     # (node, type) -> bytes of recorded blocks beyond the new allocatable memory,
-    # counted as reserved anyway (see _lend); ``state`` does not include them yet
-    lent: Mapping[tuple[int, str], int] = field(default_factory=dict)
+    # counted as reserved anyway (see count_overflow); ``state`` does not include them yet
+    overflow: Mapping[tuple[int, str], int] = field(default_factory=dict)
     pool_changes: tuple[PoolChange, ...] = ()
     # a shrink under recorded blocks: the start is refused unless the check passes on the
     # entries the first Synchronize leaves (the lacking bytes are lent meanwhile)
     conservation: ConservationCheck | None = None
 
 
-def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
+def plan(saved: MemoryState, default: MemoryState, config: Config) -> RestorePlan:
     """Decide how to start from ``saved`` given ``default``, this start's empty state.
 
     Raises StateError (one line: node, old and new totals, the tolerance) when
@@ -206,7 +206,7 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
         dropped = tuple(
             sorted(f"{uid}/{name}" for uid, names in saved.entries.items() for name in names)
         )
-        return Plan(
+        return RestorePlan(
             OUTCOME_POLICY_CHANGED,
             None,
             reason=(
@@ -215,19 +215,20 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
             dropped=dropped,
         )
     if default.policy_name == POLICY_NONE:
-        return Plan(OUTCOME_RESTORED, saved)
+        return RestorePlan(OUTCOME_RESTORED, saved)
     if not saved.machine:
         if saved.entries:
-            return _untrusted(
+            return untrusted_plan(
                 "[memorymanager] machine state can not be empty when it has memory assignments"
             )
-        return Plan(OUTCOME_RESTORED, saved)  # the manager installs the default machine state
+        # the manager installs the default machine state
+        return RestorePlan(OUTCOME_RESTORED, saved)
     try:
         # The file must agree with the machine it recorded before any comparison
         # with this machine means anything (kubelet's validation, on its own totals).
         validate_restored(saved, _recorded_default(saved.machine), POLICY_STATIC)
     except StateError as exc:
-        return _untrusted(f"checkpoint inconsistent with its own machine state: {exc}")
+        return untrusted_plan(f"checkpoint inconsistent with its own machine state: {exc}")
 
     drifts, pools, changes = _compare(saved.machine, default.machine, config.memory_drift_tolerance)
     same_machine = (
@@ -249,20 +250,20 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> Plan:
             conservation = ConservationCheck(default.clone(), tuple(drifts), str(refusal))
         state = expected_state(default, saved.entries)
     conflicts = shortfall_conflicts + _group_conflicts(saved) + _policy_conflicts(saved, config)
-    return Plan(
+    return RestorePlan(
         OUTCOME_RESTORED if same_machine else OUTCOME_REBASED,
         state,
         tuple(drifts),
         tuple(changes),
         tuple(conflicts),
-        lent=lacking,
+        overflow=lacking,
         pool_changes=tuple(pools),
         conservation=conservation,
     )
 
 
-def _untrusted(reason: str) -> Plan:
-    return Plan(OUTCOME_UNTRUSTED, None, reason=reason)
+def untrusted_plan(reason: str) -> RestorePlan:
+    return RestorePlan(OUTCOME_UNTRUSTED, None, reason=reason)
 
 
 def _recorded_default(machine: Mapping[int, NodeState]) -> MemoryState:
@@ -432,11 +433,11 @@ def _shortfalls(
     return conflicts
 
 
-def _lend(state: MemoryState, lacking: Mapping[tuple[int, str], int]) -> None:
+def count_overflow(state: MemoryState, lacking: Mapping[tuple[int, str], int]) -> None:
     """Count bytes that do not fit as reserved anyway, on top of the node's allocatable.
 
     The containers run and use that memory: it must stay counted, and
-    kubelet's unsigned ``free`` cannot go below zero. :func:`settle` gives the
+    kubelet's unsigned ``free`` cannot go below zero. :func:`repay_overflow` gives the
     lent bytes back as the blocks are released.
     """
     for (n, t), extra in lacking.items():
@@ -451,8 +452,8 @@ _DEFAULT_ALLOCATABLE: weakref.WeakKeyDictionary[MemoryManager, dict[tuple[int, s
 )
 
 
-def settle(manager: MemoryManager) -> bool:
-    """Return allocatable memory lent at restore (see :func:`_lend`) once it is free again.
+def repay_overflow(manager: MemoryManager) -> bool:
+    """Give back overflow counted at restore (:func:`count_overflow`) once it is free again.
 
     Meant to run after every state change: a few dict look-ups when nothing
     was lent. Free bytes inside a group move to the node that holds the loan

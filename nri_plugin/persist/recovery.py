@@ -17,7 +17,7 @@ file. This module does better, in this order (``docs/recovery.md``):
    accept-if-fits``). Other conflicts are logged and the blocks kept as
    recorded: memory that is really in use is never forgotten (bytes beyond
    the new allocatable memory are counted on top of it, "lent", and
-   :func:`settle` gives them back as blocks go);
+   :func:`repay_overflow` gives them back as blocks go);
 4. a total that shrank under blocks that no longer fit refuses the start
    only if the containers holding them still exist: the check waits for the
    first Synchronize (:class:`ConservationGate`), and nothing is written
@@ -44,11 +44,11 @@ from nri_plugin.engine.rebase import (
     Conflict,
     ConservationCheck,
     Drift,
-    Plan,
     PoolChange,
-    _lend,
-    _untrusted,
+    RestorePlan,
+    count_overflow,
     plan,
+    untrusted_plan,
 )
 from nri_plugin.engine.state import MemoryState
 from nri_plugin.engine.topology import Topology
@@ -108,7 +108,7 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
     try:
         saved = load_file(path)
     except StateError as exc:
-        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed, config)
+        return _start_fresh(fresh, path, log, untrusted_plan(str(exc)), removed, config)
     if saved is None:
         log.info(
             "no checkpoint; the state is built from the runtime at Synchronize", path=str(path)
@@ -131,8 +131,8 @@ def recover(topology: Topology, config: Config, path: Path, log: Any) -> Recover
     try:
         manager = MemoryManager(topology, config, decided.state)
     except StateError as exc:  # not expected after plan(); never trust what fails here
-        return _start_fresh(fresh, path, log, _untrusted(str(exc)), removed, config)
-    _lend(manager.state, decided.lent)
+        return _start_fresh(fresh, path, log, untrusted_plan(str(exc)), removed, config)
+    count_overflow(manager.state, decided.overflow)
     _log_plan(decided, path, log, manager)
     if decided.conservation is not None:
         log.warning(
@@ -219,7 +219,7 @@ def _start_fresh(
     fresh: MemoryManager,
     path: Path,
     log: Any,
-    decided: Plan,
+    decided: RestorePlan,
     removed: tuple[Path, ...],
     config: Config,
 ) -> Recovery:
@@ -253,7 +253,7 @@ def _start_fresh(
     return Recovery(fresh, report)
 
 
-def _log_plan(decided: Plan, path: Path, log: Any, manager: MemoryManager) -> None:
+def _log_plan(decided: RestorePlan, path: Path, log: Any, manager: MemoryManager) -> None:
     for d in decided.drifts:
         if d.within_tolerance:
             log.warning(

@@ -36,7 +36,7 @@ from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.engine.manager import AdmissionResult, ContainerDecision, MemoryManager
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
-from nri_plugin.engine.rebase import settle
+from nri_plugin.engine.rebase import repay_overflow
 from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, MemoryState, blocks_mask
 from nri_plugin.engine.topologymanager import (
     SCOPE_POD,
@@ -757,7 +757,7 @@ class NodeTracker:
             self._check_restored(self.manager.state, released)
             self._check_restored = None
         # memory lent at restore goes back before late admissions could take it
-        settle(self.manager)
+        repay_overflow(self.manager)
         owners: dict[tuple[str, str], str] = {}
         for uid, names in self.manager.state.entries.items():
             record = self.pods[uid]
@@ -988,7 +988,7 @@ class NodeTracker:
         )
 
     def _changed(self) -> None:
-        settle(self.manager)  # memory counted beyond allocatable at restore, once released
+        repay_overflow(self.manager)  # memory counted beyond allocatable at restore, once released
         self._observer.state_changed(self.manager)
         self._persist()
 
