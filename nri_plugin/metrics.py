@@ -1,6 +1,7 @@
 """Prometheus metrics and the health endpoint of the live plugin.
 
-The counters carry kubelet's names for the same events, so dashboards built
+The counters carry kubelet's full names for the same events (kubelet's
+``pkg/kubelet/metrics/metrics.go``: subsystem ``kubelet``), so dashboards built
 for kubelet's memory and topology managers work unchanged; the per-NUMA
 gauges show each node's memory map. The two drift gauges are KEP-6232's, under
 the full names the KEP gives them.
@@ -20,7 +21,7 @@ from nri_plugin.errors import InputError
 from nri_plugin.podresources.client import FAILURE_KINDS
 from nri_plugin.tracker.tracker import Observer
 
-# kubelet's buckets for topology_manager_admission_duration_ms
+# kubelet's buckets for kubelet_topology_manager_admission_duration_ms
 _DURATION_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2000)
 
 
@@ -29,27 +30,27 @@ class Metrics(Observer):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.pinning_requests = Counter(
-            "memory_manager_pinning_requests_total",
+            "kubelet_memory_manager_pinning_requests_total",
             "Memory pinning requests (admissions of Guaranteed containers)",
             registry=r,
         )
         self.pinning_errors = Counter(
-            "memory_manager_pinning_errors_total",
+            "kubelet_memory_manager_pinning_errors_total",
             "Memory pinning requests that could not be satisfied",
             registry=r,
         )
         self.admission_requests = Counter(
-            "topology_manager_admission_requests_total",
+            "kubelet_topology_manager_admission_requests_total",
             "Topology manager admission requests",
             registry=r,
         )
         self.admission_errors = Counter(
-            "topology_manager_admission_errors_total",
+            "kubelet_topology_manager_admission_errors_total",
             "Topology manager admission requests refused",
             registry=r,
         )
         self.admission_duration = Histogram(
-            "topology_manager_admission_duration_ms",
+            "kubelet_topology_manager_admission_duration_ms",
             "Duration of one admission decision in milliseconds",
             buckets=_DURATION_BUCKETS_MS,
             registry=r,

@@ -1014,7 +1014,7 @@ def test_cli_serves_persists_and_stops_cleanly(tmp_path: Path) -> None:
             )
             assert received.config.annotations.get(ANNOTATION, "1") == "1"
             metrics = await asyncio.to_thread(_get, port, "/metrics")
-            assert "memory_manager_pinning_requests_total 1.0" in metrics
+            assert "kubelet_memory_manager_pinning_requests_total 1.0" in metrics
             await client.close()
         finally:
             proc.send_signal(signal.SIGTERM)

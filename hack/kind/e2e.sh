@@ -97,9 +97,9 @@ check() {
 
 log "plugin metrics (through the API server's pod proxy)"
 metrics="$(k get --raw "/api/v1/namespaces/${PLUGIN_NS}/pods/${PLUGIN_POD}:9464/proxy/metrics")"
-printf '%s\n' "$metrics" | grep -E '^(topology_manager_admission|memory_manager_pinning)' || true
+printf '%s\n' "$metrics" | grep -E '^kubelet_(topology_manager_admission|memory_manager_pinning)' || true
 errors="$(printf '%s\n' "$metrics" |
-  awk '$1 == "topology_manager_admission_errors_total" {print int($2)}')"
+  awk '$1 == "kubelet_topology_manager_admission_errors_total" {print int($2)}')"
 if [ "${errors:-0}" -ge 1 ]; then
   check "admission errors counted" "yes" "yes"
 else

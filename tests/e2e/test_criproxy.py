@@ -206,7 +206,7 @@ def test_guaranteed_containers_are_pinned_in_the_stored_spec(
     assert direct.numa_nodes(b) == ""
     assert (proxy.reserved(2), proxy.reserved(0)) == (GI, 2 * GI)
     status, metrics = proxy.http("/metrics")
-    assert status == 200 and "memory_manager_pinning_requests_total 2.0" in metrics
+    assert status == 200 and "kubelet_memory_manager_pinning_requests_total 2.0" in metrics
 
 
 def test_refusal_reaches_the_client_and_nothing_is_created(
@@ -222,7 +222,7 @@ def test_refusal_reaches_the_client_and_nothing_is_created(
     assert "memory=12Gi" in err.value.details and "single-numa-node" in err.value.details
     assert direct.list_containers(pod.id) == []
     assert "entries" not in proxy.state()
-    assert "topology_manager_admission_errors_total 1.0" in proxy.http("/metrics")[1]
+    assert "kubelet_topology_manager_admission_errors_total 1.0" in proxy.http("/metrics")[1]
 
 
 def test_update_keeps_the_pinned_mems(

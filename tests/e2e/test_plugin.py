@@ -187,7 +187,7 @@ def test_single_numa_node_refuses_with_topology_affinity_error(
     assert "memory=12Gi" in text and "single-numa-node" in text
     status, metrics = plugin.http("/metrics")
     assert status == 200
-    assert "topology_manager_admission_errors_total 1.0" in metrics
+    assert "kubelet_topology_manager_admission_errors_total 1.0" in metrics
     # nothing is kept for the refused container
     assert "entries" not in plugin.state()
 
@@ -277,8 +277,8 @@ def test_health_and_metrics_endpoints(
     guaranteed(cri, 2 * GI, cpuset="4-5")
     status, text = plugin.http("/metrics")
     assert status == 200
-    assert "memory_manager_pinning_requests_total 1.0" in text
-    assert "topology_manager_admission_requests_total 1.0" in text
+    assert "kubelet_memory_manager_pinning_requests_total 1.0" in text
+    assert "kubelet_topology_manager_admission_requests_total 1.0" in text
     assert (
         'nri_memory_manager_memory_bytes{numa_node="1",state="reserved",type="memory"} '
         "2.147483648e+09" in text
