@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nri_plugin.engine.bitmask import parse_cpulist  # noqa: E402
 from tests.e2e.harness import Containerd, CRIError, E2EPaths  # noqa: E402
 
 GI = 1 << 30
@@ -83,6 +84,7 @@ def main() -> int:
             ).stdout
         )
         cri = ctrd.cri()
+        host_cpus = parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
         for name, qos, memory, cpu, cpus, hugepages in PODS:
             pod = cri.run_pod(str(uuid.uuid4()), name, qos)  # type: ignore[arg-type]
             limit = None if qos == "Guaranteed" else (0 if qos == "BestEffort" else 2 * cpu)
@@ -98,22 +100,37 @@ def main() -> int:
                     hugepages=hugepages,
                 )
                 mems = cri.mems(cid)
+                nodes = cri.numa_nodes(cid)
                 decision = "pinned" if mems else "untouched"
+                # kubelet's CPU manager would name this machine's CPUs; the fake
+                # topology's beyond them cannot be written into a cgroup here
+                if cpus is None or parse_cpulist(cpus) <= host_cpus:
+                    cri.start_container(cid)
+                    decision += ", running"
+                else:
+                    decision += ", created (its CPUs are not on this machine)"
             except CRIError as err:
-                mems, decision = "-", "REFUSED: " + err.details.split("desc = ", 1)[-1]
+                mems, nodes = "-", "-"
+                decision = "REFUSED: " + err.details.split("desc = ", 1)[-1]
             rows.append(
                 [
                     name,
                     qos,
                     human(memory) + (f" + {pages}" if pages else ""),
                     cpus or "shared",
+                    nodes or "(unset)",
                     mems or "(unset)",
                     decision,
                 ]
             )
-        widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(5)]
+        widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(6)]
         for r in [HEADER, *rows]:
-            print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+            print("  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6])
+        print(
+            "\nNUMA NODES: the fake nodes the plugin decided (its annotation"
+            " nri-memory-manager.io/numa-nodes);\nCPUSET.MEMS: the host nodes they map to,"
+            " written into the container's cpuset.mems"
+        )
         print("\n$ nri-memory-manager state --state-dir", state_dir)
         print(
             subprocess.run(
@@ -132,7 +149,7 @@ def main() -> int:
     return 0
 
 
-HEADER = ["POD", "QOS", "MEMORY", "CPUS", "CPUSET.MEMS", "DECISION"]
+HEADER = ["POD", "QOS", "MEMORY", "CPUS", "NUMA NODES", "CPUSET.MEMS", "DECISION"]
 
 if __name__ == "__main__":
     sys.exit(main())

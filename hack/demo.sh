@@ -5,6 +5,9 @@
 # state, and tears everything down. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hack/setup.sh >/dev/null
-hack/e2e-setup.sh >/dev/null
-exec .venv/bin/python hack/demo.py
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# the setup's output only when it fails
+hack/setup.sh >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+hack/e2e-setup.sh >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+.venv/bin/python hack/demo.py
