@@ -2,8 +2,9 @@
 
 Everything lives under the directory prepared by `hack/e2e-setup.sh` (`E2EPaths`). One
 `Containerd` is one private daemon (flavor "2.x" or "1.7") with its own run directory
-`<dir>/run-<instance>` (root, state, sockets) and its own cgroup prefix `/nmm-e2e-<instance>`,
-so several instances can run side by side and each can be torn down without trace.
+`<dir>/run-<instance>` (root, state, sockets) and its own cgroup prefix
+`/nmm-e2e-<instance>-<dir hash>`, so several instances (and runs in other directories)
+can run side by side and each can be torn down without trace.
 `CRIClient` talks CRI to it; `PluginProcess` runs an NRI plugin next to it.
 
 Usable outside pytest (benchmarks, demos): nothing here imports pytest.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -856,7 +858,10 @@ class Containerd:
         self.flavor = flavor
         self.instance = instance or FLAVOR_TAG[flavor]
         self.run_dir = paths.root / f"run-{self.instance}"
-        self.cgroup_prefix = f"/nmm-e2e-{self.instance}"
+        # cgroups are global: another e2e directory's instance of the same name (a parallel
+        # run) gets its own prefix
+        root_tag = hashlib.sha256(str(paths.root).encode()).hexdigest()[:6]
+        self.cgroup_prefix = f"/nmm-e2e-{self.instance}-{root_tag}"
         self.log_path = paths.logs_dir / f"containerd-{self.instance}.log"
         self.request_timeout = request_timeout
         self.registration_timeout = registration_timeout

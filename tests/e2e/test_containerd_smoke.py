@@ -61,7 +61,7 @@ def test_guaranteed_container_spec_has_requested_cpus_and_no_mems(
     # What kubelet computes for 1 CPU / 64 MiB reached the spec unchanged.
     assert (resources["cpu"]["shares"], resources["cpu"]["quota"]) == (1024, 100_000)
     assert resources["memory"]["limit"] == 64 * MiB
-    assert spec["linux"]["cgroupsPath"] == f"/nmm-e2e-{containerd.instance}/kubepods/pod{uid}/{cid}"
+    assert spec["linux"]["cgroupsPath"] == f"{containerd.cgroup_prefix}/kubepods/pod{uid}/{cid}"
     assert spec["annotations"]["io.kubernetes.cri.sandbox-uid"] == uid
     [info] = cri.list_containers(pod.id)
     assert (info.id, info.name, info.state) == (cid, "app", "CONTAINER_CREATED")
@@ -79,7 +79,7 @@ def test_pod_cgroup_parent_follows_qos(
     pod = cri.run_pod(uid, qos=qos)
     cid = cri.create_container(pod, "app", memory_limit=0 if qos == "BestEffort" else 32 * MiB)
     assert cri.spec(cid)["linux"]["cgroupsPath"].startswith(
-        f"/nmm-e2e-{containerd.instance}{tier}{uid}/"
+        f"{containerd.cgroup_prefix}{tier}{uid}/"
     )
 
 
