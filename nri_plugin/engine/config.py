@@ -53,6 +53,13 @@ RESIZE_REFUSE = "refuse"  # refused, as kubelet's static policy refuses them
 RESIZE_MODES = (RESIZE_ACCOUNT, RESIZE_REFUSE)
 
 
+# podLevelResources: what the memory manager does with pods that set pod.spec.resources
+# (KEP-2837); kubelet's two behaviours, by its PodLevelResourceManagers gate (KEP-5526)
+POD_LEVEL_IGNORE = "ignore"  # the gate off, kubelet's default: such pods are left unpinned
+POD_LEVEL_MANAGERS = "managers"  # the gate on: KEP-5526's pod and container scopes
+POD_LEVEL_MODES = (POD_LEVEL_IGNORE, POD_LEVEL_MANAGERS)
+
+
 SIGNAL_MEMORY_AVAILABLE = "memory.available"
 
 
@@ -93,9 +100,23 @@ class Config:
     memory_drift_tolerance_option: str | None = None
     memory_drift_beyond_tolerance: str = DRIFT_BEYOND_REFUSE
     in_place_resize: str = RESIZE_ACCOUNT
+    pod_level_resources: str = POD_LEVEL_IGNORE
     # fake NUMA node -> host NUMA node for cpuset.mems with a fake topology (the daemon's,
     # not the engine's: decisions stay on the fake nodes; nri_plugin/tracker/nodemap.py)
     host_node_map: Mapping[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # inputs/config.py refuses bad values with the key's name; this guards other callers
+        if self.pod_level_resources not in POD_LEVEL_MODES:
+            raise ValueError(
+                f"pod_level_resources: {self.pod_level_resources!r} is not one of"
+                f" {', '.join(POD_LEVEL_MODES)}"
+            )
+
+    @property
+    def pod_level_managers(self) -> bool:
+        """Whether pods with pod-level resources are managed as KEP-5526 does."""
+        return self.pod_level_resources == POD_LEVEL_MANAGERS
 
     def reserved(self, numa_node: int, type: str) -> int:
         """Bytes of ``type`` reserved on ``numa_node`` (0 if none)."""

@@ -15,7 +15,7 @@ from nri_plugin.engine.config import RESIZE_REFUSE, Config
 from nri_plugin.engine.hint import DeviceHints, ProviderHints, TopologyHint
 from nri_plugin.engine.machine import build_machine_state
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
-from nri_plugin.engine.policy.base import AllocationError, Policy
+from nri_plugin.engine.policy.base import AllocationError, EmptyPodSharedPoolError, Policy
 from nri_plugin.engine.policy.none import NonePolicy
 from nri_plugin.engine.policy.static import StaticPolicy
 from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, MemoryState, blocks_mask
@@ -32,6 +32,10 @@ from nri_plugin.engine.topologymanager import (
     merge,
 )
 from nri_plugin.quantity import format_bytes_human
+
+# kubelet's admission reason for a pod-level pod whose shared pool would be empty
+# (pkg/kubelet/cm/admission ErrorReasonEmptyPodSharedPool, KEP-5526)
+EMPTY_POD_SHARED_POOL_ERROR = "EmptyPodSharedPoolError"
 
 # Hint providers in kubelet's registration order.
 PROVIDER_CPU = "cpu"
@@ -51,11 +55,14 @@ class ContainerDecision:
     provider_hints: dict[str, ProviderHints]
     affinity: TopologyHint
     allocations: tuple[Block, ...]
+    # the pod's pod-level reservation when the container runs in its shared pool
+    # (KEP-5526, pod scope): no blocks of its own, pinned to the pod's nodes
+    pool: tuple[Block, ...] = ()
 
     @property
     def cpuset_mems(self) -> str:
         """``cpuset.mems`` as kubelet sets it: the union of the blocks' masks ("" = untouched)."""
-        return format_mems(blocks_mask(self.allocations))
+        return format_mems(blocks_mask(self.allocations) | blocks_mask(self.pool))
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class AdmissionResult:
     failed_container: str | None = None
     failed_hints: dict[str, ProviderHints] = field(default_factory=dict)
     failed_affinity: TopologyHint | None = None
+    # the pod-level reservation of an admitted pod (KEP-5526, pod scope)
+    pod_allocations: tuple[Block, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,10 @@ class MemoryManager:
         self.numa = NUMAInfo(topology.node_ids, topology.distances)
         self.policy: Policy
         if config.policy == POLICY_STATIC:
-            self.policy = StaticPolicy(build_machine_state(topology, config.reserved))
+            self.policy = StaticPolicy(
+                build_machine_state(topology, config.reserved),
+                pod_level_managers=config.pod_level_managers,
+            )
         else:
             self.policy = NonePolicy()
         self.state = self.policy.default_state()
@@ -128,6 +140,8 @@ class MemoryManager:
         qos = pod.qos()
         tm_policy = self.config.topology_manager_policy
         decisions: list[ContainerDecision] = []
+        if self._pod_level_pod_scope(pod):
+            return self._admit_pod_level(pod, qos)
         if tm_policy != POLICY_NONE and self.config.topology_manager_scope == SCOPE_POD:
             affinity, admit, providers = self.pod_affinity(pod)
             if not admit:
@@ -156,6 +170,52 @@ class MemoryManager:
         self.pods[pod.uid] = pod
         self._removed.pop(pod.uid, None)
         return AdmissionResult(pod.uid, qos, True, tuple(decisions))
+
+    def _pod_level_pod_scope(self, pod: PodSpec) -> bool:
+        """KEP-5526's pod scope: a pod with pod-level resources, PodLevelResourceManagers."""
+        return (
+            pod.pod_level_resources
+            and self.config.pod_level_managers
+            and self.config.topology_manager_scope == SCOPE_POD
+        )
+
+    def _admit_pod_level(self, pod: PodSpec, qos: str) -> AdmissionResult:
+        """Pod scope with pod-level resources (KEP-5526): one hint for the pod's budget,
+        the budget reserved on it, the exclusive containers carved out of it, the others
+        in its shared pool. With topology manager policy ``none`` the affinity is empty
+        and the policy takes its default hint, as kubelet's AllocatePod does."""
+        affinity, admit, providers = self.pod_affinity(pod)
+        if not admit:
+            return self._reject(
+                pod,
+                qos,
+                TOPOLOGY_AFFINITY_ERROR,
+                f"pod {pod.uid}: {TOPOLOGY_AFFINITY_MESSAGE}",
+                None,
+                providers,
+                affinity,
+            )
+        try:
+            self.policy.allocate_pod(self.state, pod, affinity)
+        except EmptyPodSharedPoolError as exc:
+            return self._reject(
+                pod, qos, EMPTY_POD_SHARED_POOL_ERROR, str(exc), None, providers, affinity
+            )
+        except AllocationError as exc:
+            return self._reject(
+                pod,
+                qos,
+                UNEXPECTED_ADMISSION_ERROR,
+                f"pod {pod.uid}: Allocate failed due to {exc}, which is unexpected",
+                None,
+                providers,
+                affinity,
+            )
+        decisions = tuple(self._decision(pod, c, providers, affinity) for c in pod.all_containers())
+        self.pods[pod.uid] = pod
+        self._removed.pop(pod.uid, None)
+        held = tuple(self.state.pod_blocks(pod.uid) or ())
+        return AdmissionResult(pod.uid, qos, True, decisions, pod_allocations=held)
 
     def admit_container(
         self, pod: PodSpec, container: ContainerSpec, *, release_pod_on_reject: bool = True
@@ -266,9 +326,16 @@ class MemoryManager:
         providers: dict[str, ProviderHints],
         affinity: TopologyHint,
     ) -> ContainerDecision:
-        blocks = self.state.blocks(pod.uid, c.name) or []
+        blocks = self.state.blocks(pod.uid, c.name)
+        pool = self.state.pod_blocks(pod.uid) if blocks is None else None
         return ContainerDecision(
-            c.name, c.init, providers.get(PROVIDER_MEMORY), providers, affinity, tuple(blocks)
+            c.name,
+            c.init,
+            providers.get(PROVIDER_MEMORY),
+            providers,
+            affinity,
+            tuple(blocks or ()),
+            tuple(pool or ()),
         )
 
     def _reject(
@@ -287,6 +354,7 @@ class MemoryManager:
             # kubelet's stale-state cleanup: a rejected pod keeps nothing
             for c in pod.all_containers():
                 self.policy.remove_container(self.state, pod.uid, c.name)
+            self.policy.release_pod(self.state, pod.uid)
             self.policy.forget_pod(pod.uid)
             self.pods.pop(pod.uid, None)
         return AdmissionResult(
@@ -368,6 +436,7 @@ class MemoryManager:
         names += [n for n in self.state.entries.get(pod_uid, {}) if n not in names]
         for name in names:
             self.policy.remove_container(self.state, pod_uid, name)
+        known = self.policy.release_pod(self.state, pod_uid) or known
         self.policy.forget_pod(pod_uid)
         return known
 
@@ -449,6 +518,14 @@ class MemoryManager:
         )
         self.policy.remove_container(self.state, pod_uid, name)
         removed.add(name)
+        # kubelet gives a pod-level reservation back with the pod's last container (a pod
+        # known only from its blocks keeps it until the pod is removed)
+        if (
+            pod is not None
+            and self.state.carved(pod_uid)
+            and {c.name for c in pod.all_containers()} <= removed
+        ):
+            known = self.policy.release_pod(self.state, pod_uid) or known
         return known
 
 

@@ -64,6 +64,17 @@ class ContainerSpec:
                 return name
         return None
 
+    def exclusive_eligible(self) -> bool:
+        """kubelet's ``IsContainerEquivalentQOSGuaranteed``: cpu and memory requested, each
+        request equal to its limit (after API defaulting). In a pod with pod-level
+        resources only such containers get exclusive resources (KEP-5526)."""
+        requests = self.effective_requests()
+        for name in (CPU, MEMORY):
+            request = requests.get(name, Fraction(0))
+            if request == 0 or request != self.limits.get(name):
+                return False
+        return True
+
     def memory_requests(self) -> dict[str, int]:
         """Requested bytes per memory type (``memory``, ``hugepages-*``), zeros included."""
         out: dict[str, int] = {}
@@ -82,8 +93,10 @@ class PodSpec:
     containers: tuple[ContainerSpec, ...] = ()
     # from the pod status when known; computed from the containers otherwise
     qos_class: str | None = None
-    # pod.spec.resources (KEP-2837): QoS is computed from them first, and kubelet's memory
-    # manager leaves such pods unpinned while PodLevelResourceManagers is off
+    # pod.spec.resources (KEP-2837), after the API server's defaulting
+    # (:func:`default_pod_level_resources`): QoS is computed from them alone, and
+    # kubelet's memory manager leaves such pods unpinned while PodLevelResourceManagers
+    # is off (config ``podLevelResources: ignore``)
     pod_level_resources: bool = False
     pod_requests: Mapping[str, Fraction] = field(default_factory=dict)
     pod_limits: Mapping[str, Fraction] = field(default_factory=dict)
@@ -118,7 +131,7 @@ def compute_qos(pod: PodSpec) -> str:
     Pod-level resources, when the pod sets them, decide alone (KEP-2837).
     """
     if pod.pod_level_resources:
-        return _resource_qos(pod.pod_requests, pod.pod_limits)
+        return _pod_level_qos(pod.pod_requests, pod.pod_limits)
     requests: dict[str, Fraction] = {}
     limits: dict[str, Fraction] = {}
     guaranteed = True
@@ -145,23 +158,134 @@ def compute_qos(pod: PodSpec) -> str:
     return BURSTABLE
 
 
-def _resource_qos(requests: Mapping[str, Fraction], limits: Mapping[str, Fraction]) -> str:
-    """kubelet's resourceQOS of one set of requirements (requests defaulted from limits)."""
-    if not requests and not limits:
+def _pod_level_qos(requests: Mapping[str, Fraction], limits: Mapping[str, Fraction]) -> str:
+    """ComputePodQOS's pod-level branch, over the API-defaulted pod.spec.resources.
+
+    Guaranteed needs both cpu and memory limits, and every cpu or memory request equal
+    to its limit; a pod-level request the API server did not default from the limit
+    (it takes the containers' aggregate when any container requests the resource)
+    can make the pod Burstable.
+    """
+    positive_requests = {n: v for n, v in requests.items() if n in (CPU, MEMORY) and v > 0}
+    positive_limits = {n: v for n, v in limits.items() if n in (CPU, MEMORY) and v > 0}
+    guaranteed = True
+    if limits and set(positive_limits) != {CPU, MEMORY}:
+        guaranteed = False
+    if not positive_requests and not positive_limits:
         return BEST_EFFORT
-    effective = {**limits, **requests}
-    qos = None
-    for name in (CPU, MEMORY):
-        request, limit = effective.get(name, Fraction(0)), limits.get(name, Fraction(0))
-        if request != limit:
-            return BURSTABLE
-        this = BEST_EFFORT if request == 0 else GUARANTEED
-        if qos is None:
-            qos = this
-        elif qos != this:
-            return BURSTABLE
-    assert qos is not None
-    return qos
+    if guaranteed:
+        for name, value in positive_requests.items():
+            if positive_limits.get(name) != value:
+                guaranteed = False
+                break
+    if guaranteed and len(positive_requests) == len(positive_limits):
+        return GUARANTEED
+    return BURSTABLE
+
+
+def is_pod_level_resource(name: str) -> bool:
+    """component-helpers' IsSupportedPodLevelResource: cpu, memory and hugepages."""
+    return name in (CPU, MEMORY) or name.startswith(HUGEPAGES_PREFIX)
+
+
+def is_pod_level_resources_set(
+    requests: Mapping[str, Fraction], limits: Mapping[str, Fraction]
+) -> bool:
+    """component-helpers' IsPodLevelResourcesSet: a supported resource at pod level."""
+    return any(is_pod_level_resource(n) for n in (*requests, *limits))
+
+
+def aggregate_container_resources(
+    init_containers: tuple[ContainerSpec, ...],
+    containers: tuple[ContainerSpec, ...],
+    *,
+    limits: bool = False,
+) -> dict[str, Fraction]:
+    """component-helpers' AggregateContainerRequests (or ...Limits) over every resource.
+
+    max(sum of app containers plus all sidecars, each regular init container plus the
+    sidecars started before it), KEP-753's formula; requests are the defaulted ones.
+    """
+
+    def of(c: ContainerSpec) -> dict[str, Fraction]:
+        return dict(c.limits) if limits else c.effective_requests()
+
+    total: dict[str, Fraction] = {}
+    for c in containers:
+        for name, value in of(c).items():
+            total[name] = total.get(name, Fraction(0)) + value
+    sidecars: dict[str, Fraction] = {}
+    init_peak: dict[str, Fraction] = {}
+    for c in init_containers:
+        own = of(c)
+        if c.restartable:
+            for name, value in own.items():
+                total[name] = total.get(name, Fraction(0)) + value
+                sidecars[name] = sidecars.get(name, Fraction(0)) + value
+            running = dict(sidecars)
+        else:
+            running = dict(own)
+            for name, value in sidecars.items():
+                running[name] = running.get(name, Fraction(0)) + value
+        for name, value in running.items():
+            if value > init_peak.get(name, Fraction(-1)):
+                init_peak[name] = value
+    for name, value in init_peak.items():
+        if value > total.get(name, Fraction(-1)):
+            total[name] = value
+    return total
+
+
+def default_pod_level_resources(
+    init_containers: tuple[ContainerSpec, ...],
+    containers: tuple[ContainerSpec, ...],
+    requests: Mapping[str, Fraction],
+    limits: Mapping[str, Fraction],
+) -> tuple[dict[str, Fraction], dict[str, Fraction]]:
+    """pod.spec.resources as the API server stores them (``pkg/apis/core/v1/defaults.go``
+    ``SetDefaults_Pod``, after the containers' requests are defaulted from their limits):
+
+    1. ``defaultHugePagePodLimits``: a hugepage size the containers limit, without a
+       pod-level request or limit, gets the containers' aggregate as its pod-level limit;
+    2. ``defaultPodRequests`` (only with pod-level limits): a cpu or memory request the
+       containers make defaults to their aggregate, every other pod-level limit is also
+       the request (hugepages included);
+    3. ``defaultPodLimits`` (only with pod-level requests and no pod-level limit): cpu
+       and memory limits default to the containers' aggregate when every container
+       limits that resource.
+    """
+    pod_requests = dict(requests)
+    pod_limits = dict(limits)
+    if not pod_requests and not pod_limits:
+        return pod_requests, pod_limits
+    container_limits = aggregate_container_resources(init_containers, containers, limits=True)
+    for name, value in container_limits.items():
+        if name.startswith(HUGEPAGES_PREFIX) and name not in pod_requests:
+            pod_limits.setdefault(name, value)
+    if pod_limits:
+        container_requests = aggregate_container_resources(init_containers, containers)
+        for name, value in container_requests.items():
+            if name in (CPU, MEMORY):  # the overcommittable pod-level resources
+                pod_requests.setdefault(name, value)
+        for name, value in pod_limits.items():
+            if is_pod_level_resource(name):
+                pod_requests.setdefault(name, value)
+    elif any(is_pod_level_resource(n) for n in pod_requests):
+        everyone = init_containers + containers
+        for name, value in container_limits.items():
+            if name in (CPU, MEMORY) and all(name in c.limits for c in everyone):
+                pod_limits.setdefault(name, value)
+    return pod_requests, pod_limits
+
+
+def pod_level_memory_budget(pod: PodSpec) -> dict[str, int]:
+    """kubelet's getPodRequestedResources with PodLevelResourceManagers: the pod-level
+    requests of memory and hugepages (positive ones), the pod's whole budget."""
+    return {
+        name: int(value)
+        for name, value in pod.pod_requests.items()
+        if is_memory_type(name) and value > 0
+    }
 
 
 def pod_memory_requests(pod: PodSpec) -> dict[str, int]:
@@ -188,3 +312,61 @@ def pod_memory_requests(pod: PodSpec) -> dict[str, int]:
         by_app[name] += by_sidecars.get(name, 0)
         by_app[name] = max(by_app[name], by_init.get(name, 0))
     return by_app
+
+
+def exclusive_memory_requests(pod: PodSpec, c: ContainerSpec) -> dict[str, int]:
+    """kubelet's getContainerRequestedResources with PodLevelResourceManagers: in a pod
+    with pod-level resources only an individually Guaranteed container requests memory
+    of its own (:meth:`ContainerSpec.exclusive_eligible`); the others none."""
+    if pod.pod_level_resources and not c.exclusive_eligible():
+        return {}
+    return c.memory_requests()
+
+
+def empty_pod_shared_pool(pod: PodSpec) -> str | None:
+    """kubelet's validatePodScopeResources for memory (KEP-5526, "Rejected Configurations"):
+    why the pod's budget leaves a container that needs the pod's shared pool without
+    memory, or None.
+
+    Sidecars and app containers run together: when one of them has no exclusive
+    request, the exclusive requests of all of them must stay below the budget. A
+    regular init container runs with the sidecars started before it: its exclusive
+    request must fit what they leave, and without one, they must leave something.
+    """
+    budget = pod_level_memory_budget(pod)
+    long_running: dict[str, int] = {}
+    shared = False
+    for c in pod.init_containers:
+        requests = exclusive_memory_requests(pod, c)
+        if not c.restartable:
+            for name in sorted(budget, key=str.encode):
+                pool = budget[name] - long_running.get(name, 0)
+                if requests and requests.get(name, 0) > pool:
+                    return (
+                        f"pod rejected, largest exclusive init container requests"
+                        f" {requests[name]} of {name}, but only {pool} available"
+                    )
+                if not requests and long_running.get(name, 0) >= budget[name]:
+                    return (
+                        f"pod rejected, pod has shared init containers but no {name}"
+                        " available for them"
+                    )
+            continue
+        if not requests:
+            shared = True
+        for name, size in requests.items():
+            long_running[name] = long_running.get(name, 0) + size
+    for c in pod.containers:
+        requests = exclusive_memory_requests(pod, c)
+        if not requests:
+            shared = True
+        for name, size in requests.items():
+            long_running[name] = long_running.get(name, 0) + size
+    if shared:
+        for name in sorted(budget, key=str.encode):
+            if long_running.get(name, 0) >= budget[name]:
+                return (
+                    f"pod rejected, sum of exclusive container {name} requests equals pod"
+                    " budget, leaving no memory for shared containers"
+                )
+    return None

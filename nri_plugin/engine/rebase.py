@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from nri_plugin.engine.bitmask import format_mems, mask_of
 from nri_plugin.engine.config import DRIFT_BEYOND_REFUSE, Config
 from nri_plugin.engine.manager import MemoryManager
-from nri_plugin.engine.restore import expected_state, validate_restored
+from nri_plugin.engine.restore import accounted_entries, expected_state, validate_restored
 from nri_plugin.engine.state import (
     MEMORY,
     POLICY_NONE,
@@ -217,7 +217,7 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> RestorePla
     if default.policy_name == POLICY_NONE:
         return RestorePlan(OUTCOME_RESTORED, saved)
     if not saved.machine:
-        if saved.entries:
+        if saved.entries or saved.pod_entries:
             return untrusted_plan(
                 "[memorymanager] machine state can not be empty when it has memory assignments"
             )
@@ -243,12 +243,14 @@ def plan(saved: MemoryState, default: MemoryState, config: Config) -> RestorePla
         _refuse_missing(saved, default.machine)
         if config.memory_drift_beyond_tolerance == DRIFT_BEYOND_REFUSE:
             _refuse_beyond_tolerance(drifts)
-        lacking = _overflow(default, saved.entries)
-        shortfall_conflicts = _shortfalls(saved.entries, default.machine, lacking)
-        refusal = _shrink_under_blocks(saved.entries, default, lacking, shortfall_conflicts, drifts)
+        # a pod-level reservation counts once, not its containers' parts of it
+        counted = accounted_entries(saved.entries, saved.pod_entries)
+        lacking = _overflow(default, counted)
+        shortfall_conflicts = _shortfalls(counted, default.machine, lacking)
+        refusal = _shrink_under_blocks(counted, default, lacking, shortfall_conflicts, drifts)
         if refusal is not None:
             conservation = ConservationCheck(default.clone(), tuple(drifts), str(refusal))
-        state = expected_state(default, saved.entries)
+        state = expected_state(default, saved.entries, pod_entries=saved.pod_entries)
     conflicts = shortfall_conflicts + _group_conflicts(saved) + _policy_conflicts(saved, config)
     return RestorePlan(
         OUTCOME_RESTORED if same_machine else OUTCOME_REBASED,

@@ -22,26 +22,52 @@ def _go_quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # close enough to Go's %q for names
 
 
+# The name under which a pod-level reservation is counted in :func:`accounted_entries`
+# (never a container's: it is not written to ``entries``).
+POD_RESERVATION = "(pod-level reservation)"
+
+
+def accounted_entries(
+    entries: Mapping[str, Mapping[str, Sequence[Block]]],
+    pod_entries: Mapping[str, Sequence[Block]],
+) -> dict[str, dict[str, Sequence[Block]]]:
+    """The blocks the machine state counts: every container's, except in a pod with a
+    pod-level reservation (KEP-5526), where the reservation counts once and its
+    containers' blocks, carved out of it, not again (kubelet's validateState with
+    PodLevelResourceManagers)."""
+    out: dict[str, dict[str, Sequence[Block]]] = {
+        uid: dict(containers) for uid, containers in entries.items() if uid not in pod_entries
+    }
+    for uid, blocks in pod_entries.items():
+        out[uid] = {POD_RESERVATION: blocks}
+    return out
+
+
 def expected_state(
     default: MemoryState,
     entries: Mapping[str, Mapping[str, Sequence[Block]]],
     *,
     groups_first: bool = False,
+    pod_entries: Mapping[str, Sequence[Block]] | None = None,
 ) -> MemoryState:
     """``default`` with every block of ``entries`` applied as kubelet's restore does.
 
     ``default`` is the fresh machine state the policy builds (all free, no
     assignments, cells ``[self]``); it is not modified. Each block adds one
     assignment to every node of its mask, sets their cells to the mask, and
-    takes min(free, remaining) bytes node by node in mask order.
+    takes min(free, remaining) bytes node by node in mask order. A pod with a
+    reservation in ``pod_entries`` counts the reservation, not its containers.
     """
     out = MemoryState(policy_name=default.policy_name, machine=default.clone().machine)
     for uid, containers in entries.items():
         for name, blocks in containers.items():
             out.set_blocks(uid, name, list(blocks))
+    for uid, blocks in (pod_entries or {}).items():
+        out.set_pod_blocks(uid, list(blocks))
+    counted = accounted_entries(entries, pod_entries) if pod_entries else entries
     passes = (True, False) if groups_first else (None,)
     for multi in passes:
-        _apply_blocks(out, entries, multi)
+        _apply_blocks(out, counted, multi)
     return out
 
 
@@ -92,17 +118,21 @@ def validate_restored(saved: MemoryState, default: MemoryState, configured_polic
     if configured_policy != POLICY_STATIC:
         return  # the None policy keeps nothing to validate
     if not saved.machine:
-        if saved.entries:
+        if saved.entries or saved.pod_entries:
             raise StateError(f"{_MM} machine state can not be empty when it has memory assignments")
         return
-    expected = expected_state(default, saved.entries)
+    for uid in saved.pod_entries:
+        for name, blocks in saved.entries.get(uid, {}).items():
+            _check_carved(saved, uid, name, blocks)
+    pods = saved.pod_entries
+    expected = expected_state(default, saved.entries, pod_entries=pods)
     difference = _first_difference(saved.machine, expected.machine)
     if difference is not None:
         # kubelet replays entries in hash-map order, which it cannot know either. One order
         # matters: a single-node block placed on a grouped node (kubelet lets single-node
         # masks through its group check) re-labels that node's cells, so it must come after
         # the group's blocks. Accept the state when that order reproduces it.
-        regrouped = expected_state(default, saved.entries, groups_first=True)
+        regrouped = expected_state(default, saved.entries, groups_first=True, pod_entries=pods)
         if _first_difference(saved.machine, regrouped.machine) is None:
             return
         # That node then leaves the group while bytes of the group's blocks may sit on it
@@ -119,13 +149,27 @@ def validate_restored(saved: MemoryState, default: MemoryState, configured_polic
         raise StateError(f"{MSG_MACHINE_DIFFERS}: {difference}")
 
 
+def _check_carved(saved: MemoryState, uid: str, name: str, blocks: Sequence[Block]) -> None:
+    """A container of a pod-level pod holds a part of the pod's reservation: on its nodes,
+    of its types, no larger."""
+    reservation = {b.type: b for b in saved.pod_entries[uid]}
+    for block in blocks:
+        held = reservation.get(block.type)
+        if held is None or held.numa_affinity != block.numa_affinity or block.size > held.size:
+            raise StateError(
+                f"{_MM} (pod: {uid}, container: {name}) the memory assignment is not a part of"
+                f" the pod's pod-level reservation: {block.type} {block.size} on"
+                f" {list(block.numa_affinity)}"
+            )
+
+
 def _unaccounted_bytes(state: MemoryState) -> str | None:
     """Where the state's bytes do not add up: per node and type free + reserved must be the
     allocatable, and over each set of nodes linked by cells or block masks the reserved
     bytes must be the sizes of the blocks placed there."""
     linked = _linked_nodes(state)
     placed: dict[tuple[int, str], int] = {}
-    for containers in state.entries.values():
+    for containers in accounted_entries(state.entries, state.pod_entries).values():
         for blocks in containers.values():
             for block in blocks:
                 if block.numa_affinity and block.numa_affinity[0] in linked:
@@ -168,7 +212,7 @@ def _linked_nodes(state: MemoryState) -> dict[int, list[int]]:
 
     for node in state.machine.values():
         join(node.cells)
-    for containers in state.entries.values():
+    for containers in accounted_entries(state.entries, state.pod_entries).values():
         for blocks in containers.values():
             for block in blocks:
                 join(block.numa_affinity)

@@ -91,7 +91,10 @@ class MemoryState:
     """Everything the static policy remembers: machine state and assignments.
 
     ``machine`` maps NUMA node id to its state (empty for the None policy);
-    ``entries`` maps pod UID -> container name -> blocks.
+    ``entries`` maps pod UID -> container name -> blocks; ``pod_entries`` maps pod UID
+    -> the blocks reserved for a whole pod with pod-level resources (KEP-5526, kubelet's
+    ``PodMemoryAssignments``): the machine counts those, and the pod's containers' own
+    blocks in ``entries`` are carved out of them, not out of the machine.
     """
 
     policy_name: str
@@ -99,6 +102,7 @@ class MemoryState:
     entries: dict[str, dict[str, list[Block]]] = field(default_factory=dict)
     # containers holding blocks, kept up to date by the mutations (metrics read it per change)
     holders: int = field(default=-1, compare=False)
+    pod_entries: dict[str, list[Block]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.holders < 0:
@@ -112,6 +116,14 @@ class MemoryState:
         if pod is None:
             return None
         return pod.get(container)
+
+    def pod_blocks(self, pod_uid: str) -> list[Block] | None:
+        """The blocks reserved for the whole pod (pod-level resources), if any."""
+        return self.pod_entries.get(pod_uid)
+
+    def carved(self, pod_uid: str) -> bool:
+        """Whether the pod's container blocks come out of a pod-level reservation."""
+        return pod_uid in self.pod_entries
 
     def iter_blocks(self) -> Iterator[tuple[str, str, Block]]:
         for pod_uid, containers in self.entries.items():
@@ -145,6 +157,7 @@ class MemoryState:
             },
             entries,
             self.holders,
+            dict(self.pod_entries),
         )
 
     # -- mutations ---------------------------------------------------------
@@ -155,6 +168,15 @@ class MemoryState:
             self.holders += 1
         # a new dict for the pod: a clone may share the old one
         self.entries[pod_uid] = {**pod, container: blocks}
+
+    def set_pod_blocks(self, pod_uid: str, blocks: list[Block]) -> None:
+        self.pod_entries = {**self.pod_entries, pod_uid: blocks}  # a clone may share the dict
+
+    def delete_pod_blocks(self, pod_uid: str) -> list[Block] | None:
+        blocks = self.pod_entries.get(pod_uid)
+        if blocks is not None:
+            self.pod_entries = {u: b for u, b in self.pod_entries.items() if u != pod_uid}
+        return blocks
 
     def delete_blocks(self, pod_uid: str, container: str) -> list[Block] | None:
         pod = self.entries.get(pod_uid)

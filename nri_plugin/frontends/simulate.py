@@ -131,6 +131,9 @@ def _admit_report(result: AdmissionResult) -> dict[str, object]:
                 None if result.failed_affinity is None else result.failed_affinity.to_json()
             ),
         }
+    if result.pod_allocations:
+        # the pod-level reservation (KEP-5526, pod scope), its containers' parts inside it
+        out["podAllocations"] = _blocks_json(result.pod_allocations)
     out["containers"] = [_container_report(c) for c in result.containers]
     return out
 
@@ -163,7 +166,7 @@ def hints_to_json(hints: ProviderHints) -> dict[str, list[dict[str, object]]]:
 
 
 def _container_report(c: ContainerDecision) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "name": c.name,
         "init": c.init,
         "hints": hints_to_json(c.hints),
@@ -171,6 +174,9 @@ def _container_report(c: ContainerDecision) -> dict[str, object]:
         "cpusetMems": c.cpuset_mems,
         "allocations": _blocks_json(c.allocations),
     }
+    if c.pool:
+        out["sharedPool"] = True  # runs in its pod's shared pool (podAllocations)
+    return out
 
 
 def _blocks_json(blocks: Iterable[Block]) -> list[dict[str, object]]:

@@ -26,6 +26,8 @@ from nri_plugin.engine.config import (
     OPTION_MAX_ALLOWABLE,
     OPTION_MEMORY_DRIFT_TOLERANCE,
     OPTION_PREFER_CLOSEST,
+    POD_LEVEL_IGNORE,
+    POD_LEVEL_MODES,
     RESIZE_ACCOUNT,
     RESIZE_MODES,
     SIGNAL_MEMORY_AVAILABLE,
@@ -75,6 +77,7 @@ _CONFIG_KEYS = (
     "memoryDriftTolerance",
     "memoryDriftBeyondTolerance",
     "inPlaceResize",
+    "podLevelResources",
     "hostNodeMap",
 )
 TOPOLOGY_OPTIONS = (OPTION_PREFER_CLOSEST, OPTION_MAX_ALLOWABLE)
@@ -505,6 +508,14 @@ def parse_config(data: object, *, source: str = "config") -> Config:
                 f"{at('inPlaceResize')}: unknown mode: {quote(resize)} (expected"
                 f" {', '.join(RESIZE_MODES)})"
             )
+    pod_level = POD_LEVEL_IGNORE
+    if data.get("podLevelResources") is not None:
+        pod_level = _string(data["podLevelResources"], at("podLevelResources"))
+        if pod_level not in POD_LEVEL_MODES:
+            raise ConfigError(
+                f"{at('podLevelResources')}: unknown mode: {quote(pod_level)} (expected"
+                f" {', '.join(POD_LEVEL_MODES)})"
+            )
     host_map = _parse_host_node_map(data.get("hostNodeMap"), at("hostNodeMap"))
     return Config(
         policy=policy,
@@ -520,6 +531,7 @@ def parse_config(data: object, *, source: str = "config") -> Config:
         memory_drift_tolerance_option=drift_option,
         memory_drift_beyond_tolerance=beyond,
         in_place_resize=resize,
+        pod_level_resources=pod_level,
         host_node_map=host_map,
     )
 

@@ -14,7 +14,15 @@ from typing import Any
 from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.config import Config
 from nri_plugin.engine.hint import DeviceHints, TopologyHint
-from nri_plugin.engine.pod import QOS_CLASSES, ContainerSpec, PodSpec
+from nri_plugin.engine.pod import (
+    QOS_CLASSES,
+    ContainerSpec,
+    PodSpec,
+    aggregate_container_resources,
+    default_pod_level_resources,
+    is_pod_level_resource,
+    is_pod_level_resources_set,
+)
 from nri_plugin.engine.state import HUGEPAGES_PREFIX, MemoryState, is_memory_type
 from nri_plugin.engine.topology import Topology
 from nri_plugin.errors import InputError, ScenarioError, quote
@@ -188,8 +196,9 @@ def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
     pod_requests: dict[str, Fraction] = {}
     pod_limits: dict[str, Fraction] = {}
     if body.get("resources") is not None:
-        pod_requests, pod_limits = _parse_resources(body["resources"], f"{where}.resources")
-        _check_requests_within_limits(pod_requests, pod_limits, f"{where}.resources")
+        pod_requests, pod_limits = _parse_pod_resources(
+            body["resources"], f"{where}.resources", init, apps
+        )
     return PodSpec(
         uid=uid,
         name=str(meta.get("name") or uid),
@@ -197,10 +206,42 @@ def _parse_pod(raw: object, where: str, topology: Topology) -> PodSpec:
         init_containers=init,
         containers=apps,
         qos_class=qos,
-        pod_level_resources=bool(pod_requests or pod_limits),
+        pod_level_resources=is_pod_level_resources_set(pod_requests, pod_limits),
         pod_requests=pod_requests,
         pod_limits=pod_limits,
     )
+
+
+def _parse_pod_resources(
+    raw: object, where: str, init: tuple[ContainerSpec, ...], apps: tuple[ContainerSpec, ...]
+) -> tuple[dict[str, Fraction], dict[str, Fraction]]:
+    """pod.spec.resources: validated and defaulted as the API server does (KEP-2837)."""
+    requests, limits = _parse_resources(raw, where)
+    for kind, values in (("requests", requests), ("limits", limits)):
+        for name in values:
+            if not is_pod_level_resource(name):
+                raise ScenarioError(
+                    f"{where}.{kind}.{name}: not supported at pod level (only cpu, memory and"
+                    " hugepages-<size>; the API server refuses such a pod)"
+                )
+    _check_container_resources(requests, limits, where)
+    requests, limits = default_pod_level_resources(init, apps, requests, limits)
+    _check_requests_within_limits(requests, limits, where)
+    aggregate = aggregate_container_resources(init, apps)
+    for name, value in sorted(requests.items()):
+        if aggregate.get(name, Fraction(0)) > value:
+            raise ScenarioError(
+                f"{where}.requests.{name}: {_fmt(value)} is below the containers' aggregate"
+                f" request {_fmt(aggregate[name])} (the API server refuses such a pod)"
+            )
+    for c in init + apps:
+        for name, value in sorted(c.limits.items()):
+            if name in limits and value > limits[name]:
+                raise ScenarioError(
+                    f"{where}.limits.{name}: {_fmt(limits[name])} is below container"
+                    f" {c.name}'s limit {_fmt(value)} (the API server refuses such a pod)"
+                )
+    return requests, limits
 
 
 def _parse_containers(

@@ -174,7 +174,10 @@ def checksum_dump(state: MemoryState, *, legacy_names: bool = False) -> str:
     (``state.NodeMap``, field ``Nodes``).
     """
     names = _OLD_NAMES if legacy_names else _NEW_NAMES
-    return _dump(state.policy_name, state.machine, state.entries, names)
+    # pod-level reservations (KEP-5526) make it kubelet 1.36's v2 struct; without them
+    # it is the v1 struct every kubelet reads
+    pods = state.pod_entries or None
+    return _dump(state.policy_name, state.machine, state.entries, names, pods)
 
 
 def checksum(state: MemoryState) -> int:

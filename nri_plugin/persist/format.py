@@ -90,7 +90,9 @@ class Checkpoint:
     """A verified checkpoint: the state, the form it was written in, and pod-level entries.
 
     ``pod_entries`` (pod UID -> blocks) is what kubelet's ``PodLevelResourceManagers``
-    reserved for whole pods (v2, v3); empty for v1 and for every file we write.
+    reserved for whole pods (v2, v3), or this plugin with ``podLevelResources: managers``
+    (v2); empty for v1. ``state.pod_entries`` stays empty here (see
+    :func:`from_checkpoint`).
     """
 
     state: MemoryState
@@ -123,6 +125,11 @@ def to_checkpoint(state: MemoryState) -> dict[str, object]:
                 for name in sorted(containers, key=_go_order)
             }
             for uid, containers in sorted(state.entries.items(), key=lambda kv: _go_order(kv[0]))
+        }
+    if state.pod_entries:
+        out[KEY_POD_ENTRIES] = {
+            uid: {"memoryBlocks": [_block_to_json(b) for b in blocks]}
+            for uid, blocks in sorted(state.pod_entries.items(), key=lambda kv: _go_order(kv[0]))
         }
     out["checksum"] = checksum(state)
     return out
@@ -193,6 +200,18 @@ def _json_pods(entries: Mapping[str, Mapping[str, Sequence[Block]]]) -> Iterator
         yield f"{_json_str(uid)}:{{{','.join(items)}}}"
 
 
+def _json_pod_entries(pod_entries: Mapping[str, Sequence[Block]]) -> Iterator[str]:
+    for uid in sorted(pod_entries):
+        blocks = ",".join(
+            [
+                f'{{"numaAffinity":[{",".join(map(str, b.numa_affinity))}],'
+                f'"type":{_json_str(b.type)},"size":{b.size}}}'
+                for b in pod_entries[uid]
+            ]
+        )
+        yield f'{_json_str(uid)}:{{"memoryBlocks":[{blocks}]}}'
+
+
 def dumps(state: MemoryState) -> str:
     """The file content kubelet would write for ``state``: compact JSON, no newline.
 
@@ -219,9 +238,12 @@ def dumps(state: MemoryState) -> str:
     entries = ""
     if state.entries:  # `omitempty`
         entries = f',"entries":{{{_join_in_batches(",", _json_pods(state.entries))}}}'
+    pods = ""
+    if state.pod_entries:
+        pods = f',"{KEY_POD_ENTRIES}":{{{",".join(_json_pod_entries(state.pod_entries))}}}'
     text = (
         f'{{"policyName":{_json_str(state.policy_name)},"machineState":{{{",".join(nodes)}}}'
-        f'{entries},"checksum":{checksum_value}}}'
+        f'{entries}{pods},"checksum":{checksum_value}}}'
     )
     # The escaped characters can only occur inside strings, so this is safe; most
     # states have none, and looking for them costs less than translating.
@@ -566,26 +588,45 @@ def read_checkpoint(data: object, *, source: str = "state") -> Checkpoint:
 
 
 def from_checkpoint(data: object, *, source: str = "state") -> MemoryState:
-    """The state of a parsed checkpoint (:func:`read_checkpoint`), refusing pod-level entries.
+    """The state of a parsed checkpoint (:func:`read_checkpoint`) for the engine.
 
-    Pod-level memory (kubelet's ``PodLevelResourceManagers``, ``podEntries``)
-    is reserved for a whole pod, and the entries of that pod's containers are
-    views of it, not allocations of their own: the engine does not model that
-    (docs/simulate.md, "initialState"), so such a state is refused rather than
-    read wrong.
+    A pod-level reservation (``podEntries``, kubelet's ``PodLevelResourceManagers``)
+    is read into ``state.pod_entries`` when its pod's container entries are parts of
+    it (on its nodes, together no more than it): the form this plugin writes with
+    ``podLevelResources: managers``, whose pod shared pool stays out of ``entries``.
+    kubelet writes the pool into the entry of every container sharing it, views of
+    the pod's blocks rather than allocations of their own (docs/simulate.md,
+    "initialState"): such a state is refused rather than read wrong.
     """
     checkpoint = read_checkpoint(data, source=source)
-    held = [uid for uid, blocks in sorted(checkpoint.pod_entries.items()) if blocks]
-    if held:
-        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+    state = checkpoint.state
+    held = {uid: blocks for uid, blocks in checkpoint.pod_entries.items() if blocks}
+    views = [uid for uid in sorted(held) if not _parts_of(state.entries.get(uid, {}), held[uid])]
+    if views:
+        more = f" (and {len(views) - 1} more)" if len(views) > 1 else ""
         _Reader(source).fail(
             f"{KEY_DATA}.{KEY_POD_ENTRIES}" if checkpoint.form == FORM_V3 else KEY_POD_ENTRIES,
-            f"pod {quote(str(held[0]))}{more} holds pod-level memory (kubelet's"
-            f" PodLevelResourceManagers, pod scope; read as {FORMS[checkpoint.form]}), which"
-            " this plugin does not model: the entries of its containers share the pod's"
-            " blocks; remove the pod from podEntries and entries to use the rest",
+            f"pod {quote(str(views[0]))}{more} holds pod-level memory (kubelet's"
+            f" PodLevelResourceManagers, pod scope; read as {FORMS[checkpoint.form]}) whose"
+            " containers' entries share the pod's blocks instead of being parts of them;"
+            " remove the pod from podEntries and entries to use the rest",
         )
-    return checkpoint.state
+    state.pod_entries = {uid: list(blocks) for uid, blocks in held.items()}
+    return state
+
+
+def _parts_of(containers: Mapping[str, Sequence[Block]], reservation: Sequence[Block]) -> bool:
+    """Whether the containers' blocks are parts of the pod's reservation: each on the
+    reservation's nodes for its type, their sizes adding up to no more than it."""
+    budget = {b.type: b for b in reservation}
+    taken: dict[str, int] = {}
+    for blocks in containers.values():
+        for b in blocks:
+            held = budget.get(b.type)
+            if held is None or held.numa_affinity != b.numa_affinity:
+                return False
+            taken[b.type] = taken.get(b.type, 0) + b.size
+    return all(size <= budget[t].size for t, size in taken.items())
 
 
 # -- the file ----------------------------------------------------------------

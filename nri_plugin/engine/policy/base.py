@@ -27,6 +27,11 @@ class AllocationError(Exception):
     """Allocate could not place a container; kubelet reports UnexpectedAdmissionError."""
 
 
+class EmptyPodSharedPoolError(Exception):
+    """AllocatePod refused a pod whose exclusive requests leave its shared pool empty
+    (KEP-5526); kubelet reports reason ``EmptyPodSharedPoolError``."""
+
+
 class Policy(Protocol):
     """A memory manager policy. Pure: every effect goes through the state argument."""
 
@@ -60,6 +65,13 @@ class Policy(Protocol):
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec, affinity: TopologyHint
     ) -> None:
         """Give the container its blocks on ``affinity``; raise AllocationError if impossible."""
+
+    def allocate_pod(self, state: MemoryState, pod: PodSpec, affinity: TopologyHint) -> None:
+        """Reserve a pod-level pod's whole budget on ``affinity`` and carve its containers
+        (KEP-5526, pod scope); raise EmptyPodSharedPoolError or AllocationError."""
+
+    def release_pod(self, state: MemoryState, pod_uid: str) -> bool:
+        """Give back a pod-level reservation and its containers' blocks; True if it had one."""
 
     def adopt(self, state: MemoryState, pod: PodSpec, container: ContainerSpec, mask: int) -> None:
         """Record blocks on exactly ``mask`` for a container found running pinned there."""

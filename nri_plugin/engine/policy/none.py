@@ -44,6 +44,12 @@ class NonePolicy:
     ) -> None:
         return None
 
+    def allocate_pod(self, state: MemoryState, pod: PodSpec, affinity: TopologyHint) -> None:
+        return None
+
+    def release_pod(self, state: MemoryState, pod_uid: str) -> bool:
+        return False
+
     def adopt(self, state: MemoryState, pod: PodSpec, container: ContainerSpec, mask: int) -> None:
         return None
 

@@ -13,9 +13,17 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from nri_plugin.engine.bitmask import is_narrower, mask_of, nodes_of
 from nri_plugin.engine.hint import ProviderHints, TopologyHint
-from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec, pod_memory_requests
+from nri_plugin.engine.pod import (
+    GUARANTEED,
+    ContainerSpec,
+    PodSpec,
+    empty_pod_shared_pool,
+    exclusive_memory_requests,
+    pod_level_memory_budget,
+    pod_memory_requests,
+)
 from nri_plugin.engine.policy.accounting import release, take
-from nri_plugin.engine.policy.base import AllocationError
+from nri_plugin.engine.policy.base import AllocationError, EmptyPodSharedPoolError
 from nri_plugin.engine.policy.bounded import (
     _bounded_default,
     _bounded_extension,
@@ -52,10 +60,27 @@ class StaticPolicy:
 
     name = POLICY_STATIC
 
-    def __init__(self, default_machine: Mapping[int, NodeState]) -> None:
+    def __init__(
+        self, default_machine: Mapping[int, NodeState], *, pod_level_managers: bool = False
+    ) -> None:
         # the state of the machine with nothing allocated (kubelet's getDefaultMachineState)
         self._default_machine = {k: v for k, v in sorted(default_machine.items())}
         self._reusable: ReusableMemory = {}
+        # PodLevelResourceManagers (KEP-5526): pods with pod-level resources are managed
+        # (config podLevelResources: managers), else left unpinned (kubelet's default)
+        self.pod_level_managers = pod_level_managers
+
+    def _handled(self, pod: PodSpec) -> bool:
+        """kubelet's early returns: only Guaranteed pods, and pods with pod-level resources
+        only with PodLevelResourceManagers (``IsPodLevelResourcesSet``)."""
+        if pod.qos() != GUARANTEED:
+            return False
+        return self.pod_level_managers or not pod.pod_level_resources
+
+    def _requests(self, pod: PodSpec, container: ContainerSpec) -> dict[str, int]:
+        """The container's own memory requests (none for a pod-level pod's container that
+        is not individually Guaranteed)."""
+        return exclusive_memory_requests(pod, container)
 
     # -- start -------------------------------------------------------------
 
@@ -89,9 +114,9 @@ class StaticPolicy:
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec, focus: MergeFocus | None
     ) -> tuple[ProviderHints, ProviderHints]:
         """(the hints reported, the hints to merge) for one container; see _focused_hints."""
-        if not _is_handled(pod):
+        if not self._handled(pod):
             return None, None
-        requested = container.memory_requests()
+        requested = self._requests(pod, container)
         blocks = state.blocks(pod.uid, container.name)
         if blocks is not None:
             regenerated = _regenerate_hints(blocks, requested)
@@ -102,8 +127,10 @@ class StaticPolicy:
         self, state: MemoryState, pod: PodSpec, focus: MergeFocus | None
     ) -> tuple[ProviderHints, ProviderHints]:
         """(the hints reported, the hints to merge) for the whole pod; see _focused_hints."""
-        if not _is_handled(pod):
+        if not self._handled(pod):
             return None, None
+        if pod.pod_level_resources:
+            return self._pod_level_hints(state, pod, focus)
         requested = pod_memory_requests(pod)
         for c in pod.all_containers():
             blocks = state.blocks(pod.uid, c.name)
@@ -111,6 +138,27 @@ class StaticPolicy:
                 regenerated = _regenerate_hints(blocks, requested)
                 return regenerated, regenerated
         return self._focused_hints(state.machine, pod.uid, requested, focus)
+
+    def _pod_level_hints(
+        self, state: MemoryState, pod: PodSpec, focus: MergeFocus | None
+    ) -> tuple[ProviderHints, ProviderHints]:
+        """GetPodTopologyHints with PodLevelResourceManagers: one hint for the budget.
+
+        A pod whose exclusive requests leave its shared pool empty gets an empty list per
+        type (no placement can satisfy it), as kubelet answers to make the topology
+        manager refuse it.
+        """
+        budget = pod_level_memory_budget(pod)
+        if empty_pod_shared_pool(pod) is not None:
+            empty: ProviderHints = {t: [] for t in budget}
+            return empty, empty
+        if not budget:
+            return None, None
+        held = state.pod_blocks(pod.uid)
+        if held is not None:
+            regenerated = _regenerate_hints(held, budget)
+            return regenerated, regenerated
+        return self._focused_hints(state.machine, pod.uid, budget, focus)
 
     def _focused_hints(
         self,
@@ -164,22 +212,87 @@ class StaticPolicy:
     def allocate(
         self, state: MemoryState, pod: PodSpec, container: ContainerSpec, affinity: TopologyHint
     ) -> None:
-        if not _is_handled(pod):
-            return
+        if not self._handled(pod) or state.carved(pod.uid):
+            return  # a pod-level reservation already gave every container its part
         existing = state.blocks(pod.uid, container.name)
         if existing is not None:
             # already allocated: only refresh the reuse bookkeeping, even if the request changed
             self._update_reusable(pod, container, existing)
             return
-        requested = container.memory_requests()
+        requested = self._requests(pod, container)
+        if not requested and pod.pod_level_resources:
+            return  # not individually Guaranteed: it runs in the node's shared pool
         machine = state.machine
+        best = self._best_hint(machine, pod.uid, requested, affinity)
+        mask_nodes = nodes_of(best)
+        blocks = []
+        reusable = self._reusable.get(pod.uid, {}).get(best, {})
+        for type_, size in requested.items():
+            blocks.append(Block(tuple(mask_nodes), type_, size))
+            take(machine, mask_nodes, type_, max(0, size - reusable.get(type_, 0)))
+        blocks = sort_blocks(blocks)
+        self._update_reusable(pod, container, blocks)
+        state.set_blocks(pod.uid, container.name, blocks)
+        _shrink_init_blocks(state, pod, container, blocks)
+
+    def allocate_pod(self, state: MemoryState, pod: PodSpec, affinity: TopologyHint) -> None:
+        """kubelet's AllocatePod (PodLevelResourceManagers, pod scope): reserve the pod's
+        whole budget on one affinity and carve the exclusive containers out of it.
+
+        The budget's blocks go to ``state.pod_entries`` and are taken from the machine;
+        each individually Guaranteed container gets blocks of its own requests on the same
+        nodes, carved from the budget (the machine does not count them again); every
+        other container runs in the pod's shared pool, the rest of the budget, and holds
+        no blocks of its own (kubelet writes it the pool's blocks; we keep the pool out
+        of ``entries``). Raises :class:`EmptyPodSharedPoolError` or AllocationError.
+        """
+        if not self._handled(pod) or state.carved(pod.uid):
+            return
+        budget = pod_level_memory_budget(pod)
+        refusal = empty_pod_shared_pool(pod)
+        if refusal is not None:
+            raise EmptyPodSharedPoolError(refusal)
+        if not budget:
+            return
+        best = self._best_hint(state.machine, pod.uid, budget, affinity)
+        mask_nodes = tuple(nodes_of(best))
+        for type_, size in budget.items():
+            take(state.machine, mask_nodes, type_, size)
+        state.set_pod_blocks(
+            pod.uid, sort_blocks(Block(mask_nodes, t, size) for t, size in budget.items())
+        )
+        for c in pod.all_containers():
+            requests = exclusive_memory_requests(pod, c)
+            if requests:
+                blocks = [Block(mask_nodes, t, size) for t, size in requests.items() if size > 0]
+                state.set_blocks(pod.uid, c.name, sort_blocks(blocks))
+
+    def release_pod(self, state: MemoryState, pod_uid: str) -> bool:
+        """Give a pod-level reservation back to the machine (its last container is gone)."""
+        for name in list(state.entries.get(pod_uid, {})):
+            state.delete_blocks(pod_uid, name)
+        blocks = state.delete_pod_blocks(pod_uid)
+        if blocks is None:
+            return False
+        release(state, blocks)
+        return True
+
+    def _best_hint(
+        self,
+        machine: Mapping[int, NodeState],
+        pod_uid: str,
+        requested: Mapping[str, int],
+        affinity: TopologyHint,
+    ) -> int:
+        """Allocate's steps 1-6: the default hint for a nil affinity, the extension of one
+        that lacks free memory, the single/cross-NUMA rule; the mask to allocate on."""
         best = affinity
         if best.mask is None:
             if len(machine) > EXHAUSTIVE_NODE_LIMIT:
-                pod_reusable = self._reusable.get(pod.uid, {})
+                pod_reusable = self._reusable.get(pod_uid, {})
                 default = _bounded_default(machine, requested, pod_reusable) if requested else None
             else:
-                default = self._find_best(self.calculate_hints(machine, pod.uid, requested))
+                default = self._find_best(self.calculate_hints(machine, pod_uid, requested))
             if default is None:
                 raise AllocationError(
                     "[memorymanager] failed to get the default NUMA affinity, "
@@ -190,24 +303,14 @@ class StaticPolicy:
             best = default
         assert best.mask is not None
         if not _mask_has_free(machine, best.mask, requested):
-            extended = self._extend(machine, pod.uid, requested, best.mask)
+            extended = self._extend(machine, pod_uid, requested, best.mask)
             if not extended.preferred and best.preferred:
                 raise AllocationError("[memorymanager] failed to find the extended preferred hint")
             best = extended
         assert best.mask is not None
         if _violates_numa_allocations(machine, best.mask):
             raise AllocationError("[memorymanager] preferred hint violates NUMA node allocation")
-
-        mask_nodes = nodes_of(best.mask)
-        blocks = []
-        reusable = self._reusable.get(pod.uid, {}).get(best.mask, {})
-        for type_, size in requested.items():
-            blocks.append(Block(tuple(mask_nodes), type_, size))
-            take(machine, mask_nodes, type_, max(0, size - reusable.get(type_, 0)))
-        blocks = sort_blocks(blocks)
-        self._update_reusable(pod, container, blocks)
-        state.set_blocks(pod.uid, container.name, blocks)
-        _shrink_init_blocks(state, pod, container, blocks)
+        return best.mask
 
     def adopt(self, state: MemoryState, pod: PodSpec, container: ContainerSpec, mask: int) -> None:
         """Record blocks on exactly ``mask`` for a container that already runs pinned there.
@@ -265,6 +368,12 @@ class StaticPolicy:
         self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
     ) -> ResizeRefusal | None:
         """A new size on the container's own nodes (see :mod:`.resize`); reuse unchanged."""
+        if state.carved(pod_uid) and state.blocks(pod_uid, container) is not None:
+            # KEP-5526 leaves in-place resize out; its blocks are the pod budget's
+            return ResizeRefusal(
+                "the container's blocks are part of its pod's pod-level reservation"
+                " (KEP-5526 does not resize them)"
+            )
         return resize_blocks(state, pod_uid, container, requested)
 
     # -- reuse of init-container memory (kubelet's updatePodReusableMemory) ---
@@ -319,7 +428,8 @@ class StaticPolicy:
         blocks = state.delete_blocks(pod_uid, container)
         if blocks is None:
             return False
-        release(state, blocks)
+        if not state.carved(pod_uid):
+            release(state, blocks)  # carved blocks go back with the pod's reservation
         return True
 
 
@@ -331,10 +441,6 @@ def _hint_lists(
     if not hints:
         return {}
     return {t: list(hints) for t in requested}
-
-
-def _is_handled(pod: PodSpec) -> bool:
-    return pod.qos() == GUARANTEED and not pod.pod_level_resources
 
 
 def _regenerate_hints(blocks: Sequence[Block], requested: Mapping[str, int]) -> ProviderHints:
