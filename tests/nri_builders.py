@@ -8,7 +8,12 @@ GI = 1 << 30
 
 
 def pod(
-    uid: str, qos: str = "Guaranteed", name: str = "", memory_limit: int | None = None
+    uid: str,
+    qos: str = "Guaranteed",
+    name: str = "",
+    memory_limit: int | None = None,
+    *,
+    cpu_millis: int | None = None,
 ) -> api.PodSandbox:
     parent = {
         "Guaranteed": f"/kubepods/pod{uid}",
@@ -19,6 +24,9 @@ def pod(
     p.linux.cgroup_parent = parent
     if memory_limit is not None:
         p.linux.pod_resources.memory.limit.value = memory_limit
+    if cpu_millis is not None:  # kubelet's calculateSandboxResources: the pod's cpu limit
+        p.linux.pod_resources.cpu.period.value = 100000
+        p.linux.pod_resources.cpu.quota.value = cpu_millis * 100
     return p
 
 
@@ -33,6 +41,7 @@ def container(
     hugepages: dict[str, int] | None = None,
     mems: str = "",
     state: int = api.CONTAINER_UNKNOWN,
+    cpu_request_millis: int | None = None,
 ) -> api.Container:
     c = api.Container(id=cid, pod_sandbox_id=p.id, name=name, state=state)
     c.labels["io.kubernetes.pod.uid"] = p.uid
@@ -41,7 +50,9 @@ def container(
     res = c.linux.resources
     if memory is not None:
         res.memory.limit.value = memory
-    res.cpu.shares.value = max(2, cpu_millis * 1024 // 1000)
+    # kubelet writes shares from the cpu request (when there is one) and quota from the limit
+    request = cpu_millis if cpu_request_millis is None else cpu_request_millis
+    res.cpu.shares.value = max(2, request * 1024 // 1000)
     res.cpu.period.value = 100000
     res.cpu.quota.value = cpu_millis * 100
     res.cpu.cpus = cpus

@@ -1646,11 +1646,14 @@ def assert_refused_container(answer: object, *parts: str) -> None:
 
 
 def test_memory_limit_absent_or_zero() -> None:
-    # row pod-memory-zero: no memory limit is no memory request
+    # row pod-memory-zero: no memory limit is no memory request; in a Guaranteed pod only
+    # pod-level resources allow it (kubelet gives such a container the pod's limit)
     for memory in (None, 0):
         plugin, log, answer = create(memory)
         assert answer is None and plugin.manager.state.entries == {}
-        assert log.find("admission")["reason"] == "no memory limit"
+        decision = log.find("admission")
+        assert decision["reason"] == "pod-level resources"
+        assert decision["pod_level"] == "container app of a Guaranteed pod has no memory limit"
 
 
 def test_memory_limit_negative() -> None:

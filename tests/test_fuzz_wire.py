@@ -196,10 +196,17 @@ def test_odd_create_requests_pin_refuse_or_leave_alone_and_leak_nothing(
         else:
             event("pinned" if adjust is not None else "left alone")
             if adjust is not None:
+                # with updates of the pod's other containers (a pod found to set pod-level
+                # resources) the handler answers a whole response
+                response = (
+                    adjust
+                    if isinstance(adjust, api.CreateContainerResponse)
+                    else api.CreateContainerResponse(adjust=adjust)
+                )
                 targets.check_response(
                     "CreateContainer",
                     api.CreateContainerRequest(pod=pod, container=container),
-                    api.CreateContainerResponse(adjust=adjust),
+                    response,
                 )
         targets.check_state(plugin.manager)
     # Every pod going away gives every byte back.

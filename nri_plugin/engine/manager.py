@@ -7,8 +7,9 @@ Pure: no I/O; the caller persists ``manager.state`` after each change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from nri_plugin.engine.bitmask import format_mems, mask_of
 from nri_plugin.engine.config import RESIZE_REFUSE, Config
@@ -179,12 +180,80 @@ class MemoryManager:
             and self.config.topology_manager_scope == SCOPE_POD
         )
 
-    def _admit_pod_level(self, pod: PodSpec, qos: str) -> AdmissionResult:
+    def reserve_pod(
+        self,
+        pod_uid: str,
+        name: str,
+        namespace: str,
+        budget: Mapping[str, int],
+        cpuset: frozenset[int] | None,
+        affinity: TopologyHint | None = None,
+    ) -> AdmissionResult:
+        """The live plugin's AllocatePod for a pod it sees one container at a time: reserve
+        ``budget`` (memory type -> bytes) for the whole pod, carving nothing yet.
+
+        The pod's hints are merged with the CPU hint of ``cpuset`` (its first container's)
+        unless ``affinity`` is given (the nodes its containers already use).
+        """
+        amounts = {t: Fraction(size) for t, size in budget.items()}
+        pod = PodSpec(
+            pod_uid,
+            name,
+            namespace,
+            containers=(ContainerSpec("pod", cpuset=cpuset),),
+            qos_class=GUARANTEED,
+            pod_level_resources=True,
+            pod_requests=amounts,
+            pod_limits=amounts,
+        )
+        return self._admit_pod_level(pod, GUARANTEED, keep=False, affinity=affinity)
+
+    def carve(self, pod_uid: str, container: ContainerSpec) -> ContainerDecision | str:
+        """A container's exclusive part of its pod's reservation (see :meth:`reserve_pod`),
+        or why it cannot have one."""
+        refusal = self.policy.carve(
+            self.state, pod_uid, container.name, container.memory_requests()
+        )
+        if refusal is not None:
+            return refusal
+        held = self.state.pod_blocks(pod_uid) or []
+        mask = blocks_mask(held)
+        blocks = tuple(self.state.blocks(pod_uid, container.name) or ())
+        return ContainerDecision(
+            container.name, container.init, None, {}, TopologyHint(mask, True), blocks
+        )
+
+    def shared(self, pod_uid: str, container: ContainerSpec) -> ContainerDecision | None:
+        """A container in its pod's shared pool: pinned to the reservation's nodes, no blocks."""
+        held = self.state.pod_blocks(pod_uid)
+        if held is None:
+            return None
+        return ContainerDecision(
+            container.name,
+            container.init,
+            None,
+            {},
+            TopologyHint(blocks_mask(held), True),
+            (),
+            tuple(held),
+        )
+
+    def _admit_pod_level(
+        self,
+        pod: PodSpec,
+        qos: str,
+        *,
+        keep: bool = True,
+        affinity: TopologyHint | None = None,
+    ) -> AdmissionResult:
         """Pod scope with pod-level resources (KEP-5526): one hint for the pod's budget,
         the budget reserved on it, the exclusive containers carved out of it, the others
         in its shared pool. With topology manager policy ``none`` the affinity is empty
         and the policy takes its default hint, as kubelet's AllocatePod does."""
-        affinity, admit, providers = self.pod_affinity(pod)
+        if affinity is None:
+            affinity, admit, providers = self.pod_affinity(pod)
+        else:
+            admit, providers = True, {}
         if not admit:
             return self._reject(
                 pod,
@@ -212,8 +281,9 @@ class MemoryManager:
                 affinity,
             )
         decisions = tuple(self._decision(pod, c, providers, affinity) for c in pod.all_containers())
-        self.pods[pod.uid] = pod
-        self._removed.pop(pod.uid, None)
+        if keep:
+            self.pods[pod.uid] = pod
+            self._removed.pop(pod.uid, None)
         held = tuple(self.state.pod_blocks(pod.uid) or ())
         return AdmissionResult(pod.uid, qos, True, decisions, pod_allocations=held)
 

@@ -146,11 +146,17 @@ class MemoryPlugin:
 
     def create_container(
         self, pod: api.PodSandbox, container: api.Container
-    ) -> api.ContainerAdjustment | Awaitable[api.ContainerAdjustment | None] | None:
+    ) -> (
+        api.ContainerAdjustment
+        | api.CreateContainerResponse
+        | Awaitable[api.ContainerAdjustment | api.CreateContainerResponse | None]
+        | None
+    ):
         """Admit the container: its adjustment at once, or an awaitable of it, which the
         stub awaits, when facts must be asked first: exit codes of the runtime (see
         :mod:`.exits`) and kubelet's answer for the pod (see :mod:`.kubelet`), together,
-        each within its deadline (100 ms).
+        each within its deadline (100 ms). With updates of the pod's other containers (a
+        pod found to set pod-level resources), a whole CreateContainerResponse.
         """
         facts = self._pod(pod, container), container_facts(pod, container)
         waits: list[Awaitable[object]] = []
@@ -173,25 +179,35 @@ class MemoryPlugin:
 
     async def _create_after(
         self, facts: tuple[PodFacts, ContainerFacts], waits: Sequence[Awaitable[object]]
-    ) -> api.ContainerAdjustment | None:
+    ) -> api.ContainerAdjustment | api.CreateContainerResponse | None:
         if len(waits) == 1:
             await waits[0]  # no task to schedule for the common case
         else:
             await asyncio.gather(*waits)
         return self._create(facts)
 
-    def _create(self, facts: tuple[PodFacts, ContainerFacts]) -> api.ContainerAdjustment | None:
+    def _create(
+        self, facts: tuple[PodFacts, ContainerFacts]
+    ) -> api.ContainerAdjustment | api.CreateContainerResponse | None:
         if self._kubelet is not None:
             facts = facts[0], self._kubelet.facts(*facts)
         try:
             mems = self.tracker.create_container(*facts)
         except Refused as exc:
             raise AdmissionRefused(exc.message) from None
-        if mems is None:
-            return None
-        adjust = _adjust_mems(mems)
-        adjust.annotations.update(self.tracker.annotations(facts[0].uid, facts[1].name))
-        return adjust
+        adjust = None
+        if mems is not None:
+            adjust = _adjust_mems(mems)
+            adjust.annotations.update(self.tracker.annotations(facts[0].uid, facts[1].name))
+        others = self.tracker.take_updates()
+        if not others:
+            return adjust
+        # the pod's other containers, unpinned or re-pinned (a pod found to set pod-level
+        # resources): containerd applies them with this creation
+        response = api.CreateContainerResponse(update=[_update_mems(c, m) for c, m in others])
+        if adjust is not None:
+            response.adjust.CopyFrom(adjust)
+        return response
 
     def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self.tracker.start_container(
@@ -223,7 +239,7 @@ class MemoryPlugin:
         self.tracker.stop_container(
             pod_facts(pod, None, container), container_facts(pod, container)
         )
-        return []
+        return [_update_mems(c, m) for c, m in self.tracker.take_updates()]
 
     def remove_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self.tracker.remove_container(

@@ -32,6 +32,7 @@ from nri_plugin.tracker.facts import (
     ContainerResources,
     PodFacts,
 )
+from nri_plugin.tracker.podlevel import cpu_request_differs
 
 LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
@@ -120,18 +121,21 @@ def _resources(res: api.LinuxResources, what: str) -> ContainerResources:
         hugepages[resource] = hp.limit
     cpu_limit: Fraction | None = None
     cpu_mask: int | None = None
+    differs = False
     if res.HasField("cpu"):
         cpu = res.cpu
         if cpu.HasField("quota") and cpu.HasField("period"):
             quota, period = cpu.quota.value, cpu.period.value
             if quota > 0 and period > 0:
                 cpu_limit = _cores(quota, period)
+                if cpu.HasField("shares"):
+                    differs = cpu_request_differs(cpu.shares.value, quota, period)
         if cpu.cpus:
             try:
                 cpu_mask = mask_of(parse_cpulist(cpu.cpus, what="cpuset.cpus"))
             except InputError:
                 cpu_mask = None
-    return ContainerResources(memory_limit, tuple(hugepages.items()), cpu_limit, cpu_mask)
+    return ContainerResources(memory_limit, tuple(hugepages.items()), cpu_limit, cpu_mask, differs)
 
 
 def pod_memory_limit(pod: api.PodSandbox) -> int | None:
@@ -141,6 +145,18 @@ def pod_memory_limit(pod: api.PodSandbox) -> int | None:
     res = pod.linux.pod_resources
     if res.HasField("memory") and res.memory.HasField("limit") and res.memory.limit.value > 0:
         return int(res.memory.limit.value)
+    return None
+
+
+def pod_cpu_limit(pod: api.PodSandbox) -> Fraction | None:
+    """The pod's cpu limit kubelet sends with the sandbox (cores), or None."""
+    if not pod.HasField("linux") or not pod.linux.HasField("pod_resources"):
+        return None
+    cpu = pod.linux.pod_resources.cpu
+    if cpu.HasField("quota") and cpu.HasField("period"):
+        quota, period = cpu.quota.value, cpu.period.value
+        if quota > 0 and period > 0:
+            return _cores(quota, period)
     return None
 
 
@@ -174,6 +190,7 @@ def pod_facts(
         pod_qos(pod),
         pod_memory_limit(pod),
         hugepage_limits,
+        pod_cpu_limit(pod),
     )
 
 

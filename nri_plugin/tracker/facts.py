@@ -36,6 +36,9 @@ class ContainerResources:
     hugepage_limits: tuple[tuple[str, int], ...]  # (hugepages-<size>, bytes), non-zero only
     cpu_limit: Fraction | None  # cores, from quota/period; equal limits share one Fraction
     cpu_mask: int | None  # the cpuset, bit i for CPU i, when one is set
+    # its cpu shares are not those of its cpu limit: kubelet wrote them from a cpu request
+    # that differs from the limit (tracker/podlevel.py)
+    cpu_request_differs: bool = False
 
     @property
     def memory(self) -> dict[str, int]:
@@ -85,6 +88,7 @@ class ContainerResources:
             tuple(sorted(hugepages.items())),
             new.cpu_limit if new.cpu_limit is not None else self.cpu_limit,
             new.cpu_mask if new.cpu_mask is not None else self.cpu_mask,
+            new.cpu_request_differs if new.cpu_limit is not None else self.cpu_request_differs,
         )
 
 
@@ -104,6 +108,8 @@ class PodFacts:
     # the pod's hugepage limits per type, when its cgroup shows them (kubelet sets the
     # pod cgroup's hugetlb limits to the pod's requests); None: unknown
     hugepage_limits: Mapping[str, int] | None = None
+    # the pod's cpu limit kubelet sends with the sandbox (cores, from quota/period)
+    cpu_limit: Fraction | None = None
 
     @property
     def ref(self) -> str:

@@ -25,6 +25,7 @@ were created while it ran (kubelet creates all app containers of a pod at once).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.tracker.facts import EXITED, RUNNING, ContainerResources
@@ -76,6 +77,18 @@ class PodRecord:
     # pod scope: the affinity chosen for the pod, and how its request was sized
     affinity: TopologyHint | None = None
     sizing: str = ""
+    # why the pod is known to set pod-level resources (tracker/podlevel.py); "" unknown
+    pod_level: str = ""
+    # the plugin saw the pod from its sandbox on (every container it created was seen)
+    seen_from_start: bool = False
+    # the pod's cpu limit sent with the sandbox (cores)
+    cpu_limit: Fraction | None = None
+    # container name -> its memory limit at its first creation, when the plugin saw it
+    # (limits before any in-place resize, as the sandbox's limit was computed from them)
+    created_limits: dict[str, int] = field(default_factory=dict)
+    # a container's memory limit changed (in-place resize): the sandbox's limit may have
+    # been updated (UpdatePodSandboxResources) while the containers' first limits were not
+    resized: bool = False
 
     @property
     def ref(self) -> str:

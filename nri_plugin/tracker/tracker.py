@@ -17,7 +17,11 @@ holds the rules of docs/lifecycle.md:
   is still known; stopping or removing the pod sandbox releases the pod;
 * after any restart, Synchronize's view wins, without releasing an exited app
   container's or sidecar's blocks; a start's pending check of the restored
-  state (``check_restored``) runs on what that leaves.
+  state (``check_restored``) runs on what that leaves;
+* a pod found to set pod-level resources (:mod:`.podlevel`) is left unpinned, as
+  kubelet does by default, or managed as KEP-5526 does with ``podLevelResources:
+  managers``; containers pinned before it was found are unpinned or re-pinned
+  through updates the front end sends (:meth:`NodeTracker.take_updates`).
 
 No I/O: persistence, metrics and logs are callbacks and a logger.
 """
@@ -34,7 +38,12 @@ import structlog
 
 from nri_plugin.engine.bitmask import mask_of, parse_cpulist
 from nri_plugin.engine.hint import DeviceHints, TopologyHint
-from nri_plugin.engine.manager import AdmissionResult, ContainerDecision, MemoryManager
+from nri_plugin.engine.manager import (
+    EMPTY_POD_SHARED_POOL_ERROR,
+    AdmissionResult,
+    ContainerDecision,
+    MemoryManager,
+)
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.rebase import repay_overflow
 from nri_plugin.engine.state import MEMORY, POLICY_STATIC, Block, MemoryState, blocks_mask
@@ -42,6 +51,7 @@ from nri_plugin.engine.topologymanager import (
     SCOPE_POD,
     TOPOLOGY_AFFINITY_ERROR,
     TOPOLOGY_AFFINITY_MESSAGE,
+    UNEXPECTED_ADMISSION_ERROR,
 )
 from nri_plugin.errors import InputError
 from nri_plugin.tracker import messages
@@ -54,6 +64,12 @@ from nri_plugin.tracker.facts import (
     PodFacts,
 )
 from nri_plugin.tracker.nodemap import NodeMap
+from nri_plugin.tracker.podlevel import (
+    SIGNAL_POD_RESOURCES,
+    container_signal,
+    looks_exclusive,
+    pod_signal,
+)
 from nri_plugin.tracker.records import INIT, LISTED, ContainerRecord, PodRecord
 
 # The owner of a name's blocks when the instance holding them was never seen (it
@@ -122,6 +138,9 @@ class NodeTracker:
         self._refused: dict[str, set[str]] = {}
         # exit records of an earlier run, applied at the next Synchronize
         self._restored_exits: dict[str, dict[str, dict[str, Any]]] = {}
+        # (container id, cpuset.mems) for containers other than the one an event is about,
+        # which the front end sends the runtime (see take_updates)
+        self._updates: list[tuple[str, str]] = []
 
     @property
     def handles(self) -> bool:
@@ -134,19 +153,48 @@ class NodeTracker:
 
     def mems(self, pod_uid: str, name: str) -> str:
         """The cpuset.mems of the container's blocks ("" when it holds none)."""
-        return self._mems_text(blocks_mask(self.manager.state.blocks(pod_uid, name) or ()))
+        return self._mems_text(self._mask(pod_uid, name))
 
     def annotations(self, pod_uid: str, name: str) -> dict[str, str]:
         """Annotations to give the container: its fake NUMA nodes when they are mapped."""
-        return self.node_map.annotations(
-            blocks_mask(self.manager.state.blocks(pod_uid, name) or ())
-        )
+        return self.node_map.annotations(self._mask(pod_uid, name))
+
+    def _mask(self, pod_uid: str, name: str) -> int:
+        """The container's NUMA nodes: its blocks', else its pod's pod-level reservation's
+        (a container in the pod's shared pool, KEP-5526)."""
+        state = self.manager.state
+        blocks = state.blocks(pod_uid, name)
+        if blocks is None:
+            blocks = state.pod_blocks(pod_uid)
+        return blocks_mask(blocks or ())
+
+    def take_updates(self) -> list[tuple[str, str]]:
+        """(container id, cpuset.mems) for other containers than the event's, to send.
+
+        A pod found to set pod-level resources after some of its containers were pinned:
+        those are unpinned (every NUMA node) or re-pinned to the pod's reservation. The
+        NRI plugin answers them with the event (CreateContainerResponse.update), the CRI
+        proxy with UpdateContainerResources.
+        """
+        updates, self._updates = self._updates, []
+        return updates
 
     # -- pods ----------------------------------------------------------------------------
 
     def run_pod_sandbox(self, pod: PodFacts) -> None:
+        fresh = pod.uid not in self.pods
         record = self._pod_record(pod)
         record.sandbox_id = pod.sandbox_id  # a new sandbox replaces a dead one of the same pod
+        if fresh:
+            record.seen_from_start = True  # every container of it will be seen created
+
+    def pod_level_reported(self, pod_uid: str) -> None:
+        """kubelet's pod-resources API reports pod-level allocations (``PodResources.cpu_ids``
+        or ``memory``) for the pod: kubelet manages it at pod level (PodLevelResourceManagers),
+        which it does only for pods that set pod-level resources."""
+        record = self.pods.get(pod_uid)
+        if record is not None and not record.pod_level and self.handles:
+            self._found_pod_level(record, SIGNAL_POD_RESOURCES)
 
     def stop_pod_sandbox(self, pod: PodFacts) -> None:
         if not self._stale_sandbox(pod):
@@ -210,9 +258,18 @@ class NodeTracker:
                 "container resources unreadable", pod=record.ref, container=name, error=c.error
             )
             return None
+        previous = record.resources.get(name)
+        if previous is not None and previous.memory_limit != c.resources.memory_limit:
+            record.resized = True  # re-created with new limits (resize policy RestartContainer)
+        if first:
+            record.created_limits[name] = c.resources.memory_limit
         record.resources[name] = c.resources
         qos = record.qos or c.qos
-        untouched = self._untouched_reason(qos, c.resources)
+        if qos == GUARANTEED and self.handles and not record.pod_level:
+            signal = container_signal(name, c.resources) or pod_signal(record)
+            if signal:
+                self._found_pod_level(record, signal, creating=cid)
+        untouched = self._untouched_reason(qos, c.resources, record)
         if untouched is not None:
             self._log.info(
                 "admission",
@@ -222,6 +279,7 @@ class NodeTracker:
                 qos=qos,
                 result="untouched",
                 reason=untouched,
+                pod_level=record.pod_level or None,
             )
             self._observe(started, admitted=True, pinned=False)
             return None
@@ -261,7 +319,7 @@ class NodeTracker:
             raise Refused(message)
         self._waiting(record, name, refused=False)
         self.owners[(uid, name)] = cid
-        mems = self._mems_text(blocks_mask(outcome.allocations))
+        mems = self._mems_text(blocks_mask(outcome.allocations) | blocks_mask(outcome.pool))
         seconds = time.perf_counter() - started
         self._log.info(
             "admission",
@@ -270,6 +328,8 @@ class NodeTracker:
             container=name,
             qos=qos,
             result="pinned",
+            pod_level=record.pod_level or None,
+            pod_shared_pool=bool(outcome.pool) or None,
             cpuset_mems=mems,
             numa_nodes=outcome.cpuset_mems if self.node_map.active else None,
             hints=messages.providers_json(outcome.provider_hints),
@@ -360,10 +420,14 @@ class NodeTracker:
             return None
         current = record.resources.get(c.name) or c.resources
         updated = new if current is None else current.updated(new)
+        if current is not None and updated.memory_limit != current.memory_limit:
+            record.resized = True
         key = (pod.uid, c.name)
         if self.owners.get(key) != c.id or self.manager.state.blocks(*key) is None:
             record.resources[c.name] = updated
-            return None
+            # a container in its pod's shared pool holds no blocks but keeps the pool's nodes
+            shared = self.owners.get(key) == c.id and self.manager.state.carved(pod.uid)
+            return self.mems(*key) if shared else None
         if self._resize(record, c.name, updated, "in-place update"):
             record.resources[c.name] = updated
         return self.mems(*key) or None
@@ -499,14 +563,223 @@ class NodeTracker:
 
     # -- admission -----------------------------------------------------------------------
 
-    def _untouched_reason(self, qos: str | None, resources: ContainerResources) -> str | None:
+    def _untouched_reason(
+        self, qos: str | None, resources: ContainerResources, record: PodRecord
+    ) -> str | None:
         if qos != GUARANTEED:
             return "not Guaranteed"
+        if record.pod_level:
+            config = self.manager.config
+            if not config.pod_level_managers:
+                return "pod-level resources"  # kubelet's default: the pod is not pinned
+            if config.topology_manager_scope == SCOPE_POD:
+                return None  # carved out of the pod's reservation, or in its shared pool
+            if not looks_exclusive(record, resources):
+                return "pod-level resources: not individually Guaranteed"
         if not resources.memory_limit:
             return "no memory limit"
         if not self.handles:
             return "policy None"
         return None
+
+    # -- pod-level resources (KEP-2837, KEP-5526) ---------------------------------------
+
+    def _unpinned_mems(self) -> str:
+        """cpuset.mems of a container the plugin does not pin: every NUMA node."""
+        return self._mems_text(mask_of(self.manager.topology.node_ids))
+
+    def _found_pod_level(self, record: PodRecord, signal: str, creating: str = "") -> None:
+        """The pod sets pod-level resources (``signal`` says how that is known): what its
+        containers pinned so far hold follows the mode (``creating``: the container being
+        created, which its own admission handles)."""
+        record.pod_level = signal
+        config = self.manager.config
+        uid = record.uid
+        self._log.info(
+            "pod-level resources found",
+            pod=record.ref,
+            pod_uid=uid,
+            signal=signal,
+            pod_level_resources=config.pod_level_resources,
+        )
+        held = list(self.manager.state.entries.get(uid, {}))
+        if not held:
+            return
+        if config.pod_level_managers and config.topology_manager_scope == SCOPE_POD:
+            self._into_pod_reservation(record, creating)
+            return
+        release = [
+            n
+            for n in held
+            if not config.pod_level_managers
+            or (res := record.resources.get(n)) is None
+            or not looks_exclusive(record, res)
+        ]
+        unpinned = []
+        for name in release:
+            self.manager.remove_container(uid, name)
+            owner = self.owners.pop((uid, name), None)
+            if owner and owner != creating and self._live(record, owner):
+                self._updates.append((owner, self._unpinned_mems()))
+                unpinned.append(name)
+        if release:
+            self._log.info(
+                "released",
+                pod_uid=uid,
+                containers=release,
+                unpinned=unpinned,
+                reason="pod-level resources",
+            )
+            self._changed()
+
+    def _live(self, record: PodRecord, container_id: str) -> bool:
+        rec = record.containers.get(container_id)
+        return rec is not None and rec.state != EXITED
+
+    def _pod_budget(self, record: PodRecord, resources: ContainerResources) -> dict[str, int]:
+        """A pod-level pod's budget as the node shows it: the sandbox's memory limit (the
+        pod-level limit, which is the request of a Guaranteed pod) and the pod cgroup's
+        hugepage limits (else the first container's)."""
+        assert record.memory_limit is not None
+        budget = {MEMORY: record.memory_limit}
+        hugepages = record.hugepage_limits
+        budget.update(hugepages if hugepages is not None else dict(resources.hugepage_limits))
+        return {t: size for t, size in budget.items() if size}
+
+    def _admit_in_reservation(
+        self, record: PodRecord, spec: ContainerSpec, resources: ContainerResources
+    ) -> ContainerDecision | AdmissionResult:
+        """KEP-5526's pod scope, one container at a time: the pod's budget is reserved at
+        its first container; a container that looks individually Guaranteed is carved out
+        of it, the others share the rest (pinned to the reservation's nodes). A container
+        that would empty the shared pool while a container needs it is refused, as kubelet
+        refuses such a pod (EmptyPodSharedPoolError)."""
+        manager = self.manager
+        state = manager.state
+        uid = record.uid
+        if not state.carved(uid):
+            if record.memory_limit is None:
+                return self._pod_level_refusal(
+                    record, spec.name, "the sandbox shows no pod memory limit to reserve"
+                )
+            budget = self._pod_budget(record, resources)
+            result = manager.reserve_pod(uid, record.name, record.namespace, budget, spec.cpuset)
+            if not result.admitted:
+                return AdmissionResult(
+                    uid, GUARANTEED, False, (), result.reason, result.message, spec.name,
+                    result.failed_hints, result.failed_affinity,
+                )  # fmt: skip
+            record.affinity = TopologyHint(blocks_mask(state.pod_blocks(uid) or ()), True)
+            record.sizing = (
+                f"pod-level resources: the pod's budget was reserved when its first container"
+                f" {spec.name} was created: {messages.request_text(budget)} (the sandbox's"
+                " pod limit and the pod cgroup's hugepages)"
+            )
+        budget = {b.type: b.size for b in state.pod_blocks(uid) or ()}
+        taken: dict[str, int] = {}
+        for name, blocks in state.entries.get(uid, {}).items():
+            if name != spec.name:
+                for b in blocks:
+                    taken[b.type] = taken.get(b.type, 0) + b.size
+        if looks_exclusive(record, resources):
+            shared = sorted(
+                c.name
+                for c in record.containers.values()
+                if c.exited is None and c.name != spec.name and state.blocks(uid, c.name) is None
+            )
+            after = taken.get(MEMORY, 0) + resources.memory_limit
+            if shared and after >= budget.get(MEMORY, 0):
+                return self._pod_level_refusal(
+                    record,
+                    spec.name,
+                    f"its memory would use up the pod's budget while {', '.join(shared)} run"
+                    " in the pod's shared pool",
+                    EMPTY_POD_SHARED_POOL_ERROR,
+                )
+            carved = manager.carve(uid, spec)
+            if isinstance(carved, str):
+                return self._pod_level_refusal(record, spec.name, carved)
+            return carved
+        if taken.get(MEMORY, 0) >= budget.get(MEMORY, 0):
+            return self._pod_level_refusal(
+                record,
+                spec.name,
+                "the exclusive containers use up the pod's budget, leaving no memory for its"
+                " shared pool",
+                EMPTY_POD_SHARED_POOL_ERROR,
+            )
+        decision = manager.shared(uid, spec)
+        assert decision is not None
+        return decision
+
+    def _pod_level_refusal(
+        self, record: PodRecord, name: str, why: str, reason: str = UNEXPECTED_ADMISSION_ERROR
+    ) -> AdmissionResult:
+        return AdmissionResult(
+            record.uid, GUARANTEED, False, (), reason, f"pod-level resources: {why}", name
+        )
+
+    def _into_pod_reservation(self, record: PodRecord, creating: str) -> None:
+        """Pod scope with ``podLevelResources: managers``: a pod found to set pod-level
+        resources after some of its containers were pinned one by one gets its budget
+        reserved on the nodes they use; those that look individually Guaranteed are carved
+        out of it, the others join its shared pool. When the budget does not fit there,
+        they keep what they hold (logged)."""
+        manager = self.manager
+        state = manager.state
+        uid = record.uid
+        held = {n: list(state.blocks(uid, n) or ()) for n in state.entries.get(uid, {})}
+        mask = blocks_mask(b for blocks in held.values() for b in blocks)
+        if record.memory_limit is None or not mask:
+            return
+        first = next(iter(record.resources.values()))
+        budget = self._pod_budget(record, first)
+        nodes = [n for n in manager.topology.node_ids if mask >> n & 1]
+        for type_, size in budget.items():
+            free = sum(state.machine[n].table(type_).free for n in nodes if n in state.machine)
+            back = sum(b.size for blocks in held.values() for b in blocks if b.type == type_)
+            if free + back < size:
+                self._log.error(
+                    "pod-level reservation does not fit", pod=record.ref, pod_uid=uid,
+                    budget=messages.request_text(budget), cpuset_mems=self._mems_text(mask),
+                    containers=sorted(held),
+                )  # fmt: skip
+                return
+        for name in held:
+            manager.remove_container(uid, name)
+        result = manager.reserve_pod(
+            uid, record.name, record.namespace, budget, None, affinity=TopologyHint(mask, True)
+        )
+        if not result.admitted:
+            for name, blocks in held.items():  # put back what they held, as it was
+                spec = ContainerSpec(name, {b.type: Fraction(b.size) for b in blocks})
+                pod = PodSpec(uid, record.name, record.namespace, (), (spec,), GUARANTEED)
+                manager.adopt(pod, spec, blocks_mask(blocks))
+            self._log.error(
+                "pod-level reservation refused", pod=record.ref, pod_uid=uid,
+                message=result.message,
+            )  # fmt: skip
+            return
+        carved = []
+        for name in held:
+            res = record.resources.get(name)
+            if (
+                res is not None
+                and looks_exclusive(record, res)
+                and isinstance(manager.carve(uid, res.to_spec(name)), ContainerDecision)
+            ):
+                carved.append(name)
+        pool = blocks_mask(state.pod_blocks(uid) or ())
+        record.affinity = TopologyHint(pool, True)
+        for c in record.containers.values():
+            if c.id != creating and c.state != EXITED:
+                self._updates.append((c.id, self._mems_text(pool)))
+        self._log.info(
+            "pod-level reservation", pod=record.ref, pod_uid=uid,
+            budget=messages.request_text(budget), cpuset_mems=self._mems_text(pool),
+            carved=carved, shared=sorted(set(held) - set(carved)),
+        )  # fmt: skip
+        self._changed()
 
     def _lenders(
         self, record: PodRecord, name: str, clock: int
@@ -562,6 +835,8 @@ class NodeTracker:
             assert existing is not None
             return existing
         if manager.config.topology_manager_scope == SCOPE_POD:
+            if record.pod_level and manager.config.pod_level_managers:
+                return self._admit_in_reservation(record, spec, resources)
             affinity = self._pod_affinity(record, pod, spec, resources)
             if isinstance(affinity, AdmissionResult):
                 return affinity
@@ -645,6 +920,7 @@ class NodeTracker:
         blocks = self.manager.state.blocks(*key)
         if blocks is None or _sizes(blocks) == resources.memory:
             return False
+        record.resized = True
         before = _blocks_json(blocks)
         result = self.manager.resize(record.uid, name, resources.to_spec(name))
         self._observer.resize(resized=result.resized)
@@ -699,6 +975,7 @@ class NodeTracker:
         for p in pods:
             kept = self.pods.get(p.uid) or fresh.get(p.uid) or _new_record(p)
             kept.sandbox_id = p.sandbox_id  # the listed sandbox is the pod's current one
+            kept.seen_from_start = False  # containers may have come and gone meanwhile
             _update_record(kept, p)
             fresh[kept.uid] = kept
         listed_uids = set(fresh)
@@ -765,7 +1042,10 @@ class NodeTracker:
                 latest = record.latest(name)
                 owners[(uid, name)] = latest.id if latest is not None else UNSEEN
         self.owners = owners
+        self._pod_level_at_sync(live)
         adopted, admitted, failed, updates = self._adopt_and_admit(live)
+        # one update per container, the last word winning (an unpin, then a late pin)
+        updates = list({cid: mems for cid, mems in self.take_updates() + updates}.items())
         resized = self._reconcile_sizes(live)
         for key, c in live.items():
             if self.manager.state.blocks(*key) is not None:
@@ -841,6 +1121,43 @@ class NodeTracker:
                     released.append(f"{record.uid}/{init.name}")
         return released
 
+    def _pod_level_at_sync(self, live: Mapping[tuple[str, str], ContainerFacts]) -> None:
+        """Which listed pods set pod-level resources, from what the runtime shows now (a
+        reservation in the checkpoint says it too); what their containers hold follows."""
+        if not self.handles:
+            return
+        for record in self.pods.values():
+            if record.pod_level:
+                continue
+            if self.manager.state.carved(record.uid):
+                record.pod_level = "its pod-level reservation in the checkpoint"
+                continue
+            if record.qos != GUARANTEED:
+                continue
+            signal = ""
+            for (uid, name), c in live.items():
+                if uid == record.uid and c.resources is not None:
+                    signal = signal or container_signal(name, c.resources)
+            if not signal and not self.manager.state.entries.get(record.uid):
+                # a pod whose containers hold blocks was judged by the run that pinned them,
+                # which saw its resizes; limits compared with the sandbox's would take a
+                # grown container for a pod-level one
+                signal = pod_signal(record)
+            if signal:
+                self._found_pod_level(record, signal)
+
+    def _left_alone(self, record: PodRecord, resources: ContainerResources) -> bool:
+        """A container of a pod-level pod the plugin does not pin, or pins with its pod."""
+        if not record.pod_level:
+            return False
+        config = self.manager.config
+        if not config.pod_level_managers:
+            return True
+        if config.topology_manager_scope == SCOPE_POD:
+            # a container in the pod's shared pool holds no blocks of its own
+            return self.manager.state.carved(record.uid)
+        return not looks_exclusive(record, resources)
+
     def _adopt_and_admit(
         self, live: dict[tuple[str, str], ContainerFacts]
     ) -> tuple[int, int, int, list[tuple[str, str]]]:
@@ -861,6 +1178,11 @@ class NodeTracker:
             if (record.qos or c.qos) != GUARANTEED:
                 continue
             if resources is None or not resources.memory_limit:
+                continue
+            if self._left_alone(record, resources):
+                if not self.manager.state.carved(uid) and self._nodes_in_force(c):
+                    # pinned before the plugin lost its state: unpinned, as kubelet leaves it
+                    updates.append((c.id, self._unpinned_mems()))
                 continue
             pinned = self._nodes_in_force(c)
             if pinned and pinned & ~known_nodes == 0:
@@ -972,7 +1294,7 @@ class NodeTracker:
         record = self.pods.get(uid)
         if record is not None:
             record.affinity = None
-        if names:
+        if names or self.manager.state.carved(uid):
             self.manager.remove_pod(uid)
             self._log.info("released", pod_uid=uid, containers=names, reason=reason)
             self._changed()
@@ -1007,6 +1329,8 @@ def _update_record(record: PodRecord, pod: PodFacts) -> None:
         record.memory_limit = pod.memory_limit
     if pod.hugepage_limits is not None:
         record.hugepage_limits = dict(pod.hugepage_limits)
+    if pod.cpu_limit is not None:
+        record.cpu_limit = pod.cpu_limit
 
 
 def _created(record: PodRecord, c: ContainerFacts) -> int:

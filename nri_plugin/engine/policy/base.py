@@ -70,6 +70,11 @@ class Policy(Protocol):
         """Reserve a pod-level pod's whole budget on ``affinity`` and carve its containers
         (KEP-5526, pod scope); raise EmptyPodSharedPoolError or AllocationError."""
 
+    def carve(
+        self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
+    ) -> str | None:
+        """Give a container its exclusive part of its pod's reservation; why not, or None."""
+
     def release_pod(self, state: MemoryState, pod_uid: str) -> bool:
         """Give back a pod-level reservation and its containers' blocks; True if it had one."""
 

@@ -47,6 +47,11 @@ class NonePolicy:
     def allocate_pod(self, state: MemoryState, pod: PodSpec, affinity: TopologyHint) -> None:
         return None
 
+    def carve(
+        self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
+    ) -> str | None:
+        return None
+
     def release_pod(self, state: MemoryState, pod_uid: str) -> bool:
         return False
 

@@ -267,6 +267,39 @@ class StaticPolicy:
                 blocks = [Block(mask_nodes, t, size) for t, size in requests.items() if size > 0]
                 state.set_blocks(pod.uid, c.name, sort_blocks(blocks))
 
+    def carve(
+        self, state: MemoryState, pod_uid: str, container: str, requested: Mapping[str, int]
+    ) -> str | None:
+        """One container's exclusive part of its pod's reservation, for the live plugin,
+        which sees the pod's containers one at a time (AllocatePod carves them all at
+        once); why it cannot be carved (state unchanged), or None."""
+        held = state.pod_blocks(pod_uid)
+        if held is None:
+            return "the pod has no pod-level reservation"
+        budget = {b.type: b.size for b in held}
+        taken: dict[str, int] = {}
+        for name, blocks in state.entries.get(pod_uid, {}).items():
+            if name != container:
+                for b in blocks:
+                    taken[b.type] = taken.get(b.type, 0) + b.size
+        for type_, size in sorted(requested.items()):
+            if size == 0:
+                continue
+            if type_ not in budget:
+                return f"{type_} is not part of the pod's pod-level resources"
+            if taken.get(type_, 0) + size > budget[type_]:
+                return (
+                    f"{type_}: {size} more than the {budget[type_] - taken.get(type_, 0)} left"
+                    " of the pod's pod-level resources"
+                )
+        mask = held[0].numa_affinity
+        state.set_blocks(
+            pod_uid,
+            container,
+            sort_blocks(Block(mask, t, size) for t, size in requested.items() if size > 0),
+        )
+        return None
+
     def release_pod(self, state: MemoryState, pod_uid: str) -> bool:
         """Give a pod-level reservation back to the machine (its last container is gone)."""
         for name in list(state.entries.get(pod_uid, {})):

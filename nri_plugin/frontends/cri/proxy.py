@@ -395,6 +395,7 @@ class CRIProxy:
                 facts = facts[0], self._kubelet.facts(*facts)
             mems = self.tracker.create_container(*facts) or ""
         except Refused as exc:
+            await self._apply(self.tracker.take_updates())
             await _fail(context, REFUSAL_CODE, exc.message)
         if mems:
             req.config.linux.resources.cpuset_mems = mems
@@ -420,6 +421,9 @@ class CRIProxy:
         self.tracker.rename_container(pod.uid, ctr.id, container_id)
         ctr.id = container_id
         self.containers[container_id] = ctr
+        # the pod's other containers, unpinned or re-pinned (a pod found to set pod-level
+        # resources)
+        await self._apply(self.tracker.take_updates())
         return answer
 
     async def _relay_or_abort(self, method: str, request: bytes, context: Any) -> bytes:
