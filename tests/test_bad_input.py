@@ -1153,11 +1153,11 @@ STATE_ROWS: list[tuple[str, Callable[[Path], object], str, str]] = [
     ),
     (
         "state-kubelet-pod-level",
-        kubelet_file("memory_manager_state.v3-pod-entries"),
+        kubelet_file("memory_manager_state.v3-pod-entries-shared"),
         OUTCOME_UNTRUSTED,
         r'.*: data.podEntries: pod "[0-9a-f-]+" holds pod-level memory \(kubelet\'s'
-        r" PodLevelResourceManagers, pod scope; read as kubelet 1.37's v3 form\), which this"
-        r" plugin does not model: .*",
+        r" PodLevelResourceManagers, pod scope; read as kubelet 1.37's v3 form\) whose"
+        r" containers' entries share the pod's blocks instead of being parts of them; .*",
     ),
     (
         "state-foreign-policy-name",
@@ -1937,11 +1937,11 @@ SIMULATE_ROWS = [
         "simulate-initial-state-pod-level",
         SCENARIO_HEAD
         + "initialState: "
-        + (KUBELET_DATA / "memory_manager_state.v2-pod-entries").read_text()
+        + (KUBELET_DATA / "memory_manager_state.v2-pod-entries-shared").read_text()
         + "\nsteps: []\n",
         r'{file}: initialState: podEntries: pod "[0-9a-f-]+" holds pod-level memory \(kubelet\'s'
-        r" PodLevelResourceManagers, pod scope; read as kubelet 1.36's v2 form\), which this"
-        r" plugin does not model: the entries of its containers share the pod's blocks; remove"
+        r" PodLevelResourceManagers, pod scope; read as kubelet 1.36's v2 form\) whose"
+        r" containers' entries share the pod's blocks instead of being parts of them; remove"
         r" the pod from podEntries and entries to use the rest",
     ),
 ]

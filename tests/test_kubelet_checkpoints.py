@@ -52,6 +52,12 @@ POD_LEVEL_FILES = {
     "memory_manager_state.v2-pod-entries": (FORM_V2, "podEntries"),
     "memory_manager_state.v3-pod-entries": (FORM_V3, "data.podEntries"),
 }
+# the same with a second container in the pod's shared pool: kubelet repeats the pool
+# in its entry, so the pod's entries are no longer parts of its budget
+SHARED_POOL_FILES = {
+    "memory_manager_state.v2-pod-entries-shared": (FORM_V2, "podEntries"),
+    "memory_manager_state.v3-pod-entries-shared": (FORM_V3, "data.podEntries"),
+}
 
 # The machine the data files and the scenario describe (README.md).
 TOPOLOGY = {
@@ -133,7 +139,7 @@ def test_every_version_reads_to_the_same_state(name: str, form: str) -> None:
 def test_pod_level_entries_are_read_and_never_dropped(
     name: str, form_and_path: tuple[str, str]
 ) -> None:
-    form, path = form_and_path
+    form, _ = form_and_path
     checkpoint = load_checkpoint(DATA / name)
     assert checkpoint is not None and checkpoint.form == form
     assert checkpoint.pod_entries == {POD_LEVEL_UID: (Block((1,), "memory", 4 * GI),)}
@@ -142,7 +148,21 @@ def test_pod_level_entries_are_read_and_never_dropped(
         "db": [Block((1,), "memory", GI)],
         "web": [Block((1,), "memory", 3 * GI)],
     }
-    # the engine, recovery and simulate refuse them rather than count the pod wrong
+    # one container in the pool: its entry is the rest of the budget, a part of it as the
+    # engine models a pod-level reservation (podLevelResources: managers)
+    state = from_checkpoint(as_json(name), source=name)
+    assert state.pod_entries == {POD_LEVEL_UID: [Block((1,), "memory", 4 * GI)]}
+    assert state.entries == checkpoint.state.entries
+
+
+@pytest.mark.parametrize(("name", "form_and_path"), SHARED_POOL_FILES.items())
+def test_pod_level_entries_sharing_the_pool_are_refused(
+    name: str, form_and_path: tuple[str, str]
+) -> None:
+    form, path = form_and_path
+    checkpoint = load_checkpoint(DATA / name)
+    assert checkpoint is not None and checkpoint.form == form
+    # the engine, recovery and simulate refuse them rather than count the pod twice
     with pytest.raises(StateError) as err:
         from_checkpoint(as_json(name), source=name)
     message = str(err.value)
@@ -285,7 +305,7 @@ def test_simulate_starts_from_each_kubelet_version(name: str) -> None:
     assert final.machine[1].memory_map["memory"].reserved == 0
 
 
-@pytest.mark.parametrize(("name", "form_and_path"), POD_LEVEL_FILES.items())
+@pytest.mark.parametrize(("name", "form_and_path"), SHARED_POOL_FILES.items())
 def test_simulate_refuses_pod_level_entries_naming_them(
     name: str, form_and_path: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -295,3 +315,16 @@ def test_simulate_refuses_pod_level_entries_naming_them(
     assert proc.returncode == 2 and proc.stdout == ""
     [line] = proc.stderr.splitlines()
     assert f'initialState: {form_and_path[1]}: pod "{POD_LEVEL_UID}" holds pod-level' in line
+
+
+@pytest.mark.parametrize("name", POD_LEVEL_FILES)
+def test_simulate_starts_from_a_pod_level_reservation_and_gives_it_back(name: str) -> None:
+    initial = as_json(name)
+    started = yaml.safe_load(scenario(initial))
+    started["steps"] = [{"remove": {"pod": POD_LEVEL_UID}}]
+    report = simulate_text(yaml.safe_dump(started))
+    assert report["steps"][0]["removed"] is True
+    final = from_checkpoint(report["state"])
+    assert final.pod_entries == {} and POD_LEVEL_UID not in final.entries
+    # node 1 keeps the other pod's 9Gi; the pod's 4Gi budget is free again
+    assert final.machine[1].memory_map["memory"].reserved == 9 * GI

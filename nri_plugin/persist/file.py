@@ -32,7 +32,8 @@ def load_file(path: str | Path) -> MemoryState | None:
     """Read and verify the checkpoint at ``path``; None when there is no file.
 
     A symlink is refused (never followed), as is anything but a regular file;
-    so is a file with pod-level entries (:func:`~nri_plugin.persist.format.from_checkpoint`).
+    so is a file whose pod-level entries are not parts of their pods' reservations
+    (kubelet's shared pool, :func:`~nri_plugin.persist.format.from_checkpoint`).
     """
     p = os.fspath(path)
     data = _read_json(p)
