@@ -9,11 +9,15 @@ the pod unpinned; ``podLevelResources: managers`` follows KEP-5526.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nri_plugin.engine.manager import MemoryManager
+from nri_plugin.engine.restore import validate_restored
 from nri_plugin.frontends.nri import AdmissionRefused, MemoryPlugin
 from nri_plugin.inputs.config import parse_config
 from nri_plugin.inputs.topology import topology_from_mapping
@@ -348,3 +352,73 @@ def test_cri_proxy_unpins_the_first_container_with_update_container_resources() 
             assert env.reserved(0) == 0
 
     run(scenario)
+
+
+def test_pod_scope_reservation_of_a_pod_gone_while_away_is_released() -> None:
+    plugin, _ = make_plugin("managers", "pod")
+    p = pod_level_pod()
+    plugin.run_pod_sandbox(p)
+    plugin.tracker.pod_level_reported("p")
+    plugin.create_container(p, shared(p, "c1", "id1"))
+    assert total_reserved(plugin) == 4 * GI
+    fresh, _ = make_plugin("managers", "pod")
+    fresh.manager.state = plugin.manager.state.clone()
+    fresh.synchronize([], [])  # the pod went while the plugin was down
+    assert fresh.manager.state.pod_entries == {}
+    assert total_reserved(fresh) == 0
+
+
+# -- properties ---------------------------------------------------------------------------
+
+
+@st.composite
+def node_pods(draw: st.DrawFn) -> list[tuple[bool, int, list[tuple[int | None, int]]]]:
+    """Pods as (pod-level?, sandbox memory limit in Gi, [(own memory Gi or None, cpus)])."""
+    pods = []
+    for _ in range(draw(st.integers(1, 4))):
+        level = draw(st.booleans())
+        sizes = draw(st.lists(st.integers(1, 3), min_size=1, max_size=3))
+        if level:
+            budget = draw(st.integers(max(sizes), 6))
+            own = [draw(st.sampled_from([s, None])) for s in sizes]
+            pods.append((True, budget, [(o, 1) for o in own]))
+        else:  # kubelet's aggregate of the containers' limits
+            pods.append((False, sum(sizes), [(s, 1) for s in sizes]))
+    return pods
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pods=node_pods(),
+    mode=st.sampled_from(["ignore", "managers"]),
+    scope=st.sampled_from(["container", "pod"]),
+)
+def test_no_pod_without_pod_level_resources_is_taken_for_one_and_nothing_leaks(
+    pods: list[tuple[bool, int, list[tuple[int | None, int]]]], mode: str, scope: str
+) -> None:
+    plugin, _ = make_plugin(mode, scope, policy="best-effort")
+    sandboxes = []
+    for i, (level, budget, containers) in enumerate(pods):
+        p = pod(
+            f"p{i}", memory_limit=budget * GI, cpu_millis=4000 if level else 1000 * len(containers)
+        )
+        sandboxes.append(p)
+        plugin.run_pod_sandbox(p)
+        for j, (own_gi, cpus) in enumerate(containers):
+            memory = (own_gi or budget) * GI
+            millis = 1000 * cpus if own_gi is not None else (4000 if level else 1000)
+            c = container(p, f"c{j}", f"p{i}-c{j}", memory, cpu_millis=millis)
+            with contextlib.suppress(AdmissionRefused):
+                plugin.create_container(p, c)
+            plugin.tracker.take_updates()
+        record = plugin.tracker.pods[f"p{i}"]
+        if not level:
+            assert record.pod_level == ""  # every signal is certain
+        elif mode == "ignore" and record.pod_level:
+            assert not plugin.manager.state.entries.get(f"p{i}")
+        validate_restored(plugin.manager.state, plugin.manager.policy.default_state(), "Static")
+    for p in sandboxes:
+        plugin.stop_pod_sandbox(p)
+        plugin.remove_pod_sandbox(p)
+    assert plugin.manager.state.entries == {} and plugin.manager.state.pod_entries == {}
+    assert total_reserved(plugin) == 0

@@ -173,8 +173,9 @@ class NodeTracker:
 
         A pod found to set pod-level resources after some of its containers were pinned:
         those are unpinned (every NUMA node) or re-pinned to the pod's reservation. The
-        NRI plugin answers them with the event (CreateContainerResponse.update), the CRI
-        proxy with UpdateContainerResources.
+        NRI plugin sends them with the answer to the event when it can carry them
+        (CreateContainer, StopContainer, Synchronize; else with the next such answer),
+        the CRI proxy with UpdateContainerResources after the call.
         """
         updates, self._updates = self._updates, []
         return updates
@@ -1077,6 +1078,11 @@ class NodeTracker:
             for name in list(names):
                 self.manager.remove_container(uid, name)
                 released.append(f"{uid}/{name}")
+        for uid in list(self.manager.state.pod_entries):
+            if uid not in listed_uids:
+                # a pod-level reservation (its shared containers hold no entries)
+                self.manager.remove_pod(uid)
+                released.append(f"{uid}/(pod-level reservation)")
         return released
 
     def _release_unanswered(self, live: dict[tuple[str, str], ContainerFacts]) -> list[str]:
