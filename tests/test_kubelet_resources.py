@@ -565,7 +565,9 @@ def test_the_served_socket_reports_the_trackers_blocks_and_allocatable(sockets: 
             ),
         )
         async with node(sockets / "k.sock", spec) as n:
-            g = pod("g", memory_limit=3 * GI)
+            # kubelet's sandbox limit: max(proxy + app, setup) (a larger one would be a
+            # pod-level limit, and the pod left unpinned)
+            g = pod("g", memory_limit=2 * GI)
             n.plugin.run_pod_sandbox(g)
             for name, cid, size in (("setup", "c1", GI), ("proxy", "c2", GI), ("app", "c3", GI)):
                 c = container(g, name, cid, size, cpus=SHARED, hugepages={"1GB": GI})

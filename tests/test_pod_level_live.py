@@ -24,6 +24,9 @@ from nri_plugin.inputs.topology import topology_from_mapping
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.tracker.podlevel import cpu_request_differs, milli_cpu_to_shares
 from tests.nri_builders import GI, container, pod
+from tests.test_kubelet_resources import sockets
+
+__all__ = ["sockets"]  # the fixture, re-used
 
 TOPOLOGY = {"nodes": [{"id": i, "cpus": f"{4 * i}-{4 * i + 3}", "memory": "8Gi"} for i in range(4)]}
 ALL_NODES = "0,1,2,3"  # every NUMA node, written as kubelet writes masks
@@ -422,3 +425,35 @@ def test_no_pod_without_pod_level_resources_is_taken_for_one_and_nothing_leaks(
         plugin.remove_pod_sandbox(p)
     assert plugin.manager.state.entries == {} and plugin.manager.state.pod_entries == {}
     assert total_reserved(plugin) == 0
+
+
+# -- kubelet's pod-resources API --------------------------------------------------------
+
+
+def test_pod_level_allocations_in_kubelets_answer_leave_the_pod_unpinned(
+    sockets: Any,
+) -> None:
+    from tests.test_kubelet_resources import kpod, kubelet_node, node
+    from tests.test_kubelet_resources import run as run_async
+
+    async def scenario() -> None:
+        # kubelet (PodLevelResourceManagers on, its CPU manager static, pod scope) reports
+        # the pod's CPUs at pod level: only a pod that sets pod-level resources has them
+        managed = {**kpod("p", [{"name": "app"}]), "cpus": [0, 1, 2, 3]}
+        async with node(
+            sockets / "k.sock", kubelet_node(managed, kpod("q", [{"name": "app"}]))
+        ) as n:
+            p = pod("p", memory_limit=2 * GI)
+            n.plugin.run_pod_sandbox(p)
+            await n.client.drain()
+            assert await n.create(p, container(p, "app", "c1", 2 * GI)) == ""
+            decision = [kw for kw in n.log.named("admission") if kw["pod_uid"] == "p"][-1]
+            assert decision["reason"] == "pod-level resources"
+            assert "pod-resources API" in decision["pod_level"]
+            # a pod without pod-level allocations in the answer is pinned as before
+            q = pod("q", memory_limit=2 * GI)
+            n.plugin.run_pod_sandbox(q)
+            await n.client.drain()
+            assert await n.create(q, container(q, "app", "c2", 2 * GI)) == "0"
+
+    run_async(scenario)

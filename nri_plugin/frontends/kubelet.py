@@ -13,7 +13,8 @@ for the NRI plugin and the CRI proxy:
   container), and hands it the client's lookup, which never takes longer than
   the client's deadline (``LOOKUP_DEADLINE_S``, 100 ms); then
   :meth:`KubeletResources.facts` tells the tracker the pod's listed containers
-  (``NodeTracker.pod_listed``: exact init classification) and gives the
+  (``NodeTracker.pod_listed``: exact init classification; with pod-level
+  allocations, ``NodeTracker.pod_level_reported``) and gives the
   container's facts the device manager's hints for its devices
   (:mod:`nri_plugin.podresources.devicehints`); in pod scope the pod's hints
   are made from every listed container's devices together, per resource, as
@@ -116,9 +117,7 @@ class KubeletResources:
         answer = self.client.cached_pod(pod.uid)
         if listed is None or answer is None:
             return c
-        self.tracker.pod_listed(
-            pod.uid, answer.container_names(), self._pod_device_hints(pod.uid, answer)
-        )
+        self._tell(pod.uid, answer)
         resources = answer.container(c.name) if listed else None
         if resources is None or not resources.devices:
             return c
@@ -163,9 +162,17 @@ class KubeletResources:
         for pod in pods:
             answer = self.client.cached_pod(pod.uid) if self.wanted(pod) else None
             if answer is not None:
-                self.tracker.pod_listed(
-                    pod.uid, answer.container_names(), self._pod_device_hints(pod.uid, answer)
-                )
+                self._tell(pod.uid, answer)
+
+    def _tell(self, pod_uid: str, answer: PodResources) -> None:
+        """The tracker learns the pod's listed containers, and whether kubelet manages the
+        pod at pod level: ``PodResources.cpu_ids`` and ``memory`` are filled only for a
+        pod that sets pod-level resources (PodLevelResourceManagers, docs/lifecycle.md)."""
+        self.tracker.pod_listed(
+            pod_uid, answer.container_names(), self._pod_device_hints(pod_uid, answer)
+        )
+        if answer.cpu_ids or answer.memory:
+            self.tracker.pod_level_reported(pod_uid)
 
     async def close(self) -> None:
         for task in self._tasks:
