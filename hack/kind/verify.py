@@ -192,7 +192,9 @@ class Kind:
             cid = self.container_id(name)
             if cid:
                 info = json.loads(self.in_node("crictl", "inspect", cid)).get("info", {})
-                if int(info.get("pid") or 0) > 0:
+                pid = int(info.get("pid") or 0)
+                # running its own program (runc's init may not have exec'd it yet)
+                if pid > 0 and self.in_node("cat", f"/proc/{pid}/cmdline").strip("\0"):
                     return observe(
                         info, lambda pid: self.in_node("cat", f"/proc/{pid}/status"), host_nodes
                     )

@@ -640,12 +640,24 @@ class CRIClient:
         cpu = spec.get("linux", {}).get("resources", {}).get("cpu", {})
         return str(cpu.get("mems", ""))
 
+    def running_pid(self, container_id: str, timeout: float = 10.0) -> int:
+        """The container's process, once it runs its own program: StartContainer may
+        return while runc's init is still about to exec it (an empty cmdline)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = int(self.info(container_id).get("pid") or 0)
+            if pid > 0:
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().strip(b"\0"):
+                        return pid
+            if time.monotonic() > deadline:
+                raise HarnessError(f"container {container_id} runs no program ({timeout} s)")
+            time.sleep(0.01)
+
     def process_mems(self, container_id: str) -> str:
         """The NUMA nodes the running container's process may allocate from, as the
         kernel reports them (`Mems_allowed_list` in /proc/PID/status)."""
-        pid = int(self.info(container_id).get("pid") or 0)
-        if pid <= 0:
-            raise HarnessError(f"container {container_id} has no process")
+        pid = self.running_pid(container_id)
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("Mems_allowed_list:"):
                 return line.split(":", 1)[1].strip()

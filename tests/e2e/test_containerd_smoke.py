@@ -89,7 +89,7 @@ def test_busybox_container_runs(cri: CRIClient) -> None:
     cri.start_container(cid)
 
     assert cri.container_state(cid) == "CONTAINER_RUNNING"
-    pid = cri.info(cid)["pid"]
+    pid = cri.running_pid(cid)
     assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [
         b"/bin/sleep",
         b"2147483647",

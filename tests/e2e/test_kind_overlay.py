@@ -90,6 +90,7 @@ def test_kind_pods_get_what_e2e_sh_checks(kind_deployed: Deployed) -> None:
         if isinstance(created, CRIError):
             got = verify.Observed(refused=str(created), host_nodes=host_nodes)
         else:
+            cri.running_pid(created)  # as e2e.sh waits for a running process
             got = verify.observe(
                 cri.info(created), lambda pid: Path(f"/proc/{pid}/status").read_text(), host_nodes
             )
