@@ -48,7 +48,21 @@ the last of them exists (without the pod-resources API: never).
 
 from __future__ import annotations
 
-from nri_plugin.tracker.facts import ContainerResources
+from collections.abc import Mapping
+from fractions import Fraction
+
+from nri_plugin.engine.hint import TopologyHint
+from nri_plugin.engine.manager import (
+    EMPTY_POD_SHARED_POOL_ERROR,
+    AdmissionResult,
+    ContainerDecision,
+)
+from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
+from nri_plugin.engine.state import MEMORY, blocks_mask
+from nri_plugin.engine.topologymanager import SCOPE_POD, UNEXPECTED_ADMISSION_ERROR
+from nri_plugin.tracker import messages
+from nri_plugin.tracker.core import TrackerState
+from nri_plugin.tracker.facts import EXITED, ContainerFacts, ContainerResources
 from nri_plugin.tracker.records import INIT, PodRecord
 
 # kubelet's pkg/kubelet/cm (helpers_linux.go): cpu shares and CFS quota from millicores
@@ -170,3 +184,235 @@ def looks_exclusive(record: PodRecord, resources: ContainerResources) -> bool:
         # lifts): the memory limit alone says
         return True
     return resources.cpu_limit < record.cpu_limit
+
+
+class PodLevelPods(TrackerState):
+    """Pods that set pod-level resources (KEP-2837), on the tracker's state: left unpinned
+    as kubelet leaves them by default, or managed as KEP-5526 does with
+    ``podLevelResources: managers``."""
+
+    def _found_pod_level(self, record: PodRecord, signal: str, creating: str = "") -> None:
+        """The pod sets pod-level resources (``signal`` says how that is known): what its
+        containers pinned so far hold follows the mode (``creating``: the container being
+        created, which its own admission handles)."""
+        record.pod_level = signal
+        config = self.manager.config
+        uid = record.uid
+        self._log.info(
+            "pod-level resources found",
+            pod=record.ref,
+            pod_uid=uid,
+            signal=signal,
+            pod_level_resources=config.pod_level_resources,
+        )
+        held = list(self.manager.state.entries.get(uid, {}))
+        if not held:
+            return
+        if config.pod_level_managers and config.topology_manager_scope == SCOPE_POD:
+            self._into_pod_reservation(record, creating)
+            return
+        release = [
+            n
+            for n in held
+            if not config.pod_level_managers
+            or (res := record.resources.get(n)) is None
+            or not looks_exclusive(record, res)
+        ]
+        unpinned = []
+        for name in release:
+            self.manager.remove_container(uid, name)
+            owner = self.owners.pop((uid, name), None)
+            if owner and owner != creating and self._live(record, owner):
+                self._updates.append((owner, self._unpinned_mems()))
+                unpinned.append(name)
+        if release:
+            self._log.info(
+                "released",
+                pod_uid=uid,
+                containers=release,
+                unpinned=unpinned,
+                reason="pod-level resources",
+            )
+            self._changed()
+
+    def _pod_budget(self, record: PodRecord, resources: ContainerResources) -> dict[str, int]:
+        """A pod-level pod's budget as the node shows it: the sandbox's memory limit (the
+        pod-level limit, which is the request of a Guaranteed pod) and the pod cgroup's
+        hugepage limits (else the first container's)."""
+        assert record.memory_limit is not None
+        budget = {MEMORY: record.memory_limit}
+        hugepages = record.hugepage_limits
+        budget.update(hugepages if hugepages is not None else dict(resources.hugepage_limits))
+        return {t: size for t, size in budget.items() if size}
+
+    def _admit_in_reservation(
+        self, record: PodRecord, spec: ContainerSpec, resources: ContainerResources
+    ) -> ContainerDecision | AdmissionResult:
+        """KEP-5526's pod scope, one container at a time: the pod's budget is reserved at
+        its first container; a container that looks individually Guaranteed is carved out
+        of it, the others share the rest (pinned to the reservation's nodes). A container
+        that would empty the shared pool while a container needs it is refused, as kubelet
+        refuses such a pod (EmptyPodSharedPoolError)."""
+        manager = self.manager
+        state = manager.state
+        uid = record.uid
+        if not state.carved(uid):
+            if record.memory_limit is None:
+                return self._pod_level_refusal(
+                    record, spec.name, "the sandbox shows no pod memory limit to reserve"
+                )
+            budget = self._pod_budget(record, resources)
+            result = manager.reserve_pod(uid, record.name, record.namespace, budget, spec.cpuset)
+            if not result.admitted:
+                return AdmissionResult(
+                    uid, GUARANTEED, False, (), result.reason, result.message, spec.name,
+                    result.failed_hints, result.failed_affinity,
+                )  # fmt: skip
+            record.affinity = TopologyHint(blocks_mask(state.pod_blocks(uid) or ()), True)
+            record.sizing = (
+                f"pod-level resources: the pod's budget was reserved when its first container"
+                f" {spec.name} was created: {messages.request_text(budget)} (the sandbox's"
+                " pod limit and the pod cgroup's hugepages)"
+            )
+        budget = {b.type: b.size for b in state.pod_blocks(uid) or ()}
+        taken: dict[str, int] = {}
+        for name, blocks in state.entries.get(uid, {}).items():
+            if name != spec.name:
+                for b in blocks:
+                    taken[b.type] = taken.get(b.type, 0) + b.size
+        if looks_exclusive(record, resources):
+            shared = sorted(
+                c.name
+                for c in record.containers.values()
+                if c.exited is None and c.name != spec.name and state.blocks(uid, c.name) is None
+            )
+            after = taken.get(MEMORY, 0) + resources.memory_limit
+            if shared and after >= budget.get(MEMORY, 0):
+                return self._pod_level_refusal(
+                    record,
+                    spec.name,
+                    f"its memory would use up the pod's budget while {', '.join(shared)} run"
+                    " in the pod's shared pool",
+                    EMPTY_POD_SHARED_POOL_ERROR,
+                )
+            carved = manager.carve(uid, spec)
+            if isinstance(carved, str):
+                return self._pod_level_refusal(record, spec.name, carved)
+            return carved
+        if taken.get(MEMORY, 0) >= budget.get(MEMORY, 0):
+            return self._pod_level_refusal(
+                record,
+                spec.name,
+                "the exclusive containers use up the pod's budget, leaving no memory for its"
+                " shared pool",
+                EMPTY_POD_SHARED_POOL_ERROR,
+            )
+        decision = manager.shared(uid, spec)
+        assert decision is not None
+        return decision
+
+    def _pod_level_refusal(
+        self, record: PodRecord, name: str, why: str, reason: str = UNEXPECTED_ADMISSION_ERROR
+    ) -> AdmissionResult:
+        return AdmissionResult(
+            record.uid, GUARANTEED, False, (), reason, f"pod-level resources: {why}", name
+        )
+
+    def _into_pod_reservation(self, record: PodRecord, creating: str) -> None:
+        """Pod scope with ``podLevelResources: managers``: a pod found to set pod-level
+        resources after some of its containers were pinned one by one gets its budget
+        reserved on the nodes they use; those that look individually Guaranteed are carved
+        out of it, the others join its shared pool. When the budget does not fit there,
+        they keep what they hold (logged)."""
+        manager = self.manager
+        state = manager.state
+        uid = record.uid
+        held = {n: list(state.blocks(uid, n) or ()) for n in state.entries.get(uid, {})}
+        mask = blocks_mask(b for blocks in held.values() for b in blocks)
+        if record.memory_limit is None or not mask:
+            return
+        first = next(iter(record.resources.values()))
+        budget = self._pod_budget(record, first)
+        nodes = [n for n in manager.topology.node_ids if mask >> n & 1]
+        for type_, size in budget.items():
+            free = sum(state.machine[n].table(type_).free for n in nodes if n in state.machine)
+            back = sum(b.size for blocks in held.values() for b in blocks if b.type == type_)
+            if free + back < size:
+                self._log.error(
+                    "pod-level reservation does not fit", pod=record.ref, pod_uid=uid,
+                    budget=messages.request_text(budget), cpuset_mems=self._mems_text(mask),
+                    containers=sorted(held),
+                )  # fmt: skip
+                return
+        for name in held:
+            manager.remove_container(uid, name)
+        result = manager.reserve_pod(
+            uid, record.name, record.namespace, budget, None, affinity=TopologyHint(mask, True)
+        )
+        if not result.admitted:
+            for name, blocks in held.items():  # put back what they held, as it was
+                spec = ContainerSpec(name, {b.type: Fraction(b.size) for b in blocks})
+                pod = PodSpec(uid, record.name, record.namespace, (), (spec,), GUARANTEED)
+                manager.adopt(pod, spec, blocks_mask(blocks))
+            self._log.error(
+                "pod-level reservation refused", pod=record.ref, pod_uid=uid,
+                message=result.message,
+            )  # fmt: skip
+            return
+        carved = []
+        for name in held:
+            res = record.resources.get(name)
+            if (
+                res is not None
+                and looks_exclusive(record, res)
+                and isinstance(manager.carve(uid, res.to_spec(name)), ContainerDecision)
+            ):
+                carved.append(name)
+        pool = blocks_mask(state.pod_blocks(uid) or ())
+        record.affinity = TopologyHint(pool, True)
+        for c in record.containers.values():
+            if c.id != creating and c.state != EXITED:
+                self._updates.append((c.id, self._mems_text(pool)))
+        self._log.info(
+            "pod-level reservation", pod=record.ref, pod_uid=uid,
+            budget=messages.request_text(budget), cpuset_mems=self._mems_text(pool),
+            carved=carved, shared=sorted(set(held) - set(carved)),
+        )  # fmt: skip
+        self._changed()
+
+    def _left_alone(self, record: PodRecord, resources: ContainerResources) -> bool:
+        """A container of a pod-level pod the plugin does not pin, or pins with its pod."""
+        if not record.pod_level:
+            return False
+        config = self.manager.config
+        if not config.pod_level_managers:
+            return True
+        if config.topology_manager_scope == SCOPE_POD:
+            # a container in the pod's shared pool holds no blocks of its own
+            return self.manager.state.carved(record.uid)
+        return not looks_exclusive(record, resources)
+
+    def _pod_level_at_sync(self, live: Mapping[tuple[str, str], ContainerFacts]) -> None:
+        """Which listed pods set pod-level resources, from what the runtime shows now (a
+        reservation in the checkpoint says it too); what their containers hold follows."""
+        if not self.handles:
+            return
+        for record in self.pods.values():
+            if record.pod_level:
+                continue
+            if self.manager.state.carved(record.uid):
+                record.pod_level = "its pod-level reservation in the checkpoint"
+                continue
+            if record.qos != GUARANTEED:
+                continue
+            signal = ""
+            for (uid, name), c in live.items():
+                if uid == record.uid and c.resources is not None:
+                    signal = signal or container_signal(name, c.resources)
+            if not signal and not self.manager.state.entries.get(record.uid):
+                # a pod whose containers hold blocks was judged by the run that pinned them,
+                # which saw its resizes; limits compared with the sandbox's would take a
+                # grown container for a pod-level one
+                signal = pod_signal(record)
+            if signal:
+                self._found_pod_level(record, signal)
