@@ -4,6 +4,10 @@ Three stages, as in kubelet: parsing (``--reserved-memory`` flag syntax or the
 KubeletConfiguration list), per-entry validation (KubeletConfiguration
 validation) and the checks against the machine made when the memory and
 topology managers are constructed (:func:`validate_for_machine`).
+
+About 700 lines: kubelet's validation rules and messages for every key of the
+one config file, kept beside the parsing of that key so that a rule and its
+message are read together.
 """
 
 from __future__ import annotations

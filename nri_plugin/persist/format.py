@@ -1,18 +1,19 @@
 """kubelet's memory manager checkpoint file (``memory_manager_state``).
 
-Reads and writes :class:`~nri_plugin.state.MemoryState` in the JSON layout
+Reads and writes :class:`~nri_plugin.engine.state.MemoryState` in the JSON layout
 kubelet uses, with kubelet's checksum, so that a kubelet can read our file and
 we can read kubelet's (``pkg/kubelet/cm/memorymanager/state/checkpoint.go``).
 
-Three concerns live here and nowhere else:
+What lives here: the layout (:func:`to_checkpoint` / :func:`dumps` for our own
+file, kubelet's v1 form), and the reader of every form kubelet 1.34 to 1.37
+writes (:func:`read_checkpoint` / :func:`from_checkpoint`: v1, v2 with
+``podEntries``, v3 with ``data`` and ``dataChecksum``), verifying every checksum
+the file carries (:mod:`.checksum`). The file itself is :mod:`.file`; restore
+validation is the engine's (:mod:`nri_plugin.engine.restore`).
 
-* the format: :func:`to_checkpoint` / :func:`dumps` / :func:`from_checkpoint`
-  and the checksum (:func:`checksum`, a 32-bit FNV-1a over the go-spew dump
-  that kubelet hashes);
-* the file: :func:`load_file` and the crash-safe :func:`write_file`;
-* restore validation: :func:`validate_restored` rebuilds the state the entries
-  imply (:func:`expected_state`) and compares it with the saved one as kubelet
-  does.
+About 670 lines: the three forms share one decoder and differ in what their
+checksums cover; one module keeps the rule "which form, which checksum" in one
+place.
 
 The policy never sees any of this; it works on the in-memory state.
 """

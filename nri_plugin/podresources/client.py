@@ -28,6 +28,10 @@ that starts after the plugin is found. Every failure degrades to "unknown",
 is reported to the observer and logged once per pod. Kubelets without ``Get``
 (before 1.34 unless ``KubeletPodResourcesGet`` is on) are asked with
 ``List`` instead.
+
+About 690 lines: the cache, the deadline, the rate limit, the inventory and the
+failure accounting all act on the same per-pod lookups; the protocol itself is
+the generated code in ``gen/``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ kubelet's ``--container-runtime-endpoint`` points at our socket; every CRI
 call (RuntimeService, ImageService, and any method added later) goes on to
 the real runtime as opaque bytes with its metadata and deadline, and the
 runtime's answer or error comes back unchanged. A handful of calls are read
-on the way and drive the NRI plugin's handler (``MemoryPlugin``) exactly as
-containerd's NRI events would:
+on the way and become the node tracker's events (:mod:`nri_plugin.tracker`),
+as containerd's NRI events do for the NRI plugin:
 
 ==========================  ==========================================================
 RunPodSandbox               the pod is recorded (UID, name, cgroup parent, pod limits)
@@ -13,8 +13,8 @@ CreateContainer             admission; Guaranteed containers get ``cpuset_mems``
                             a refusal is an error starting ``TopologyAffinityError:``
 StartContainer              the pod's exited init containers are released
 UpdateContainerResources    our ``cpuset_mems`` is kept whatever the update says
-StopContainer, Remove*,     released as the NRI plugin releases
-StopPodSandbox
+StopContainer, Remove*,     the tracker's rules: an exited container keeps its
+StopPodSandbox              blocks, a removal or the pod's end releases them
 ==========================  ==========================================================
 
 NRI tells a plugin when a container exits on its own; CRI does not. Before a
@@ -25,6 +25,11 @@ memory to the next one as kubelet's memory manager does.
 On start the state is rebuilt from ListPodSandbox, ListContainers and verbose
 ContainerStatus (the same rules as NRI's Synchronize); until then calls that
 need the state wait, everything else is relayed at once.
+
+One module of about 770 lines: the relay (generic gRPC handlers that pass any
+method through) and the calls it reads share the channel to the runtime, the
+provisional container IDs and the wait for the initial listing; split apart,
+each half would reach into the other's state.
 """
 
 from __future__ import annotations
