@@ -363,8 +363,9 @@ class MemoryManager:
         )
         return affinity, admit, providers
 
-    def refresh(self, pod: PodSpec, container: ContainerSpec) -> ContainerDecision | None:
-        """A container that already holds blocks (restarted, or an earlier init container).
+    def readmit(self, pod: PodSpec, container: ContainerSpec) -> ContainerDecision | None:
+        """Admit again a container that already holds blocks (restarted, or an earlier
+        init container).
 
         Nothing is allocated; only the reuse bookkeeping is refreshed, as
         kubelet's Allocate does for a container it already knows.

@@ -11,9 +11,10 @@ resize follows the engine's rules (docs/simulate.md, the ``resize`` step).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
-from nri_plugin.engine.hint import DeviceHints, TopologyHint
+from nri_plugin.engine.hint import DeviceHints, ProviderHints, TopologyHint
 from nri_plugin.engine.manager import AdmissionResult, ContainerDecision
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.state import MEMORY, Block
@@ -27,6 +28,26 @@ from nri_plugin.tracker.core import Refused
 from nri_plugin.tracker.facts import ContainerResources
 from nri_plugin.tracker.podlevel import PodLevelPods, looks_exclusive
 from nri_plugin.tracker.records import ContainerRecord, PodRecord
+
+# the reason of a Rejection that is a refused resize
+REJECTED_RESIZE = "resize"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a container cannot be placed: its refusal text (what the runtime's call fails
+    with), kubelet's reason, and the hints and merged affinity that failed. A refused
+    resize of a restarted container (new limits that do not fit its nodes) is one too,
+    with reason ``resize`` and no hints."""
+
+    message: str
+    reason: str
+    hints: dict[str, ProviderHints] | None = None
+    affinity: TopologyHint | None = None
+
+    @property
+    def resize(self) -> bool:
+        return self.reason == REJECTED_RESIZE
 
 
 class Admissions(PodLevelPods):
@@ -69,8 +90,26 @@ class Admissions(PodLevelPods):
         resources: ContainerResources,
         lenders: Sequence[tuple[ContainerRecord, str]],
         device_hints: DeviceHints | None = None,
-    ) -> ContainerDecision | AdmissionResult | str:
-        """Admit one container; a decision, a refusal, or why its resize was refused."""
+    ) -> ContainerDecision | Rejection:
+        """Admit one container: where it goes, or why it cannot."""
+        outcome = self._decide(record, name, resources, lenders, device_hints)
+        if isinstance(outcome, AdmissionResult):
+            return Rejection(
+                self._refusal(record, name, resources, outcome),
+                outcome.reason or "",
+                outcome.failed_hints,
+                outcome.failed_affinity,
+            )
+        return outcome
+
+    def _decide(
+        self,
+        record: PodRecord,
+        name: str,
+        resources: ContainerResources,
+        lenders: Sequence[tuple[ContainerRecord, str]],
+        device_hints: DeviceHints | None,
+    ) -> ContainerDecision | AdmissionResult | Rejection:
         manager = self.manager
         uid = record.uid
         spec = resources.to_spec(name)
@@ -94,14 +133,17 @@ class Admissions(PodLevelPods):
                 result = manager.resize(uid, name, spec)
                 self._observer.resize(resized=result.resized)
                 if not result.resized:
-                    return messages.resize_refusal(
-                        manager, record.ref, name, resources.memory, result.reason or ""
+                    return Rejection(
+                        messages.resize_refusal(
+                            manager, record.ref, name, resources.memory, result.reason or ""
+                        ),
+                        REJECTED_RESIZE,
                     )
                 self._log.info(
                     "resized", pod=record.ref, pod_uid=uid, container=name,
                     cause="re-created with new limits", blocks=blocks_json(result.allocations),
                 )  # fmt: skip
-            existing = manager.refresh(pod, spec)
+            existing = manager.readmit(pod, spec)
             assert existing is not None
             return existing
         if manager.config.topology_manager_scope == SCOPE_POD:

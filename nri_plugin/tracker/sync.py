@@ -250,14 +250,9 @@ class Synchronization(Admissions, ExitRecords):
             outcome = self._admit(record, c.name, resources, [], c.device_hints)
             if not isinstance(outcome, ContainerDecision):
                 failed += 1
-                message = (
-                    outcome
-                    if isinstance(outcome, str)
-                    else self._refusal(record, c.name, resources, outcome)
-                )
                 self._log.warning(
                     "admission", pod=record.ref, pod_uid=record.uid, container=c.name,
-                    result="unplaced", message=message,
+                    result="unplaced", message=outcome.message,
                 )  # fmt: skip
                 continue
             admitted += 1

@@ -35,11 +35,11 @@ import time
 from collections.abc import Iterable
 
 from nri_plugin.engine.hint import DeviceHints
-from nri_plugin.engine.manager import AdmissionResult
 from nri_plugin.engine.pod import GUARANTEED
 from nri_plugin.engine.state import blocks_mask
 from nri_plugin.engine.topologymanager import TOPOLOGY_AFFINITY_ERROR
 from nri_plugin.tracker import messages
+from nri_plugin.tracker.admission import Rejection
 from nri_plugin.tracker.core import UNSEEN, Observer, Refused
 from nri_plugin.tracker.facts import CREATED, RUNNING, ContainerFacts, ContainerResources, PodFacts
 from nri_plugin.tracker.podlevel import SIGNAL_POD_RESOURCES, container_signal, pod_signal
@@ -159,22 +159,21 @@ class NodeTracker(Synchronization):
 
         lenders = self._lenders(record, name, clock) if first else []
         outcome = self._admit(record, name, c.resources, lenders, c.device_hints)
-        if isinstance(outcome, str):
+        if isinstance(outcome, Rejection) and outcome.resize:
             self._observe(started, admitted=False, pinned=False, topology_error=True)
             self._log.warning(
                 "admission", pod=record.ref, pod_uid=uid, container=name, qos=qos,
-                result="refused", reason="resize", message=outcome,
+                result="refused", reason="resize", message=outcome.message,
             )  # fmt: skip
             self._waiting(record, name, refused=True)
-            raise Refused(outcome)
-        if isinstance(outcome, AdmissionResult):
+            raise Refused(outcome.message)
+        if isinstance(outcome, Rejection):
             self._observe(
                 started,
                 admitted=False,
                 pinned=False,
                 topology_error=outcome.reason == TOPOLOGY_AFFINITY_ERROR,
             )
-            message = self._refusal(record, name, c.resources, outcome)
             self._log.warning(
                 "admission",
                 pod=record.ref,
@@ -183,13 +182,13 @@ class NodeTracker(Synchronization):
                 qos=qos,
                 result="refused",
                 reason=outcome.reason,
-                hints=messages.providers_json(outcome.failed_hints),
-                merged_hint=messages.hint_json(outcome.failed_affinity),
-                message=message,
+                hints=messages.providers_json(outcome.hints or {}),
+                merged_hint=messages.hint_json(outcome.affinity),
+                message=outcome.message,
             )
             self._persist()
             self._waiting(record, name, refused=True)
-            raise Refused(message)
+            raise Refused(outcome.message)
         self._waiting(record, name, refused=False)
         self.owners[(uid, name)] = cid
         mems = self._mems_text(blocks_mask(outcome.allocations) | blocks_mask(outcome.pool))
