@@ -84,7 +84,9 @@ SYNC_CONCURRENCY = 16
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 
-_PENDING = "pending-"  # provisional container IDs, until the runtime names the container
+# a container admitted before the runtime named it (the proxy admits, then forwards
+# CreateContainer) is known by a provisional ID until the answer brings its real one
+PROVISIONAL_ID_PREFIX = "pending-"
 
 
 def _method(name: str) -> str:
@@ -167,7 +169,7 @@ class CRIProxy:
         self.sandboxes: dict[str, api.PodSandbox] = {}
         self.containers: dict[str, api.Container] = {}
         self.synchronized = asyncio.Event()
-        self._provisional = itertools.count(1)
+        self._provisional_ids = itertools.count(1)
         self._intercepted: dict[str, Callable[[bytes, Any], Awaitable[bytes]]] = {
             _method("RunPodSandbox"): self._run_pod_sandbox,
             _method("StopPodSandbox"): self._stop_pod_sandbox,
@@ -376,7 +378,7 @@ class CRIProxy:
         if pod is None:
             return await self._relay_or_abort(method, request, context)
         ctr = convert.container(
-            f"{_PENDING}{next(self._provisional)}",
+            f"{PROVISIONAL_ID_PREFIX}{next(self._provisional_ids)}",
             req.pod_sandbox_id,
             req.config,
             created_at=time.time_ns(),
