@@ -128,3 +128,48 @@ def test_transport_imports_nothing_of_the_policy(module: str) -> None:
 @pytest.mark.parametrize("module", INPUTS_AND_PERSISTENCE)
 def test_inputs_and_persistence_do_not_reach_the_front_ends(module: str) -> None:
     assert reaches(module, FORBIDDEN_BELOW_FRONT_ENDS) == [], f"nri_plugin.{module}"
+
+
+TRACKER = modules_in("tracker")
+FORBIDDEN_IN_TRACKER = (
+    "asyncio",
+    "grpc",
+    "socket",
+    "threading",
+    "subprocess",
+    "os",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "nri_plugin.nri",
+    "nri_plugin.inputs",
+    "nri_plugin.persist",
+    "nri_plugin.frontends",
+    "nri_plugin.podresources",
+    "nri_plugin.daemon",
+    "nri_plugin.metrics",
+    "nri_plugin.cli",
+)
+# The modules that turn what arrives over NRI (pod names, annotations, mounts, cgroup
+# paths) into the tracker's facts and back: values only, no file-system module, no
+# open() (docs/recovery.md, "Security").
+NRI_TRANSLATION = ("frontends.nri", "frontends.nri_convert")
+FILE_SYSTEM = ("os", "pathlib", "shutil", "tempfile", "io")
+
+
+@pytest.mark.parametrize("module", TRACKER)
+def test_tracker_does_no_io_and_reaches_no_front_end(module: str) -> None:
+    assert reaches(module, FORBIDDEN_IN_TRACKER) == [], f"nri_plugin.{module}"
+
+
+@pytest.mark.parametrize("module", NRI_TRANSLATION)
+def test_nri_translation_opens_nothing(module: str) -> None:
+    direct = imports_of(module)
+    assert not [i for i in direct if i.split(".")[0] in FILE_SYSTEM], direct
+    tree = ast.parse(module_path(module).read_text())
+    calls = [
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    ]
+    assert "open" not in calls
