@@ -103,6 +103,10 @@ class MemoryState:
     # containers holding blocks, kept up to date by the mutations (metrics read it per change)
     holders: int = field(default=-1, compare=False)
     pod_entries: dict[str, list[Block]] = field(default_factory=dict)
+    # whether a table may hold allocatable memory beyond the machine's default (overflow
+    # counted at restore, see engine/rebase.py): True until a pass of ``repay_overflow``
+    # finds none, and again whenever ``count_overflow`` lends
+    overflow_lent: bool = field(default=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.holders < 0:
@@ -158,6 +162,7 @@ class MemoryState:
             entries,
             self.holders,
             dict(self.pod_entries),
+            self.overflow_lent,
         )
 
     # -- mutations ---------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from nri_plugin.engine.bitmask import is_narrower, mask_of, nodes_of
-from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.hint import ProviderHints, TopologyHint, topology_hint
 from nri_plugin.engine.pod import (
     GUARANTEED,
     ContainerSpec,
@@ -470,7 +470,7 @@ def _hint_lists(
     masks: Sequence[int], min_size: int, requested: Mapping[str, int]
 ) -> dict[str, list[TopologyHint]]:
     """One identical list per requested type; preferred iff of the minimal width."""
-    hints = [TopologyHint(m, m.bit_count() == min_size) for m in masks]
+    hints = [topology_hint(m, m.bit_count() == min_size) for m in masks]
     if not hints:
         return {}
     return {t: list(hints) for t in requested}
@@ -486,7 +486,7 @@ def _regenerate_hints(blocks: Sequence[Block], requested: Mapping[str, int]) -> 
             return None
         lst = hints[b.type]
         assert lst is not None
-        lst.append(TopologyHint(mask_of(b.numa_affinity), True))
+        lst.append(topology_hint(mask_of(b.numa_affinity), True))
     return hints
 
 
