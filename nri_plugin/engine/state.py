@@ -81,6 +81,13 @@ def _shared(value: tuple[int, ...]) -> tuple[int, ...]:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def shared_block(numa_affinity: tuple[int, ...], type_: str, size: int) -> Block:
+    """A Block equal to ``Block(numa_affinity, type_, size)``, shared with the containers
+    that hold an equal one (blocks are immutable; pods of one workload repeat theirs)."""
+    return Block(numa_affinity, type_, size)
+
+
 def sort_blocks(blocks: Iterable[Block]) -> list[Block]:
     """Blocks of one container in the order we store them: by type name, byte order."""
     return sorted(blocks, key=lambda b: b.type.encode())

@@ -37,6 +37,7 @@ from nri_plugin.engine.state import (
     Block,
     MemoryState,
     NodeState,
+    shared_block,
     sort_blocks,
 )
 from nri_plugin.engine.topologymanager import MergeFocus
@@ -228,7 +229,7 @@ class StaticPolicy:
         blocks = []
         reusable = self._reusable.get(pod.uid, {}).get(best, {})
         for type_, size in requested.items():
-            blocks.append(Block(tuple(mask_nodes), type_, size))
+            blocks.append(shared_block(tuple(mask_nodes), type_, size))
             take(machine, mask_nodes, type_, max(0, size - reusable.get(type_, 0)))
         blocks = sort_blocks(blocks)
         self._update_reusable(pod, container, blocks)
@@ -356,7 +357,7 @@ class StaticPolicy:
             return
         blocks = []
         for type_, size in container.memory_requests().items():
-            blocks.append(Block(tuple(nodes), type_, size))
+            blocks.append(shared_block(tuple(nodes), type_, size))
             take(state.machine, nodes, type_, size)
         state.set_blocks(pod.uid, container.name, sort_blocks(blocks))
 
