@@ -148,7 +148,7 @@ def _resources(res: api.LinuxResources, source: api.Container | str) -> Containe
             # two limits for one page size: no way to know which the kubelet meant
             raise InputError(f"{_what(source)}: hugepage size {hp.page_size!r} is limited twice")
         hugepages[resource] = limit
-    cpu_limit: Fraction | None = None
+    quota = period = 0  # no cpu limit
     cpu_mask: int | None = None
     differs = False
     if res.HasField("cpu"):
@@ -156,15 +156,30 @@ def _resources(res: api.LinuxResources, source: api.Container | str) -> Containe
         if cpu.HasField("quota") and cpu.HasField("period"):
             quota, period = cpu.quota.value, cpu.period.value
             if quota > 0 and period > 0:
-                cpu_limit = _cores(quota, period)
                 if cpu.HasField("shares"):
                     differs = _request_differs(cpu.shares.value, quota, period)
+            else:
+                quota = period = 0
         cpus = cpu.cpus
         if cpus:
             cpu_mask = _cpu_mask(cpus)
-    return ContainerResources(
-        memory_limit, tuple(hugepages.items()) if hugepages else (), cpu_limit, cpu_mask, differs
-    )
+    pages = tuple(hugepages.items()) if hugepages else ()
+    return _shared_resources(memory_limit, pages, quota, period, cpu_mask, differs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_resources(
+    memory_limit: int,
+    hugepages: tuple[tuple[str, int], ...],
+    quota: int,
+    period: int,
+    cpu_mask: int | None,
+    differs: bool,
+) -> ContainerResources:
+    # One is kept per tracked container, and pods of one workload repeat them: equal
+    # resources are one object (they are immutable), built once.
+    cpu_limit = _cores(quota, period) if quota else None
+    return ContainerResources(memory_limit, hugepages, cpu_limit, cpu_mask, differs)
 
 
 # Pods of one workload repeat their cpusets and cpu settings: each is worked out once.
