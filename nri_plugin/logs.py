@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import datetime
+import json
 import logging
 import sys
 import threading
@@ -36,15 +37,38 @@ MAX_QUEUED = 1000
 _TIMESTAMP = "timestamp"
 
 
-def _stamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+# structlog's level names for its method aliases (``add_log_level``)
+_LEVEL_OF = {"warn": "warning", "exception": "error"}
+
+
+def _stamp_and_hand_over(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog's ``add_log_level``, the time of the call, ``format_exc_info``, and the
+    event itself handed to the sink unrendered, in one processor (one call per log line,
+    not four: the request path logs on every request)."""
+    event_dict["level"] = _LEVEL_OF.get(method, method)
     # the time of the call, as a number: formatted (ISO 8601, UTC) when the line is rendered
     event_dict[_TIMESTAMP] = time.time()
-    return event_dict
-
-
-def _hand_over(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    # the last processor: the event itself goes to the sink, unrendered
+    if "exc_info" in event_dict:
+        # now: the exception is the current one
+        event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
     return (method, event_dict), {}
+
+
+def _json_fallback(value: Any) -> Any:
+    # as structlog's JSONRenderer: a value's own ``__structlog__``, else its repr
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+# structlog's JSONRenderer(sort_keys=False) calls json.dumps, which builds an encoder for
+# every line; this one is built once, with the same settings (the same text)
+_encode_json = json.JSONEncoder(default=_json_fallback).encode
+
+
+def _render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    return _encode_json(event_dict)
 
 
 def _iso_utc(seconds: float) -> str:
@@ -118,21 +142,13 @@ atexit.register(flush_logs)
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     global _sink
     out = stream if stream is not None else sys.stderr
-    renderer: structlog.types.Processor
-    if out.isatty():
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    else:
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False) if out.isatty() else _render_json
+    )
     flush_logs()  # lines of the previous configuration go where they were meant to
     sink = _sink = DeferredSink(out, renderer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _stamp,
-            structlog.processors.format_exc_info,  # now: the exception is the current one
-            _hand_over,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, _stamp_and_hand_over],
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),

@@ -129,8 +129,9 @@ class Metrics(Observer):
 
         # (pod uid, container) of restore conflicts still holding blocks
         self._conflicts: set[tuple[str, str]] = set()
-        # (node, type) -> the (allocatable, reserved, free) published last, and its children
-        self._published: dict[tuple[int, str], tuple[int, int, int]] = {}
+        # node -> type -> the (allocatable, reserved, free) published last; (node, type) ->
+        # its children
+        self._published: dict[int, dict[str, tuple[int, int, int]]] = {}
         self._assignments: dict[int, int] = {}
         # the labelled children, looked up once: labels() validates and locks on every call,
         # and state_changed runs after every change
@@ -188,12 +189,22 @@ class Metrics(Observer):
                         str(node_id)
                     )
                 child.set(node.number_of_assignments)
+            # type -> (allocatable, reserved, free) published last: compared field by field,
+            # no tuple built per table when nothing changed (the common case on most nodes)
+            published = self._published.get(node_id)
+            if published is None:
+                published = self._published[node_id] = {}
             for type_, t in node.memory_map.items():
-                now = (t.allocatable, t.reserved, t.free)
-                key = (node_id, type_)
-                if self._published.get(key) == now:
+                last = published.get(type_)
+                if (
+                    last is not None
+                    and last[2] == t.free
+                    and last[1] == t.reserved
+                    and last[0] == t.allocatable
+                ):
                     continue
-                self._published[key] = now
+                now = published[type_] = (t.allocatable, t.reserved, t.free)
+                key = (node_id, type_)
                 children = self._memory_children.get(key)
                 if children is None:
                     n = str(node_id)

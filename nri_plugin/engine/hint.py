@@ -7,6 +7,7 @@ as many nodes and a smaller bitmask value).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,6 +34,13 @@ class TopologyHint:
     def __str__(self) -> str:
         nodes = "any" if self.mask is None else "[" + ",".join(map(str, nodes_of(self.mask))) + "]"
         return f"{nodes}{'' if self.preferred else ' (not preferred)'}"
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def topology_hint(mask: int | None, preferred: bool) -> TopologyHint:
+    """The TopologyHint of ``mask``, shared (hints are immutable): building a frozen
+    dataclass costs as much as a dozen dict look-ups, and a decision builds dozens."""
+    return TopologyHint(mask, preferred)
 
 
 # Hints of one provider: resource name -> alternative hints. ``None`` for the

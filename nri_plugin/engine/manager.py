@@ -13,7 +13,7 @@ from fractions import Fraction
 
 from nri_plugin.engine.bitmask import format_mems, mask_of
 from nri_plugin.engine.config import RESIZE_REFUSE, Config
-from nri_plugin.engine.hint import DeviceHints, ProviderHints, TopologyHint
+from nri_plugin.engine.hint import DeviceHints, ProviderHints, TopologyHint, topology_hint
 from nri_plugin.engine.machine import build_machine_state
 from nri_plugin.engine.pod import GUARANTEED, ContainerSpec, PodSpec
 from nri_plugin.engine.policy.base import AllocationError, EmptyPodSharedPoolError, Policy
@@ -438,7 +438,7 @@ class MemoryManager:
         if not cpusets:
             return None
         cpus: frozenset[int] = frozenset().union(*cpusets)
-        return {"cpu": [TopologyHint(mask_of(self.topology.nodes_of_cpus(cpus)), True)]}
+        return {"cpu": [topology_hint(mask_of(self.topology.nodes_of_cpus(cpus)), True)]}
 
     def _container_providers(
         self, pod: PodSpec, c: ContainerSpec

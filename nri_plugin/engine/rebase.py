@@ -446,6 +446,7 @@ def count_overflow(state: MemoryState, lacking: Mapping[tuple[int, str], int]) -
         table = state.machine[n].memory_map[t]
         table.allocatable += extra
         table.reserved += extra
+        state.overflow_lent = True
 
 
 # manager -> (node, type) -> allocatable bytes of its configured default state
@@ -457,12 +458,12 @@ _DEFAULT_ALLOCATABLE: weakref.WeakKeyDictionary[MemoryManager, dict[tuple[int, s
 def repay_overflow(manager: MemoryManager) -> bool:
     """Give back overflow counted at restore (:func:`count_overflow`) once it is free again.
 
-    Meant to run after every state change: a few dict look-ups when nothing
-    was lent. Free bytes inside a group move to the node that holds the loan
+    Meant to run after every state change: one flag read when nothing was lent
+    (``MemoryState.overflow_lent``). Free bytes inside a group move to the node that holds the loan
     (only group sums are meaningful, as in kubelet). True when anything changed.
     """
-    if manager.config.policy != POLICY_STATIC:
-        return False
+    if manager.config.policy != POLICY_STATIC or not manager.state.overflow_lent:
+        return False  # nothing lent, or nothing beyond the default since the last pass
     defaults = _DEFAULT_ALLOCATABLE.get(manager)
     if defaults is None:
         defaults = {
@@ -473,6 +474,7 @@ def repay_overflow(manager: MemoryManager) -> bool:
         _DEFAULT_ALLOCATABLE[manager] = defaults
     state = manager.state
     changed = False
+    lent = False
     for node_id, node in state.machine.items():
         for t, table in node.memory_map.items():
             excess = table.allocatable - defaults.get((node_id, t), table.allocatable)
@@ -492,6 +494,9 @@ def repay_overflow(manager: MemoryManager) -> bool:
                 table.allocatable -= give
                 table.free -= give
                 changed = True
+            if give < excess:
+                lent = True
+    state.overflow_lent = lent
     return changed
 
 

@@ -81,6 +81,13 @@ def _shared(value: tuple[int, ...]) -> tuple[int, ...]:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def shared_block(numa_affinity: tuple[int, ...], type_: str, size: int) -> Block:
+    """A Block equal to ``Block(numa_affinity, type_, size)``, shared with the containers
+    that hold an equal one (blocks are immutable; pods of one workload repeat theirs)."""
+    return Block(numa_affinity, type_, size)
+
+
 def sort_blocks(blocks: Iterable[Block]) -> list[Block]:
     """Blocks of one container in the order we store them: by type name, byte order."""
     return sorted(blocks, key=lambda b: b.type.encode())
@@ -103,6 +110,10 @@ class MemoryState:
     # containers holding blocks, kept up to date by the mutations (metrics read it per change)
     holders: int = field(default=-1, compare=False)
     pod_entries: dict[str, list[Block]] = field(default_factory=dict)
+    # whether a table may hold allocatable memory beyond the machine's default (overflow
+    # counted at restore, see engine/rebase.py): True until a pass of ``repay_overflow``
+    # finds none, and again whenever ``count_overflow`` lends
+    overflow_lent: bool = field(default=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.holders < 0:
@@ -158,6 +169,7 @@ class MemoryState:
             entries,
             self.holders,
             dict(self.pod_entries),
+            self.overflow_lent,
         )
 
     # -- mutations ---------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nri_plugin.engine.bitmask import is_narrower, nodes_of
-from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.hint import ProviderHints, TopologyHint, topology_hint
 
 POLICY_NONE = "none"
 POLICY_BEST_EFFORT = "best-effort"
@@ -201,8 +201,8 @@ class _Merger:
                 break
         best: TopologyHint | None = None
         for mask, preferred, _ in sorted(partial, key=lambda p: (p[0], p[1])):
-            best = self._compare(best, TopologyHint(mask, preferred))
-        return best if best is not None else TopologyHint(default, False)
+            best = self._compare(best, topology_hint(mask, preferred))
+        return best if best is not None else topology_hint(default, False)
 
 
 def merge(

@@ -32,16 +32,15 @@ from nri_plugin.tracker.facts import (
     ContainerResources,
     PodFacts,
 )
+from nri_plugin.tracker.nodemap import ANNOTATION as NUMA_NODES_ANNOTATION
 from nri_plugin.tracker.podlevel import cpu_request_differs
 
 LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
 ANNOTATION_RESTART_COUNT = "io.kubernetes.container.restartCount"
-OUR_ANNOTATIONS = "nri-memory-manager.io/"
+# the annotations of ours that the tracker reads (all under nri-memory-manager.io/)
+OUR_ANNOTATIONS = (NUMA_NODES_ANNOTATION,)
 
-_BURSTABLE = re.compile(r"(?:^|[/:._-])burstable(?:[/:._-]|$)")
-_BEST_EFFORT = re.compile(r"(?:^|[/:._-])besteffort(?:[/:._-]|$)")
-_KUBEPODS = re.compile(r"(?:^|[/:._-])kubepods(?:[/:._-]|$)")
 _PAGE_SIZE = re.compile(r"([0-9]+)(KB|MB|GB|TB|PB)")
 _UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
 
@@ -59,13 +58,34 @@ _STATES: Mapping[int, str] = {
 }
 
 
+# The characters that separate the words of cgroup paths (cgroupfs and systemd drivers).
+_CGROUP_SEPARATORS = frozenset("/:._-")
+
+
+def _has_word(path: str, word: str) -> bool:
+    """Whether ``word`` stands in ``path`` between separators or the ends (a trailing
+    newline counts as the end, as ``$`` in a regular expression)."""
+    end = len(path)
+    i = path.find(word)
+    while i >= 0:
+        j = i + len(word)
+        if (i == 0 or path[i - 1] in _CGROUP_SEPARATORS) and (
+            j == end or path[j] in _CGROUP_SEPARATORS or (j == end - 1 and path[j] == "\n")
+        ):
+            return True
+        i = path.find(word, i + 1)
+    return False
+
+
 def qos_from_cgroup(path: str) -> str | None:
     """kubelet's QoS class from a cgroup parent or cgroups path; None outside kubepods."""
-    if not path or not _KUBEPODS.search(path):
+    # plain substring searches: a regular expression's scan of the whole path, three
+    # times per pod and container, was a tenth of a CreateContainer's reading
+    if not path or not _has_word(path, "kubepods"):
         return None
-    if _BEST_EFFORT.search(path):
+    if _has_word(path, "besteffort"):
         return BEST_EFFORT
-    if _BURSTABLE.search(path):
+    if _has_word(path, "burstable"):
         return BURSTABLE
     return GUARANTEED
 
@@ -98,28 +118,37 @@ def _cores(quota: int, period: int) -> Fraction:
 
 def container_resources(container: api.Container) -> ContainerResources:
     """Read memory, hugepages and CPU settings from the container's OCI resources."""
-    res = container.linux.resources if container.HasField("linux") else api.LinuxResources()
-    return _resources(res, f"container {container.name!r}")
+    if not container.HasField("linux"):
+        return _resources(api.LinuxResources(), container)
+    return _resources(container.linux.resources, container)
 
 
-def _resources(res: api.LinuxResources, what: str) -> ContainerResources:
+def _what(source: api.Container | str) -> str:
+    # built only for an error's text: a CreateContainer reads resources that are fine
+    return source if isinstance(source, str) else f"container {source.name!r}"
+
+
+def _resources(res: api.LinuxResources, source: api.Container | str) -> ContainerResources:
     memory_limit = 0
-    if res.HasField("memory") and res.memory.HasField("limit"):
-        memory_limit = res.memory.limit.value
-        if memory_limit < 0 or memory_limit > _INT64_MAX:
-            raise InputError(f"{what}: memory limit {memory_limit} is out of range")
+    if res.HasField("memory"):
+        memory = res.memory
+        if memory.HasField("limit"):
+            memory_limit = memory.limit.value
+            if memory_limit < 0 or memory_limit > _INT64_MAX:
+                raise InputError(f"{_what(source)}: memory limit {memory_limit} is out of range")
     hugepages: dict[str, int] = {}
     for hp in res.hugepage_limits:
-        if hp.limit == 0:
+        limit = hp.limit
+        if limit == 0:
             continue  # containerd lists every host page size with limit 0
-        if hp.limit > _INT64_MAX:
-            raise InputError(f"{what}: hugepage limit {hp.limit} is out of range")
+        if limit > _INT64_MAX:
+            raise InputError(f"{_what(source)}: hugepage limit {limit} is out of range")
         resource = hugepage_resource_name(page_size_bytes(hp.page_size))
         if resource in hugepages:
             # two limits for one page size: no way to know which the kubelet meant
-            raise InputError(f"{what}: hugepage size {hp.page_size!r} is limited twice")
-        hugepages[resource] = hp.limit
-    cpu_limit: Fraction | None = None
+            raise InputError(f"{_what(source)}: hugepage size {hp.page_size!r} is limited twice")
+        hugepages[resource] = limit
+    quota = period = 0  # no cpu limit
     cpu_mask: int | None = None
     differs = False
     if res.HasField("cpu"):
@@ -127,15 +156,44 @@ def _resources(res: api.LinuxResources, what: str) -> ContainerResources:
         if cpu.HasField("quota") and cpu.HasField("period"):
             quota, period = cpu.quota.value, cpu.period.value
             if quota > 0 and period > 0:
-                cpu_limit = _cores(quota, period)
                 if cpu.HasField("shares"):
-                    differs = cpu_request_differs(cpu.shares.value, quota, period)
-        if cpu.cpus:
-            try:
-                cpu_mask = mask_of(parse_cpulist(cpu.cpus, what="cpuset.cpus"))
-            except InputError:
-                cpu_mask = None
-    return ContainerResources(memory_limit, tuple(hugepages.items()), cpu_limit, cpu_mask, differs)
+                    differs = _request_differs(cpu.shares.value, quota, period)
+            else:
+                quota = period = 0
+        cpus = cpu.cpus
+        if cpus:
+            cpu_mask = _cpu_mask(cpus)
+    pages = tuple(hugepages.items()) if hugepages else ()
+    return _shared_resources(memory_limit, pages, quota, period, cpu_mask, differs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_resources(
+    memory_limit: int,
+    hugepages: tuple[tuple[str, int], ...],
+    quota: int,
+    period: int,
+    cpu_mask: int | None,
+    differs: bool,
+) -> ContainerResources:
+    # One is kept per tracked container, and pods of one workload repeat them: equal
+    # resources are one object (they are immutable), built once.
+    cpu_limit = _cores(quota, period) if quota else None
+    return ContainerResources(memory_limit, hugepages, cpu_limit, cpu_mask, differs)
+
+
+# Pods of one workload repeat their cpusets and cpu settings: each is worked out once.
+@functools.lru_cache(maxsize=1024)
+def _cpu_mask(cpus: str) -> int | None:
+    try:
+        return mask_of(parse_cpulist(cpus, what="cpuset.cpus"))
+    except InputError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _request_differs(shares: int, quota: int, period: int) -> bool:
+    return cpu_request_differs(shares, quota, period)
 
 
 def pod_memory_limit(pod: api.PodSandbox) -> int | None:
@@ -231,8 +289,15 @@ def update_resources(res: api.LinuxResources) -> ContainerResources | None:
 
 
 def _ours(annotations: Mapping[str, str]) -> dict[str, str]:
-    """Our own annotations (nri-memory-manager.io/...), the only ones the tracker reads."""
-    return {k: v for k, v in annotations.items() if k.startswith(OUR_ANNOTATIONS)}
+    """Our own annotations, the only ones the tracker reads (nodemap.py)."""
+    # looked up by name: iterating every annotation of the protobuf map cost as much as
+    # reading the container's resources
+    out = {}
+    for key in OUR_ANNOTATIONS:
+        value = annotations.get(key)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def _restart_count(text: str | None) -> int | None:

@@ -12,7 +12,6 @@ message are read together.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import struct
@@ -334,6 +333,8 @@ def _parse_options(data: object, where: str) -> tuple[bool, int]:
 
 
 def _unknown_option(where: str, manager: str, name: str, known: tuple[str, ...]) -> str:
+    import difflib  # only for a typo's suggestion: a running plugin never needs it
+
     hint = difflib.get_close_matches(name, known, n=1)
     did_you_mean = f"; did you mean {quote(hint[0])}?" if hint else ""
     return (

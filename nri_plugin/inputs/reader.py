@@ -20,7 +20,6 @@ data -- validation, an error message -- would pay for each of them).
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 from collections.abc import Iterable, Mapping
 from itertools import compress
@@ -111,6 +110,8 @@ def check_keys(
         text = key if isinstance(key, str) else describe(key)
         hint = []
         if isinstance(key, str) and len(key) <= _SUGGEST_MAX_LEN:
+            import difflib  # only for a typo's suggestion: a running plugin never needs it
+
             hint = difflib.get_close_matches(key, known, n=1)
         did_you_mean = f"; did you mean {quote(hint[0])}?" if hint else ""
         shown = quote(text) if isinstance(key, str) else text

@@ -33,6 +33,7 @@ from nri_plugin.engine.state import (
     MemoryTable,
     NodeState,
     is_memory_type,
+    shared_block,
 )
 from nri_plugin.errors import StateError, quote
 from nri_plugin.inputs.reader import describe, too_deep
@@ -435,7 +436,7 @@ def _decode_blocks(raw: object, path: str, r: _Reader) -> list[Block]:
         if not is_memory_type(mem_type):
             r.fail(f"{block_path}.type", f"{quote(mem_type)} is not 'memory' or 'hugepages-<size>'")
         size = r.integer(r.field(block, "size", block_path), f"{block_path}.size", MAX_UINT64)
-        blocks.append(Block(numa_affinity=tuple(mask), type=mem_type, size=size))
+        blocks.append(shared_block(tuple(mask), mem_type, size))
     return blocks
 
 

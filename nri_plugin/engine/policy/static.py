@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from nri_plugin.engine.bitmask import is_narrower, mask_of, nodes_of
-from nri_plugin.engine.hint import ProviderHints, TopologyHint
+from nri_plugin.engine.hint import ProviderHints, TopologyHint, topology_hint
 from nri_plugin.engine.pod import (
     GUARANTEED,
     ContainerSpec,
@@ -37,6 +37,7 @@ from nri_plugin.engine.state import (
     Block,
     MemoryState,
     NodeState,
+    shared_block,
     sort_blocks,
 )
 from nri_plugin.engine.topologymanager import MergeFocus
@@ -228,7 +229,7 @@ class StaticPolicy:
         blocks = []
         reusable = self._reusable.get(pod.uid, {}).get(best, {})
         for type_, size in requested.items():
-            blocks.append(Block(tuple(mask_nodes), type_, size))
+            blocks.append(shared_block(tuple(mask_nodes), type_, size))
             take(machine, mask_nodes, type_, max(0, size - reusable.get(type_, 0)))
         blocks = sort_blocks(blocks)
         self._update_reusable(pod, container, blocks)
@@ -356,7 +357,7 @@ class StaticPolicy:
             return
         blocks = []
         for type_, size in container.memory_requests().items():
-            blocks.append(Block(tuple(nodes), type_, size))
+            blocks.append(shared_block(tuple(nodes), type_, size))
             take(state.machine, nodes, type_, size)
         state.set_blocks(pod.uid, container.name, sort_blocks(blocks))
 
@@ -470,7 +471,7 @@ def _hint_lists(
     masks: Sequence[int], min_size: int, requested: Mapping[str, int]
 ) -> dict[str, list[TopologyHint]]:
     """One identical list per requested type; preferred iff of the minimal width."""
-    hints = [TopologyHint(m, m.bit_count() == min_size) for m in masks]
+    hints = [topology_hint(m, m.bit_count() == min_size) for m in masks]
     if not hints:
         return {}
     return {t: list(hints) for t in requested}
@@ -486,7 +487,7 @@ def _regenerate_hints(blocks: Sequence[Block], requested: Mapping[str, int]) -> 
             return None
         lst = hints[b.type]
         assert lst is not None
-        lst.append(TopologyHint(mask_of(b.numa_affinity), True))
+        lst.append(topology_hint(mask_of(b.numa_affinity), True))
     return hints
 
 
