@@ -322,3 +322,62 @@ def test_crashed_app_container_keeps_its_blocks_across_a_restart() -> None:
     assert mems(fresh.create_container(g, again)) == "0"
     assert fresh.manager.state.blocks("g", "a") == before
     assert reserved(fresh, 0) == 4 * GI
+
+
+def test_synchronize_follows_limits_in_force_before_late_admissions() -> None:
+    # Seen in a fault-injection run (plugin-kill). While the plugin was away, kubelet
+    # resized "big" (pinned to node 0, 3Gi) to 5Gi in place (containerd applied it without
+    # the plugin) and a new container "late" (2Gi) was created unpinned. "big" runs on node
+    # 0 (5Gi allocatable) with its 5Gi limit: that memory is taken before "late" is placed,
+    # else "late" is pinned to node 0, the resize is refused and the node overcommitted.
+    plugin = make_plugin("best-effort")
+    big, late = pod("big"), pod("late")
+    assert mems(plugin.create_container(big, container(big, "app", "c1", 3 * GI))) == "0"
+    fresh = restarted(plugin, "best-effort")
+    resized = container(big, "app", "c1", 5 * GI, mems="0", state=api.CONTAINER_RUNNING)
+    unpinned = container(late, "app", "c2", 2 * GI, state=api.CONTAINER_CREATED)
+    updates = fresh.synchronize([big, late], [resized, unpinned])
+    assert [b.size for b in fresh.manager.state.blocks("big", "app") or []] == [5 * GI]
+    assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c2", "1")]
+    assert (reserved(fresh, 0), reserved(fresh, 1)) == (5 * GI, 2 * GI)
+
+
+def test_restored_exit_records_survive_until_synchronize() -> None:
+    # Found while writing the fault-injection oracle (plugin-kill). The daemon writes the
+    # checkpoint, with the exit records, right after start-up, before containerd's
+    # Synchronize has applied the restored records: a plugin killed in between lost them,
+    # and the finished init container's memory then stayed with its pod for good.
+    plugin = make_plugin()
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    app = container(g, "app", "c2", 2 * GI)
+    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    records = plugin.tracker.exit_records()
+    assert "init" in records["g"]
+    fresh = restarted(plugin)
+    # what the start-up write persists, before any Synchronize
+    assert fresh.tracker.exit_records() == records
+    again = make_plugin()
+    again.manager.state = fresh.manager.state.clone()
+    again.tracker.restore_exit_records(fresh.tracker.exit_records())
+    app.state = api.CONTAINER_RUNNING
+    again.synchronize([g], [app])
+    assert again.manager.state.blocks("g", "init") is None
+    assert reserved(again, 0) == 2 * GI
+
+
+def test_an_exit_is_persisted_at_once() -> None:
+    # Found while writing the fault-injection oracle (plugin-kill). The exit records go to
+    # disk with the checkpoint; a StopContainer changes no block, so it wrote nothing, and
+    # a plugin killed before the next change lost the exit of a finished init container
+    # (whose memory then stays with its pod for good).
+    writes: list[dict[str, object]] = []
+    plugin = make_plugin()
+    plugin.tracker._persist = lambda: writes.append(plugin.tracker.exit_records())
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    assert writes and "init" in writes[-1].get("g", {})  # type: ignore[operator]

@@ -319,6 +319,10 @@ class NodeTracker:
             self._clock += 1
             record.mark_exited(rec, self._clock, c.exit_code)
             self._exits_watch.add(record.uid)
+            if self.manager.state.blocks(pod.uid, c.name) is not None:
+                # no block changes, but the exit records do: a restart must find this exit
+                # (persist writes them with the checkpoint)
+                self._persist()
 
     def update_container(
         self, pod: PodFacts, c: ContainerFacts, new: ContainerResources
@@ -406,7 +410,13 @@ class NodeTracker:
         a crashed app container or sidecar (kept until its pod goes). Small: only such
         containers, JSON values. Persisted beside the checkpoint (docs/recovery.md).
         """
-        out: dict[str, dict[str, dict[str, Any]]] = {}
+        # records restored from an earlier run and not applied yet (no Synchronize since
+        # the start): written back as they were, else a write before the Synchronize (the
+        # daemon's start-up write) would lose them
+        out: dict[str, dict[str, dict[str, Any]]] = {
+            uid: {name: dict(facts) for name, facts in names.items()}
+            for uid, names in self._restored_exits.items()
+        }
         for uid in list(self._exits_watch):
             record = self.pods.get(uid)
             held = self.manager.state.entries.get(uid, {})
@@ -720,8 +730,11 @@ class NodeTracker:
                 latest = record.latest(name)
                 owners[(uid, name)] = latest.id if latest is not None else UNSEEN
         self.owners = owners
-        adopted, admitted, failed, updates = self._adopt_and_admit(live)
+        # Limits in force first: a container resized while we were away runs on its nodes
+        # with its new limit, so that memory is taken before a late admission places
+        # anything (else the late one may land there and overcommit the node).
         resized = self._reconcile_sizes(live)
+        adopted, admitted, failed, updates = self._adopt_and_admit(live)
         for key, c in live.items():
             if self.manager.state.blocks(*key) is not None:
                 self.owners[key] = sys.intern(c.id)
