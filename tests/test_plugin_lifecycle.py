@@ -381,3 +381,31 @@ def test_an_exit_is_persisted_at_once() -> None:
     plugin.create_container(g, init)
     plugin.stop_container(g, init)
     assert writes and "init" in writes[-1].get("g", {})  # type: ignore[operator]
+
+
+def test_restored_exited_containers_are_not_each_others_successors() -> None:
+    # Seen in a fault-injection run (plugin-kill, containerd 1.7, seed 896319150). "app"
+    # crashed, was restarted, crashed again; its sibling "helper" crashed too; the exit
+    # codes were never asked (no new name was created), so both are inferred finished init
+    # containers. The restarted plugin restored them one after the other, so "helper"
+    # looked first created after "app" exited, a next container that ran: "app"'s blocks
+    # were released while it waits to be restarted.
+    plugin = make_plugin()
+    g = pod("g")
+    app = container(g, "app", "c1", 2 * GI)
+    helper = container(g, "helper", "c2", GI)
+    for c in (app, helper):
+        c.linux.resources.cpu.mems = mems(plugin.create_container(g, c))
+        plugin.start_container(g, c)
+    plugin.stop_container(g, app)  # a crash; kubelet restarts it
+    again = container(g, "app", "c3", 2 * GI)
+    again.annotations["io.kubernetes.container.restartCount"] = "1"
+    again.linux.resources.cpu.mems = mems(plugin.create_container(g, again))
+    plugin.start_container(g, again)
+    plugin.stop_container(g, again)  # it crashes again
+    plugin.stop_container(g, helper)  # and so does its sibling
+    fresh = restarted(plugin)
+    fresh.synchronize([g], [])
+    assert fresh.manager.state.blocks("g", "app") is not None
+    assert fresh.manager.state.blocks("g", "helper") is not None
+    assert reserved(fresh, 0) == 3 * GI

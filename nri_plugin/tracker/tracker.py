@@ -367,6 +367,9 @@ class NodeTracker:
 
     def remove_container(self, pod: PodFacts, c: ContainerFacts) -> None:
         """The container is gone; its name's blocks go unless another instance is known."""
+        # debug: says which instances the runtime announced gone (containerd does not, for
+        # some, after it restarts: docs/fault-injection.md), whether or not blocks go
+        self._log.debug("container removed", pod_uid=pod.uid, container=c.name, id=c.id)
         record = self.pods.get(pod.uid)
         if record is not None:
             record.containers.pop(c.id, None)
@@ -449,6 +452,12 @@ class NodeTracker:
 
     def _apply_restored_exits(self, live: Mapping[tuple[str, str], ContainerFacts]) -> None:
         restored, self._restored_exits = self._restored_exits, {}
+        # All restored containers share one creation tick and one exit tick: their order is
+        # not known, and a later tick would make one look first created after another's
+        # exit, a "next container" that ran (which releases a finished init container):
+        # only the recorded successors say that.
+        self._clock += 2
+        created, exited = self._clock - 1, self._clock
         for uid, names in restored.items():
             record = self.pods.get(uid)
             if record is None:
@@ -458,13 +467,11 @@ class NodeTracker:
                     continue
                 if record.latest(name) is not None:
                     continue  # this run saw the container itself
-                self._clock += 1
-                rec = ContainerRecord(sys.intern(str(facts.get("id", ""))), name, self._clock)
+                rec = ContainerRecord(sys.intern(str(facts.get("id", ""))), name, created)
                 record.containers[rec.id] = rec
-                record.first_created.setdefault(name, self._clock)
-                self._clock += 1
+                record.first_created.setdefault(name, created)
                 code = facts.get("exitCode")
-                record.mark_exited(rec, self._clock, code if isinstance(code, int) else None)
+                record.mark_exited(rec, exited, code if isinstance(code, int) else None)
                 kind, source = facts.get("kind"), facts.get("source")
                 # an exited container whose kind was not known is never taken for an init one
                 record.restored_kinds[name] = (
