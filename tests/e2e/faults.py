@@ -43,6 +43,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -539,8 +540,9 @@ class Oracle:
             return
         # a refusal changes nothing: simulate's answer is asked of a copy
         shadow = copy.deepcopy(self.manager)
-        lender = pb.lending if first and pb.can_lend else None
-        base = pb.open if pb.open is not None and (lender is None or lender is pb.open) else None
+        lender = pb.lending if first and pb.can_lend and not plan.init else None
+        # the unit it would have joined (as in admitted: only a borrower joins a lender's)
+        base = pb.open if pb.open is not None and (pb.open is not pb.lending or lender) else None
         inits = list(base.inits) if base is not None else []
         apps = list(base.apps) if base is not None else []
         (inits if plan.init else apps).append((plan, memory))
@@ -1138,6 +1140,9 @@ class FaultInjection:
         )
         self.procs: list[PluginProcess] = []
         self._log_read: dict[Path, int] = {}  # how far each plugin log was read
+        self._log_backlog: list[dict[str, Any]] = []  # read, not yet seen by _synchronized
+        self._told_removed: set[str] = set()  # container ids the plugin was told are removed
+        self._told_pod_gone: set[str] = set()  # pods it released on a sandbox event
         self.plugin_up = False
         self._outage_left = 0
         self._serial = 0
@@ -1374,7 +1379,9 @@ class FaultInjection:
                 int(res.get("memory", {}).get("limit", 0) or 0),
             )
         late, resizes = [], []
-        for line in self._new_log_lines():
+        self._read_log()
+        lines, self._log_backlog = self._log_backlog, []
+        for line in lines:
             event = line.get("event")
             key = (str(line.get("pod_uid")), str(line.get("container")))
             if event == "admission" and line.get("result") in ("pinned late", "unplaced"):
@@ -1390,6 +1397,17 @@ class FaultInjection:
                 if c.id in listed:
                     c.mems_now, c.limit = listed[c.id].mems, listed[c.id].limit
         return listed
+
+    def _read_log(self) -> None:
+        """Read the current plugin's new log lines: what it was told of removals, and the
+        backlog _synchronized reads the order of its late admissions and resizes from."""
+        for line in self._new_log_lines():
+            self._log_backlog.append(line)
+            event = line.get("event")
+            if event == "container removed":
+                self._told_removed.add(str(line.get("id")))
+            elif event == "released" and str(line.get("reason")).startswith("pod sandbox"):
+                self._told_pod_gone.add(str(line.get("pod_uid")))
 
     def _new_log_lines(self) -> list[dict[str, Any]]:
         """Complete lines the current plugin logged since the last call."""
@@ -1715,13 +1733,19 @@ class FaultInjection:
 
         self._cri(stop_and_remove, recover=lambda cri: _gone(pod_id not in cri.list_pods()))
         pod.removed = True
+        # containerd sends StopPodSandbox and RemovePodSandbox only for pods its NRI state
+        # map knows (those whose sandbox it ran since its last start), RemoveContainer only
+        # for containers it knows; a containerd restart in the middle of the removal leaves
+        # it open which calls it made before: the plugin's log says what it was told
+        faulted = self._containerd_faulted()
+        if faulted:
+            self._read_log()
         for c in pod.containers:
             if not c.removed:
-                c.removed, c.record_gone = True, c.known
+                c.removed = True
+                c.record_gone = c.id in self._told_removed if faulted else c.known
         self.counts["pod removals"] += 1
-        # containerd sends StopPodSandbox and RemovePodSandbox only for pods its NRI state
-        # map knows: those whose sandbox it ran since its last start
-        announced = pod.epoch == self._epoch
+        announced = pod.uid in self._told_pod_gone if faulted else pod.epoch == self._epoch
         if not announced:
             self.counts["pod removals unannounced"] += 1
         if pod.plan.qos == "Guaranteed":
@@ -1740,7 +1764,11 @@ class FaultInjection:
             return _gone(all(x.id != c.id for x in cri.list_containers(pod.sandbox.id)))
 
         self._cri(stop_and_remove, recover=gone)
-        c.removed, c.record_gone = True, c.known
+        faulted = self._containerd_faulted()
+        if faulted:
+            self._read_log()  # as in _remove_pod
+        c.removed = True
+        c.record_gone = c.id in self._told_removed if faulted else c.known
         self.counts["container removals"] += 1
         if c.guaranteed:
             self.oracle.removed_container(pod, c, seen=seen and self._seen())
@@ -1803,8 +1831,12 @@ class FaultInjection:
             work_dir=str(self.work),
         )
         (self.work / "figures.json").write_text(json.dumps(dataclasses.asdict(figures), indent=1))
-        # the plugin's logs, one per start (the harness reuses the names in its next run)
-        (self.work / "plugin-logs.txt").write_text("".join(f"{p.log_path}\n" for p in self.procs))
+        # the plugin's logs, one per start (the harness reuses their names in its next run)
+        logs_dir = self.work / "plugin-logs"
+        logs_dir.mkdir(exist_ok=True)
+        for n, proc in enumerate(self.procs):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copyfile(proc.log_path, logs_dir / f"{n:03d}.log")
         return figures
 
     def _check_replay(self, report: dict[str, Any]) -> None:
