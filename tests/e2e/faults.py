@@ -416,6 +416,8 @@ class Stock:
     listed: Mapping[str, Listed]  # container id -> created or running container
     late_order: Sequence[tuple[str, str]]  # (pod uid, name) of late admissions, as logged
     resize_order: Sequence[tuple[str, str]]  # resizes of limits found at synchronize, as logged
+    # (pod uid, name) -> the cpuset.mems the plugin logged for a late admission ("": unplaced)
+    late_mems: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 class Oracle:
@@ -716,7 +718,7 @@ class Oracle:
             pb = self.books[c.pod_uid]
             unit = pb.new_unit()
             unit.apps.append((c.plan, stock.listed[c.id].limit))
-            unit.checks.append((c.name, stock.listed[c.id].mems))
+            unit.checks.append((c.name, stock.late_mems.get((c.pod_uid, c.name), "")))
             pb.holder[c.name] = unit
             pb.seen.add(c.name)
             self.counts["late admissions"] += 1
@@ -1325,6 +1327,7 @@ class FaultInjection:
             checkpoint = load_file(state_dir / STATE_FILE)
         exits = load_exit_records(state_dir / EXITS_FILE_NAME, structlog.get_logger("faults"))
         self.oracle.restoring(checkpoint)
+        self._take_in_force()
         offset = self.ctrd.log_offset()
         proc = self.ctrd.start_plugin(
             self.plugin.argv, env={"PYTHONPATH": str(ROOT)}, name=PLUGIN_NAME
@@ -1379,6 +1382,7 @@ class FaultInjection:
                 int(res.get("memory", {}).get("limit", 0) or 0),
             )
         late, resizes = [], []
+        late_mems: dict[tuple[str, str], str] = {}
         self._read_log()
         lines, self._log_backlog = self._log_backlog, []
         for line in lines:
@@ -1386,17 +1390,29 @@ class FaultInjection:
             key = (str(line.get("pod_uid")), str(line.get("container")))
             if event == "admission" and line.get("result") in ("pinned late", "unplaced"):
                 late.append(key)
+                late_mems[key] = str(line.get("cpuset_mems") or "")
             elif (
                 event in ("resized", "resize refused")
                 and line.get("cause") == "limits found at synchronize"
             ):
                 resizes.append(key)
-        self.oracle.synchronized(Stock(restarted, exits, listed, late, resizes))
+        self.oracle.synchronized(Stock(restarted, exits, listed, late, resizes, late_mems))
         for pod in self._alive():
             for c in pod.containers:
                 if c.id in listed:
                     c.mems_now, c.limit = listed[c.id].mems, listed[c.id].limit
         return listed
+
+    def _take_in_force(self) -> None:
+        """The cpuset.mems and memory limit of every container as the next Synchronize will
+        list them (read while no plugin is connected: nothing changes them until then)."""
+        cri = self.ctrd.cri()
+        for pod in self._alive():
+            for c in pod.latest_instances():
+                if c.guaranteed and not c.exited:
+                    res = cri.spec(c.id).get("linux", {}).get("resources", {})
+                    c.mems_now = str(res.get("cpu", {}).get("mems", ""))
+                    c.limit = int(res.get("memory", {}).get("limit", 0) or 0)
 
     def _read_log(self) -> None:
         """Read the current plugin's new log lines: what it was told of removals, and the
@@ -1594,10 +1610,11 @@ class FaultInjection:
             return False
         return c.mems == "0" if c.guaranteed else not c.mems
 
-    def _start(self, pod: LivePod, c: LiveContainer) -> bool:
+    def _start(self, pod: LivePod, c: LiveContainer, *, again: bool = True) -> bool:
         """StartContainer; False when a containerd restart under the call left the container
         unable to run (state UNKNOWN, or EXITED without ever starting: its task could not
-        be created again): it is removed, as kubelet removes a failed container."""
+        be created again): kubelet removes it and creates it again (the next attempt), once
+        here (``again``)."""
 
         def running(cri: CRIClient) -> bool | None:
             state = cri.container_state(c.id)
@@ -1613,6 +1630,10 @@ class FaultInjection:
 
         if not self._cri(start, recover=running):
             self._remove_container(pod, c)
+            if again and not c.plan.init:
+                new = self._create(pod, c.plan, attempt=c.attempt + 1, memory=c.limit)
+                if new is not None and self._may_start(new):
+                    self._start(pod, new, again=False)
             return False
         c.started = True
         if c.guaranteed:
@@ -1876,12 +1897,18 @@ class FaultInjection:
                         " no blocks"
                     )
         # removed after a containerd restart, unannounced (see _remove_pod): their names wait
-        # for the plugin's next Synchronize, as the oracle expects (counted in the figures)
+        # for the plugin's next Synchronize (a pod's), or its pod's end (a name with an
+        # instance whose removal went unannounced), as the oracle expects
         waiting = {pod.uid for pod in self.oracle.pending_removals}
         for uid, names in plugin_state.entries.items():
             live = self.pods.get(uid)
             for name in names:
-                if uid in waiting:
+                if uid in waiting or (
+                    live is not None
+                    and not live.removed
+                    and any(c.name == name for c in live.containers)
+                    and not all(c.record_gone for c in live.containers if c.name == name)
+                ):
                     continue
                 if live is None or live.removed or live.latest(name) is None:
                     out.append(f"{uid}/{name} holds blocks but no such container exists")

@@ -202,6 +202,7 @@ def _stock(*listed: LiveContainer, restarted: bool = True, exits: Any = None) ->
         {c.id: Listed(c.started, c.mems, c.limit) for c in listed},
         [],
         [],
+        {(c.pod_uid, c.name): c.mems for c in listed},  # as the plugin logs late admissions
     )
 
 
