@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Long fault-injection run against real containerd 2.x and 1.7 (docs/fault-injection.md):
-# random pod churn while the plugin is killed with SIGKILL (plugin-kill) or containerd is
-# restarted (containerd-restart), checked against `nri-memory-manager simulate`.
+# random pod churn, in-place resizes, crashes with kubelet's restarts and restarts with new
+# limits, while the plugin is killed with SIGKILL (plugin-kill) or containerd is restarted
+# (containerd-restart), checked against `nri-memory-manager simulate`.
 # Prints the seed, progress and the figures of every run; exits 1 when any check failed.
 # Needs root (containerd, runc, cgroups). Scenarios, logs and figures stay in --work
 # (default: $NMM_E2E_DIR/logs/fault-injection-SEED, NMM_E2E_DIR defaults to /tmp/nmm-e2e).

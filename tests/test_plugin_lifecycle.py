@@ -351,3 +351,90 @@ def test_refused_containers_are_counted_by_pod_until_they_run_or_go() -> None:
     assert waiting().endswith(" 1.0")
     plugin.remove_pod_sandbox(g)
     assert waiting() == ""
+
+
+def test_synchronize_follows_limits_in_force_before_late_admissions() -> None:
+    # Seen in a fault-injection run (plugin-kill). While the plugin was away, kubelet
+    # resized "big" (pinned to node 0, 3Gi) to 5Gi in place (containerd applied it without
+    # the plugin) and a new container "late" (2Gi) was created unpinned. "big" runs on node
+    # 0 (5Gi allocatable) with its 5Gi limit: that memory is taken before "late" is placed,
+    # else "late" is pinned to node 0, the resize is refused and the node overcommitted.
+    plugin = make_plugin("best-effort")
+    big, late = pod("big"), pod("late")
+    assert mems(plugin.create_container(big, container(big, "app", "c1", 3 * GI))) == "0"
+    fresh = restarted(plugin, "best-effort")
+    resized = container(big, "app", "c1", 5 * GI, mems="0", state=api.CONTAINER_RUNNING)
+    unpinned = container(late, "app", "c2", 2 * GI, state=api.CONTAINER_CREATED)
+    updates = fresh.synchronize([big, late], [resized, unpinned])
+    assert [b.size for b in fresh.manager.state.blocks("big", "app") or []] == [5 * GI]
+    assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c2", "1")]
+    assert (reserved(fresh, 0), reserved(fresh, 1)) == (5 * GI, 2 * GI)
+
+
+def test_restored_exit_records_survive_until_synchronize() -> None:
+    # Found while writing the fault-injection oracle (plugin-kill). The daemon writes the
+    # checkpoint, with the exit records, right after start-up, before containerd's
+    # Synchronize has applied the restored records: a plugin killed in between lost them,
+    # and the finished init container's memory then stayed with its pod for good.
+    plugin = make_plugin()
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    app = container(g, "app", "c2", 2 * GI)
+    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    records = plugin.tracker.exit_records()
+    assert "init" in records["g"]
+    fresh = restarted(plugin)
+    # what the start-up write persists, before any Synchronize
+    assert fresh.tracker.exit_records() == records
+    again = make_plugin()
+    again.manager.state = fresh.manager.state.clone()
+    again.tracker.restore_exit_records(fresh.tracker.exit_records())
+    app.state = api.CONTAINER_RUNNING
+    again.synchronize([g], [app])
+    assert again.manager.state.blocks("g", "init") is None
+    assert reserved(again, 0) == 2 * GI
+
+
+def test_an_exit_is_persisted_at_once() -> None:
+    # Found while writing the fault-injection oracle (plugin-kill). The exit records go to
+    # disk with the checkpoint; a StopContainer changes no block, so it wrote nothing, and
+    # a plugin killed before the next change lost the exit of a finished init container
+    # (whose memory then stays with its pod for good).
+    writes: list[dict[str, object]] = []
+    plugin = make_plugin()
+    plugin.tracker._persist = lambda: writes.append(plugin.tracker.exit_records())
+    g = pod("g")
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    assert writes and "init" in writes[-1].get("g", {})  # type: ignore[operator]
+
+
+def test_restored_exited_containers_are_not_each_others_successors() -> None:
+    # Seen in a fault-injection run (plugin-kill, containerd 1.7, seed 896319150). "app"
+    # crashed, was restarted, crashed again; its sibling "helper" crashed too; the exit
+    # codes were never asked (no new name was created), so both are inferred finished init
+    # containers. The restarted plugin restored them one after the other, so "helper"
+    # looked first created after "app" exited, a next container that ran: "app"'s blocks
+    # were released while it waits to be restarted.
+    plugin = make_plugin()
+    g = pod("g")
+    app = container(g, "app", "c1", 2 * GI)
+    helper = container(g, "helper", "c2", GI)
+    for c in (app, helper):
+        c.linux.resources.cpu.mems = mems(plugin.create_container(g, c))
+        plugin.start_container(g, c)
+    plugin.stop_container(g, app)  # a crash; kubelet restarts it
+    again = container(g, "app", "c3", 2 * GI)
+    again.annotations["io.kubernetes.container.restartCount"] = "1"
+    again.linux.resources.cpu.mems = mems(plugin.create_container(g, again))
+    plugin.start_container(g, again)
+    plugin.stop_container(g, again)  # it crashes again
+    plugin.stop_container(g, helper)  # and so does its sibling
+    fresh = restarted(plugin)
+    fresh.synchronize([g], [])
+    assert fresh.manager.state.blocks("g", "app") is not None
+    assert fresh.manager.state.blocks("g", "helper") is not None
+    assert reserved(fresh, 0) == 3 * GI

@@ -55,7 +55,13 @@ class ExitRecords(TrackerState):
         a crashed app container or sidecar (kept until its pod goes). Small: only such
         containers, JSON values. Persisted beside the checkpoint (docs/recovery.md).
         """
-        out: dict[str, dict[str, dict[str, Any]]] = {}
+        # records restored from an earlier run and not applied yet (no Synchronize since
+        # the start): written back as they were, else a write before the Synchronize (the
+        # daemon's start-up write) would lose them
+        out: dict[str, dict[str, dict[str, Any]]] = {
+            uid: {name: dict(facts) for name, facts in names.items()}
+            for uid, names in self._restored_exits.items()
+        }
         for uid in list(self._exits_watch):
             record = self.pods.get(uid)
             held = self.manager.state.entries.get(uid, {})
@@ -88,6 +94,12 @@ class ExitRecords(TrackerState):
 
     def _apply_restored_exits(self, live: Mapping[tuple[str, str], ContainerFacts]) -> None:
         restored, self._restored_exits = self._restored_exits, {}
+        # All restored containers share one creation tick and one exit tick: their order is
+        # not known, and a later tick would make one look first created after another's
+        # exit, a "next container" that ran (which releases a finished init container):
+        # only the recorded successors say that.
+        self._clock += 2
+        created, exited = self._clock - 1, self._clock
         for uid, names in restored.items():
             record = self.pods.get(uid)
             if record is None:
@@ -97,13 +109,11 @@ class ExitRecords(TrackerState):
                     continue
                 if record.latest(name) is not None:
                     continue  # this run saw the container itself
-                self._clock += 1
-                rec = ContainerRecord(sys.intern(str(facts.get("id", ""))), name, self._clock)
+                rec = ContainerRecord(sys.intern(str(facts.get("id", ""))), name, created)
                 record.containers[rec.id] = rec
-                record.first_created.setdefault(name, self._clock)
-                self._clock += 1
+                record.first_created.setdefault(name, created)
                 code = facts.get("exitCode")
-                record.mark_exited(rec, self._clock, code if isinstance(code, int) else None)
+                record.mark_exited(rec, exited, code if isinstance(code, int) else None)
                 kind, source = facts.get("kind"), facts.get("source")
                 # an exited container whose kind was not known is never taken for an init one
                 record.restored_kinds[name] = (

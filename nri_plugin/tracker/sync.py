@@ -123,10 +123,13 @@ class Synchronization(Admissions, ExitRecords):
                 owners[(uid, name)] = latest.id if latest is not None else UNSEEN
         self.owners = owners
         self._pod_level_at_sync(live)
+        # Limits in force first: a container resized while we were away runs on its nodes
+        # with its new limit, so that memory is taken before a late admission places
+        # anything (else the late one may land there and overcommit the node).
+        resized = self._reconcile_sizes(live)
         adopted, admitted, failed, updates = self._adopt_and_admit(live)
         # one update per container, the last word winning (an unpin, then a late pin)
         updates = list({cid: mems for cid, mems in self.take_updates() + updates}.items())
-        resized = self._reconcile_sizes(live)
         for key, c in live.items():
             if self.manager.state.blocks(*key) is not None:
                 self.owners[key] = sys.intern(c.id)

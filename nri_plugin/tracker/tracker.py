@@ -255,6 +255,10 @@ class NodeTracker(Synchronization):
             self._clock += 1
             record.mark_exited(rec, self._clock, c.exit_code)
             self._exits_watch.add(record.uid)
+            if self.manager.state.blocks(pod.uid, c.name) is not None:
+                # no block changes, but the exit records do: a restart must find this exit
+                # (persist writes them with the checkpoint)
+                self._persist()
 
     def update_container(
         self, pod: PodFacts, c: ContainerFacts, new: ContainerResources
@@ -303,6 +307,9 @@ class NodeTracker(Synchronization):
 
     def remove_container(self, pod: PodFacts, c: ContainerFacts) -> None:
         """The container is gone; its name's blocks go unless another instance is known."""
+        # debug: says which instances the runtime announced gone (containerd does not, for
+        # some, after it restarts: docs/fault-injection.md), whether or not blocks go
+        self._log.debug("container removed", pod_uid=pod.uid, container=c.name, id=c.id)
         record = self.pods.get(pod.uid)
         if record is not None:
             record.containers.pop(c.id, None)

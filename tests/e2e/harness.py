@@ -605,6 +605,15 @@ class CRIClient:
         )
         return bool(r.status.started_at)
 
+    def exit_code(self, container_id: str) -> int | None:
+        """The exit code of an exited container (None while it has not exited)."""
+        r = self._call(
+            "ContainerStatus", self.api.ContainerStatusRequest(container_id=container_id)
+        )
+        if r.status.state != self.api.CONTAINER_EXITED:
+            return None
+        return int(r.status.exit_code)
+
     def info(self, container_id: str) -> dict[str, Any]:
         """containerd's verbose status: runtimeSpec, pid, sandboxID, snapshotter, ..."""
         r = self._call(

@@ -1,10 +1,10 @@
-"""Fault injection against real containerd 2.x and 1.7 (issue 5, items 5 and 6).
+"""Fault injection against real containerd 2.x and 1.7 (issue 5, items 5 and 6; issue 10,
+item 6: resizes and crash/re-create cycles).
 
 The random runs are `tests/e2e/faults.py`; set NMM_FAULT_SEED to repeat one
-(the seed is printed) and NMM_FAULT_OPS to change its length. The two tests
-after them are the smallest cases the runs led to, each a rule of
-docs/lifecycle.md that a plugin restart must keep. The last ones check the
-oracle itself and need no containerd.
+(the seed is printed) and NMM_FAULT_OPS to change its length. The tests after
+them are the smallest cases the runs led to (one an open defect, marked xfail).
+The last ones check the oracle itself and need no containerd.
 """
 
 from __future__ import annotations
@@ -22,21 +22,25 @@ import yaml
 from nri_plugin.persist.format import to_checkpoint
 
 from .faults import (
+    CRASHABLE,
     FAULTS,
+    PLUGIN_NAME,
     ContainerPlan,
-    Expectation,
     Fault,
     FaultInjection,
+    Listed,
     LiveContainer,
     LivePod,
     Oracle,
     PodPlan,
     Schedule,
+    Stock,
     accounting_error,
+    merged_units,
     settled_state,
     state_differences,
 )
-from .harness import FLAVOR_TAG, Containerd, CRIClient, E2EPaths, Flavor, Pod
+from .harness import FLAVOR_TAG, Containerd, CRIClient, E2EPaths, Flavor, Pod, registered_pattern
 from .test_plugin import TOPOLOGY, MemoryManagerPlugin, config_text
 
 GI = 1 << 30
@@ -127,89 +131,256 @@ def test_restart_trusts_the_checkpoint_it_wrote(ctrd: Containerd, tmp_path: Path
     assert "checkpoint not trusted" not in plugin.proc.log_text()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open plugin defect: containerd (1.7 and 2.x) forgets its pods and exited"
+    " containers when it restarts and sends no StopPodSandbox/RemovePodSandbox for them, nor"
+    " RemoveContainer for the instance that had exited (docs/fault-injection.md): the"
+    " restarted container's blocks stay until the plugin's next Synchronize",
+)
+def test_pod_removed_after_a_containerd_restart_is_released(
+    ctrd: Containerd, tmp_path: Path
+) -> None:
+    plugin = MemoryManagerPlugin(ctrd, tmp_path, "best-effort").start()
+    cri = ctrd.cri()
+    uid = "00000000-0000-4000-8000-0000000000aa"
+    pod = cri.run_pod(uid, qos="Guaranteed")
+    limits: dict[str, Any] = {"memory_limit": GI, "cpu_millis": 1000, "cpuset_cpus": "0-1"}
+    first = cri.create_container(pod, "app", command=list(CRASHABLE), **limits)
+    cri.start_container(first)
+    cri.stop_container(first)  # it exits; kubelet restarts it (the same name, attempt 1)
+    again = cri.create_container(pod, "app", command=list(CRASHABLE), attempt=1, **limits)
+    cri.start_container(again)
+    assert uid in _state(plugin)["entries"]
+    since = ctrd.log_offset()
+    ctrd.restart()
+    ctrd.wait_for_log(registered_pattern(PLUGIN_NAME), timeout=30, since=since)
+    cri = ctrd.cri()
+    # kubelet deletes the pod: the sandbox is stopped, its containers and it removed
+    cri.stop_pod(pod.id)
+    for c in cri.list_containers(pod.id):
+        cri.remove_container(c.id)
+    cri.remove_pod(pod.id)
+    assert uid not in _state(plugin)["entries"]
+
+
 # --------------------------------------------------------------------------------------------
 # The oracle itself (no containerd needed)
 
 
-def _oracle(policy: str = "single-numa-node") -> Oracle:
-    return Oracle(yaml.safe_load(TOPOLOGY), yaml.safe_load(config_text(policy)))
+def _oracle(policy: str = "single-numa-node") -> tuple[Oracle, dict[str, LivePod]]:
+    pods: dict[str, LivePod] = {}
+    return Oracle(yaml.safe_load(TOPOLOGY), yaml.safe_load(config_text(policy)), pods), pods
 
 
-def _pod(uid: str, *containers: ContainerPlan) -> LivePod:
+def _pod(pods: dict[str, LivePod], uid: str, *containers: ContainerPlan) -> LivePod:
     sandbox = Pod(f"sandbox-{uid}", uid, f"pod-{uid}", "e2e", "Guaranteed", "", None)
-    return LivePod(PodPlan(uid, f"pod-{uid}", "guaranteed", "Guaranteed", containers), sandbox)
+    pod = LivePod(PodPlan(uid, f"pod-{uid}", "guaranteed", "Guaranteed", containers), sandbox)
+    pods[uid] = pod
+    return pod
 
 
-def _created(oracle: Oracle, pod: LivePod, seq: int, mems: str) -> Expectation | None:
-    c = LiveContainer(pod.plan.containers[0], pod.uid, f"c{seq}", seq, mems, guaranteed=True)
+_serial = iter(range(1, 1 << 30))
+
+
+def _created(
+    pod: LivePod, plan: ContainerPlan, mems: str, *, attempt: int = 0, memory: int | None = None
+) -> LiveContainer:
+    seq = next(_serial)
+    size = plan.memory if memory is None else memory
+    c = LiveContainer(plan, pod.uid, f"c{seq}", seq, attempt, size, mems, guaranteed=True)
     pod.containers.append(c)
-    return oracle.created(pod, c)
+    return c
 
 
-def _nodes(oracle: Oracle, uid: str) -> tuple[int, ...]:
-    blocks = oracle.manager.state.blocks(uid, "app")
-    assert blocks is not None
-    return blocks[0].numa_affinity
+def _stock(*listed: LiveContainer, restarted: bool = True, exits: Any = None) -> Stock:
+    """What the driver finds at a registration: these containers created or running, each
+    with the cpuset.mems the plugin's Synchronize gave it (``c.mems``)."""
+    return Stock(
+        restarted,
+        exits or {},
+        {c.id: Listed(c.started, c.mems, c.limit) for c in listed},
+        [],
+        [],
+        {(c.pod_uid, c.name): c.mems for c in listed},  # as the plugin logs late admissions
+    )
+
+
+def _nodes(oracle: Oracle, uid: str, name: str = "app") -> tuple[int, ...]:
+    mems = oracle.mems_of(uid, name)
+    assert mems is not None
+    return tuple(int(n) for n in mems.split(","))
+
+
+def _steps(oracle: Oracle) -> list[str]:
+    return [next(iter(step)) for step in oracle.steps]
+
+
+APP = ContainerPlan("app", GI, 1000)
 
 
 def test_oracle_replays_an_outage_releases_first() -> None:
     """Node 0 full with A; while the plugin is away A goes and B is created unpinned: at
     the Synchronize, A's release comes before B's admission, so B lands on node 0."""
-    oracle = _oracle()
-    a = _pod("a", ContainerPlan("app", 7 * GI, 1000))
-    b = _pod("b", ContainerPlan("app", GI, 1000))
-    assert _created(oracle, a, 1, "0") == Expectation(0, True, "0")
+    oracle, pods = _oracle()
+    a = _pod(pods, "a", ContainerPlan("app", 7 * GI, 1000))
+    oracle.admitted(a, _created(a, a.plan.containers[0], "0"))
+    oracle.flush()
     a.removed = True
-    oracle.removed_pod(a, plugin_up=False)
-    assert _created(oracle, b, 2, "") is None  # waits for the plugin
-    oracle.synchronized()
-    assert oracle.holds("b", "app") and not oracle.holds("a", "app")
-    assert _nodes(oracle, "b") == (0,)
-    assert oracle.late_admissions == 1
-    assert [next(iter(step)) for step in oracle.steps] == ["admit", "remove", "admit"]
+    oracle.removed_pod(a, seen=False)
+    b = _pod(pods, "b", APP)
+    late = _created(b, APP, "")  # created while the plugin was away
+    late.mems = "0"  # what the plugin's Synchronize gave it
+    oracle.synchronized(_stock(late))
+    assert oracle.mismatches == []
+    assert _nodes(oracle, "b") == (0,) and not oracle.holds("a", "app")
+    assert oracle.counts["late admissions"] == 1
+    assert _steps(oracle) == ["admit", "remove", "admit"]
 
 
 def test_oracle_retries_an_unplaced_container_at_the_next_synchronize() -> None:
-    oracle = _oracle()
-    fillers = [_pod(f"f{n}", ContainerPlan("app", 8 * GI if n else 7 * GI, 1000)) for n in range(4)]
-    for n, pod in enumerate(fillers):
-        _created(oracle, pod, n + 1, str(n))
-    late = _pod("late", ContainerPlan("app", GI, 1000))
-    _created(oracle, late, 9, "")
-    oracle.synchronized()
-    assert not oracle.holds("late", "app")  # no room: unplaced
-    fillers[2].removed = True
-    oracle.removed_pod(fillers[2], plugin_up=False)
-    oracle.synchronized()
-    assert _nodes(oracle, "late") == (2,)
+    oracle, pods = _oracle()
+    for n in range(4):
+        filler = _pod(pods, f"f{n}", ContainerPlan("app", 8 * GI if n else 7 * GI, 1000))
+        oracle.admitted(filler, _created(filler, filler.plan.containers[0], str(n)))
+    late_pod = _pod(pods, "late", APP)
+    late = _created(late_pod, APP, "")
+    oracle.synchronized(_stock(late))
+    assert not oracle.holds("late", "app") and oracle.mismatches == []  # no room: unplaced
+    pods["f2"].removed = True
+    oracle.removed_pod(pods["f2"], seen=True)
+    late.mems = "2"
+    oracle.synchronized(_stock(late))
+    assert _nodes(oracle, "late") == (2,) and oracle.mismatches == []
 
 
-def test_oracle_releases_exited_containers_at_a_synchronize_as_the_plugin_does() -> None:
-    """containerd does not list an exited init container at Synchronize, so the plugin
-    releases it; its app, created while the plugin was away, then takes memory of its own."""
-    oracle = _oracle()
-    init_plan = ContainerPlan("init", 4 * GI, 1000, runs_to_completion=True)
-    pod = _pod("p", init_plan, ContainerPlan("app", 2 * GI, 1000))
-    assert _created(oracle, pod, 1, "0") == Expectation(0, True, "0")
-    init = pod.containers[0]
-    init.started = init.exited = True
-    oracle.started(pod, init, plugin_up=True)
-    app = LiveContainer(pod.plan.containers[1], pod.uid, "c2", 2, "", guaranteed=True)
-    pod.containers.append(app)
-    assert oracle.created(pod, app) is None  # created while the plugin was away
-    oracle.exited_at_sync = {init.id}  # the stock the driver takes at the registration
-    oracle.synchronized()
-    assert not oracle.holds("p", "init") and oracle.holds("p", "app")
-    assert [next(iter(step)) for step in oracle.steps][-2:] == ["remove", "admit"]
-    admitted = oracle.steps[-1]["admit"]
-    assert isinstance(admitted, dict) and admitted["initContainers"] == []
+def test_oracle_lends_init_memory_within_one_admission() -> None:
+    """init (4Gi) runs to completion, app (2Gi) reuses its memory: one admit step; the
+    app's start releases the init container (the pod's containers all exist)."""
+    oracle, pods = _oracle()
+    init_plan = ContainerPlan("init", 4 * GI, 1000, init=True)
+    pod = _pod(pods, "p", init_plan, ContainerPlan("app", 2 * GI, 1000))
+    init = _created(pod, init_plan, "0")
+    oracle.admitted(pod, init)
+    init.started, init.exited, init.exit_code = True, True, 0
+    oracle.exited(pod, init)
+    app = _created(pod, pod.plan.containers[1], "0")
+    oracle.admitted(pod, app)
+    app.started = True
+    oracle.started(pod, app, seen=True)
+    oracle.flush()
+    assert oracle.mismatches == []
+    assert _steps(oracle) == ["admit", "start"]
+    admit = oracle.steps[0]["admit"]
+    assert isinstance(admit, dict) and [c["name"] for c in admit["initContainers"]] == ["init"]
+    assert not oracle.holds("p", "init")
     assert oracle.manager.state.machine[0].memory_map["memory"].reserved == 2 * GI
-    assert oracle.exited_at_sync is None  # taken once
+
+
+def test_oracle_keeps_blocks_across_restarts_and_resizes_a_restart_with_new_limits() -> None:
+    oracle, pods = _oracle()
+    pod = _pod(pods, "p", ContainerPlan("app", 2 * GI, 1000))
+    first = _created(pod, pod.plan.containers[0], "0")
+    oracle.admitted(pod, first)
+    first.started, first.exited, first.exit_code = True, True, 3  # a crash
+    oracle.exited(pod, first)
+    oracle.admitted(pod, _created(pod, first.plan, "0", attempt=1))  # kubelet's restart
+    assert _steps(oracle) == ["admit"]
+    oracle.admitted(pod, _created(pod, first.plan, "0", attempt=2, memory=5 * GI))
+    assert _steps(oracle) == ["admit", "resize"] and oracle.mismatches == []
+    # node 0 has 7Gi: 9Gi does not fit, the plugin refused it as simulate does
+    oracle.refused(pod, first.plan, 9 * GI, 3)
+    oracle.resized(pod, pod.containers[-1], 8 * GI, accepted=False)
+    assert oracle.mismatches == []
+    blocks = oracle.manager.state.blocks("p", "app")
+    assert blocks is not None and [b.size for b in blocks] == [5 * GI]
+    # refusals simulate would not make are mismatches
+    oracle.refused(pod, first.plan, 6 * GI, 3)
+    oracle.resized(pod, pod.containers[-1], GI, accepted=False)
+    assert len(oracle.mismatches) == 2
+    assert all("simulate accepts it" in m for m in oracle.mismatches)
+
+
+def test_oracle_follows_exit_records_at_a_plugin_restart() -> None:
+    """The plugin died after the init container exited; the app was created and started
+    while it was away. Its exit record says it was a finished init container: released at
+    the Synchronize. Without a record its blocks stay until the pod goes."""
+    for records, kept in (({"p": {"init": {"kind": "init"}}}, False), ({}, True)):
+        oracle, pods = _oracle()
+        init_plan = ContainerPlan("init", 4 * GI, 1000, init=True)
+        pod = _pod(pods, "p", init_plan, ContainerPlan("app", 2 * GI, 1000))
+        init = _created(pod, init_plan, "0")
+        oracle.admitted(pod, init)
+        init.started, init.exited, init.exit_code = True, True, 0
+        oracle.exited(pod, init)
+        oracle.flush()
+        app = _created(pod, pod.plan.containers[1], "")
+        app.started, app.mems = True, "0"
+        oracle.synchronized(_stock(app, exits=records))
+        assert oracle.holds("p", "init") == kept and oracle.holds("p", "app")
+        assert oracle.mismatches == []
+
+
+def test_oracle_follows_the_restored_checkpoint_sizes() -> None:
+    """A resize the plugin answered just before a kill, not yet in its checkpoint: the
+    restarted plugin has the old size, and its Synchronize resizes to the limit in force."""
+    oracle, pods = _oracle()
+    pod = _pod(pods, "p", ContainerPlan("app", 2 * GI, 1000))
+    c = _created(pod, pod.plan.containers[0], "0")
+    oracle.admitted(pod, c)
+    oracle.resized(pod, c, 3 * GI, accepted=True)
+    restored = oracle.manager.state.clone()
+    oracle.resized(pod, c, 4 * GI, accepted=True)
+    c.limit = 4 * GI
+    oracle.restoring(restored)
+    blocks = oracle.manager.state.blocks("p", "app")
+    assert blocks is not None and [b.size for b in blocks] == [3 * GI]
+    oracle.synchronized(_stock(c))
+    blocks = oracle.manager.state.blocks("p", "app")
+    assert blocks is not None and [b.size for b in blocks] == [4 * GI]
+    assert oracle.mismatches == [] and _steps(oracle)[-2:] == ["resize", "resize"]
+
+
+def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
+    """After a containerd restart, a pod created before it is removed: containerd sends no
+    StopPodSandbox, and no RemoveContainer for the instance that had exited before the
+    restart. The restarted name waits for the next Synchronize; the other goes at once."""
+    oracle, pods = _oracle("best-effort")
+    pod = _pod(pods, "p", ContainerPlan("app", GI, 1000), ContainerPlan("helper", GI, 1000))
+    old = _created(pod, pod.plan.containers[0], "0")
+    oracle.admitted(pod, old)
+    helper = _created(pod, pod.plan.containers[1], "0")
+    oracle.admitted(pod, helper)
+    old.exited, old.exit_code = True, 3
+    oracle.admitted(pod, _created(pod, old.plan, "0", attempt=1))
+    old.known = False  # exited before the restart: containerd forgot it
+    pod.removed = True
+    for c in pod.containers:
+        c.removed, c.record_gone = True, c.known
+    oracle.removed_pod(pod, seen=True, sandbox_event=False)
+    assert oracle.holds("p", "app") and not oracle.holds("p", "helper")
+    assert [p.uid for p in oracle.pending_removals] == ["p"]
+    oracle.synchronized(_stock(restarted=False))
+    assert oracle.manager.state.entries == {} and oracle.pending_removals == ()
+
+
+def test_units_map_back_to_their_pods() -> None:
+    oracle, pods = _oracle("best-effort")
+    pod = _pod(pods, "p", ContainerPlan("app", GI, 1000), ContainerPlan("helper", GI, 1000))
+    oracle.admitted(pod, _created(pod, pod.plan.containers[0], "0"))
+    oracle.flush()  # the helper comes in a later unit (another operation)
+    oracle.admitted(pod, _created(pod, pod.plan.containers[1], "0"))
+    oracle.flush()
+    assert sorted(oracle.manager.state.entries) == ["p", "p~2"]
+    assert sorted(merged_units(oracle.manager.state).entries["p"]) == ["app", "helper"]
 
 
 def test_state_differences_compare_groups_by_their_sums() -> None:
-    oracle = _oracle("best-effort")
-    _created(oracle, _pod("g", ContainerPlan("app", 12 * GI, 1000)), 1, "0,1")
+    oracle, pods = _oracle("best-effort")
+    g = _pod(pods, "g", ContainerPlan("app", 12 * GI, 1000))
+    oracle.admitted(g, _created(g, g.plan.containers[0], "0,1"))
+    oracle.flush()
+    assert oracle.mismatches == []
     state = oracle.manager.state
     default = oracle.manager.policy.default_state()
     moved = state.clone()
