@@ -87,7 +87,7 @@ from .harness import (
     registered_pattern,
     run_setup,
 )
-from .test_plugin import ROOT, MemoryManagerPlugin
+from .test_plugin import RELIST_INTERVAL_S, ROOT, MemoryManagerPlugin
 
 T = TypeVar("T")
 Fault = Literal["plugin-kill", "containerd-restart"]
@@ -453,7 +453,8 @@ class Oracle:
 
     @property
     def pending_removals(self) -> Sequence[LivePod]:
-        """Pods removed that the plugin has not released yet (its next Synchronize will)."""
+        """Pods removed that the plugin has not released yet (its relist or its next
+        Synchronize will)."""
         return tuple(self._pending_removals)
 
     def free(self, node: int) -> int:
@@ -577,8 +578,8 @@ class Oracle:
     def removed_pod(self, pod: LivePod, *, seen: bool, sandbox_event: bool = True) -> None:
         """The pod was removed. Without ``sandbox_event`` containerd sent no StopPodSandbox
         or RemovePodSandbox for it (see FaultInjection._remove_pod): the plugin released a
-        name when it was told of the removal of every instance of it, the rest waits for its
-        next Synchronize, which finds the pod gone."""
+        name when it was told of the removal of every instance of it; the rest waits for its
+        relist to find the sandbox gone (:meth:`relisted`), or for its next Synchronize."""
         if not seen:
             self._pending_removals.append(pod)
             return
@@ -595,8 +596,18 @@ class Oracle:
                     self._apply({"remove": {"pod": unit.uid, "container": name}})
                 del pb.holder[name]
             else:
-                self.counts["names kept until a Synchronize (pod removal unannounced)"] += 1
+                self.counts["names kept until the relist (pod removal unannounced)"] += 1
         self._pending_removals.append(pod)
+
+    def relisted(self, pod: LivePod) -> None:
+        """The plugin found the end of ``pod``, whose removal containerd did not announce, in
+        the runtime's CRI listing (its relist) and released what it kept, as a
+        RemovePodSandbox would have (frontends/relist.py)."""
+        if pod not in self._pending_removals:
+            return
+        self.flush()
+        self._pending_removals.remove(pod)
+        self._remove_units(pod)
 
     def removed_container(self, pod: LivePod, c: LiveContainer, *, seen: bool) -> None:
         """An instance was removed; its name's blocks go unless another instance is known."""
@@ -1145,6 +1156,8 @@ class FaultInjection:
         self._log_backlog: list[dict[str, Any]] = []  # read, not yet seen by _synchronized
         self._told_removed: set[str] = set()  # container ids the plugin was told are removed
         self._told_pod_gone: set[str] = set()  # pods it released on a sandbox event
+        self._relisted: set[str] = set()  # pods it released on the runtime's CRI listing
+        self._syncs_logged = 0  # Synchronize runs in the plugin's log
         self.plugin_up = False
         self._outage_left = 0
         self._serial = 0
@@ -1423,7 +1436,12 @@ class FaultInjection:
             if event == "container removed":
                 self._told_removed.add(str(line.get("id")))
             elif event == "released" and str(line.get("reason")).startswith("pod sandbox"):
-                self._told_pod_gone.add(str(line.get("pod_uid")))
+                if str(line.get("reason")).endswith("not announced by the runtime)"):
+                    self._relisted.add(str(line.get("pod_uid")))
+                else:
+                    self._told_pod_gone.add(str(line.get("pod_uid")))
+            elif event == "synchronized":
+                self._syncs_logged += 1
 
     def _new_log_lines(self) -> list[dict[str, Any]]:
         """Complete lines the current plugin logged since the last call."""
@@ -1770,6 +1788,38 @@ class FaultInjection:
             self.counts["pod removals unannounced"] += 1
         if pod.plan.qos == "Guaranteed":
             self.oracle.removed_pod(pod, seen=seen and self._seen(), sandbox_event=announced)
+            if not announced:
+                self._await_relist(pod)
+
+    def _await_relist(self, pod: LivePod) -> None:
+        """The plugin's relist releases what it kept of a pod whose removal containerd did
+        not announce (every --relist-interval while such pods hold memory): wait for its
+        log line, then the oracle follows. A containerd restart meanwhile leaves it to the
+        Synchronize that follows, which finds the pod gone."""
+        if pod not in self.oracle.pending_removals:
+            return
+        books = self.oracle.books.get(pod.uid)
+        if books is None or not books.holder:
+            self.oracle.relisted(pod)  # nothing kept: the plugin has nothing to release
+            return
+        self._read_log()  # a Synchronize logged before the removal is not one after it
+        syncs = self._syncs_logged
+        deadline = time.monotonic() + 20 * RELIST_INTERVAL_S + 5
+        while True:
+            self._read_log()
+            if pod.uid in self._relisted:
+                self.oracle.relisted(pod)
+                self.counts["pods released by the relist"] += 1
+                return
+            if self._syncs_logged != syncs or (self._containerd_faulted() and not self._recovered):
+                return  # the Synchronize after the restart releases it (Oracle.synchronized)
+            if time.monotonic() > deadline:
+                self.oracle.mismatches.append(
+                    f"{self.oracle.where}: pod {pod.uid}, removed without containerd's"
+                    " StopPodSandbox or RemovePodSandbox, was not released by the relist"
+                )
+                return
+            time.sleep(RELIST_INTERVAL_S / 5)
 
     def _remove_container(self, pod: LivePod, c: LiveContainer) -> None:
         seen = self._seen()
@@ -1895,14 +1945,18 @@ class FaultInjection:
                         f"{pod.uid}/{c.name} ({c.id[:12]}) is pinned to {mems!r} but holds"
                         " no blocks"
                     )
-        # removed after a containerd restart, unannounced (see _remove_pod): their names wait
-        # for the plugin's next Synchronize (a pod's), or its pod's end (a name with an
-        # instance whose removal went unannounced), as the oracle expects
-        waiting = {pod.uid for pod in self.oracle.pending_removals}
+        # pods removed after a containerd restart, unannounced (see _remove_pod): released by
+        # the plugin's relist or its last Synchronize, none may wait any more
+        out.extend(
+            f"pod {pod.uid} was removed but the plugin never released it"
+            for pod in self.oracle.pending_removals
+        )
+        # a live pod's name with an instance whose removal went unannounced waits for its
+        # pod's end, as the oracle expects
         for uid, names in plugin_state.entries.items():
             live = self.pods.get(uid)
             for name in names:
-                if uid in waiting or (
+                if (
                     live is not None
                     and not live.removed
                     and any(c.name == name for c in live.containers)

@@ -345,11 +345,11 @@ def test_oracle_follows_the_restored_checkpoint_sizes() -> None:
     assert oracle.mismatches == [] and _steps(oracle)[-2:] == ["resize", "resize"]
 
 
-def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
+def _removed_unannounced(oracle: Oracle, pods: dict[str, LivePod]) -> None:
     """After a containerd restart, a pod created before it is removed: containerd sends no
     StopPodSandbox, and no RemoveContainer for the instance that had exited before the
-    restart. The restarted name waits for the next Synchronize; the other goes at once."""
-    oracle, pods = _oracle("best-effort")
+    restart. The restarted name waits for the plugin's relist (or its next Synchronize);
+    the other goes at once."""
     pod = _pod(pods, "p", ContainerPlan("app", GI, 1000), ContainerPlan("helper", GI, 1000))
     old = _created(pod, pod.plan.containers[0], "0")
     oracle.admitted(pod, old)
@@ -364,8 +364,21 @@ def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
     oracle.removed_pod(pod, seen=True, sandbox_event=False)
     assert oracle.holds("p", "app") and not oracle.holds("p", "helper")
     assert [p.uid for p in oracle.pending_removals] == ["p"]
+
+
+def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
+    oracle, pods = _oracle("best-effort")
+    _removed_unannounced(oracle, pods)
     oracle.synchronized(_stock(restarted=False))
     assert oracle.manager.state.entries == {} and oracle.pending_removals == ()
+
+
+def test_oracle_follows_the_relist_of_an_unannounced_pod_removal() -> None:
+    oracle, pods = _oracle("best-effort")
+    _removed_unannounced(oracle, pods)
+    oracle.relisted(pods["p"])
+    assert oracle.manager.state.entries == {} and oracle.pending_removals == ()
+    assert oracle.mismatches == []
 
 
 def test_units_map_back_to_their_pods() -> None:
