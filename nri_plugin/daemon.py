@@ -221,7 +221,7 @@ class NRIFrontEnd:
         interval = getattr(self._args, "relist_interval", DEFAULT_INTERVAL_S)
         if interval > 0 and self._exit_codes.connected:
             self._relist = Relist(
-                tracker, self._exit_codes, interval, bound_logger("relist"), metrics
+                plugin, self._exit_codes, interval, bound_logger("relist"), metrics
             )
         elif interval > 0:
             structlog.get_logger("relist").info(

@@ -70,18 +70,19 @@ def restart_of_containerd_in_a_pod(plugin: MemoryPlugin) -> api.PodSandbox:
 
 
 def relist(plugin: MemoryPlugin, runtime: FakeCRI, **kw: object) -> Relist:
-    return Relist(plugin.tracker, runtime, 1.0, kw.pop("logger", ListLogger()), **kw)  # type: ignore[arg-type]
+    return Relist(plugin, runtime, 1.0, kw.pop("logger", ListLogger()), **kw)  # type: ignore[arg-type]
 
 
 def test_a_pod_whose_sandbox_is_gone_is_released_as_at_its_removal() -> None:
     plugin = make_plugin()
     restart_of_containerd_in_a_pod(plugin)
+    plugin._hugepages["g"] = None  # what the plugin read of the pod goes with it
     runtime = FakeCRI(SandboxFacts("other", "sb-other", True))
     assert asyncio.run(relist(plugin, runtime).once())
     assert runtime.calls == 1
     assert plugin.manager.state.blocks("g", "app") is None
     assert reserved(plugin, 2) == 0
-    assert "g" not in plugin.tracker.pods
+    assert "g" not in plugin.tracker.pods and "g" not in plugin._hugepages
     # nothing left to ask about
     assert not asyncio.run(relist(plugin, runtime).once())
     assert runtime.calls == 1
@@ -196,7 +197,7 @@ def test_the_relist_runs_every_interval_and_not_at_zero() -> None:
     runtime = FakeCRI(SandboxFacts("g", "sb-g", True))
 
     async def run_for(interval: float, seconds: float) -> None:
-        task = asyncio.create_task(Relist(plugin.tracker, runtime, interval, ListLogger()).run())
+        task = asyncio.create_task(Relist(plugin, runtime, interval, ListLogger()).run())
         await asyncio.sleep(seconds)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -207,7 +208,7 @@ def test_the_relist_runs_every_interval_and_not_at_zero() -> None:
     runtime.calls = 0
 
     async def off() -> None:
-        await Relist(plugin.tracker, runtime, 0, ListLogger()).run()  # returns at once
+        await Relist(plugin, runtime, 0, ListLogger()).run()  # returns at once
 
     asyncio.run(off())
     assert runtime.calls == 0

@@ -21,15 +21,29 @@ logged once, counted, and made again at the next interval.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from nri_plugin.frontends.exits import RuntimeUnanswered
 from nri_plugin.tracker.facts import SandboxFacts
-from nri_plugin.tracker.tracker import NodeTracker
 
 # kubelet's PLEG relists every second; pods that outlive a containerd restart are rare
 # and their memory can wait a little
 DEFAULT_INTERVAL_S = 10.0
+
+
+class PodEnds(Protocol):
+    """The NRI handler (:class:`~nri_plugin.frontends.nri.MemoryPlugin`): which pods to
+    ask about, and what the runtime listed."""
+
+    @property
+    def synchronized(self) -> bool: ...
+
+    def unannounced_pods(self) -> dict[str, str]: ...
+
+    def pod_sandboxes_listed(
+        self, asked: Mapping[str, str], listed: Iterable[SandboxFacts]
+    ) -> list[str]: ...
 
 
 class RuntimeSandboxes(Protocol):
@@ -59,13 +73,13 @@ class Relist:
 
     def __init__(
         self,
-        tracker: NodeTracker,
+        plugin: PodEnds,
         runtime: RuntimeSandboxes,
         interval: float,
         logger: Any,
         observer: RelistObserver | None = None,
     ) -> None:
-        self._tracker = tracker
+        self._plugin = plugin
         self._runtime = runtime
         self._interval = interval
         self._log = logger
@@ -82,9 +96,9 @@ class Relist:
 
     async def once(self) -> bool:
         """One look; whether the runtime was asked."""
-        if not self._tracker.synchronized:
+        if not self._plugin.synchronized:
             return False  # disconnected: the next Synchronize lists everything
-        asked = self._tracker.unannounced_pods()
+        asked = self._plugin.unannounced_pods()
         if not asked:
             return False
         try:
@@ -103,9 +117,9 @@ class Relist:
         if self._failing:
             self._failing = False
             self._log.info("runtime lists its pod sandboxes again")
-        if not self._tracker.synchronized:
+        if not self._plugin.synchronized:
             return True  # disconnected while it answered: the listing may be a new process's
-        released = self._tracker.pod_sandboxes_listed(asked, listed)
+        released = self._plugin.pod_sandboxes_listed(asked, listed)
         if released:
             self._observer.unannounced_released(len(released))
         return True
