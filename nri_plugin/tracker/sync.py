@@ -270,6 +270,7 @@ class Synchronization(Admissions, ExitRecords):
             self._log.info(
                 "admission", pod=record.ref, pod_uid=record.uid, container=c.name,
                 result="pinned late", cpuset_mems=mems,
+                numa_nodes=outcome.cpuset_mems if self.node_map.active else None,
             )  # fmt: skip
         return adopted, admitted, failed, updates
 
