@@ -59,20 +59,23 @@ from typing import Any, Literal, TypeVar
 import structlog
 import yaml
 
-from nri_plugin.engine.bitmask import format_mems, parse_cpulist
+from nri_plugin.engine.bitmask import format_mems, mask_of, parse_cpulist
 from nri_plugin.engine.manager import AdmissionResult, MemoryManager, ResizeResult
 from nri_plugin.engine.restore import validate_restored
 from nri_plugin.engine.state import MEMORY, MemoryState, blocks_mask
 from nri_plugin.errors import InputError, StateError
 from nri_plugin.frontends.simulate import apply_step
 from nri_plugin.inputs.scenario import parse_scenario, parse_step
+from nri_plugin.inputs.topology import host_node_ids
 from nri_plugin.persist.exits import load_exit_records
 from nri_plugin.persist.file import EXITS_FILE_NAME, load_file
 from nri_plugin.persist.format import from_checkpoint
+from nri_plugin.tracker.nodemap import NodeMap, default_map
 
 from .harness import (
     FLAVOR_TAG,
     FLAVORS,
+    NUMA_NODES_ANNOTATION,
     Containerd,
     CRIClient,
     CRIError,
@@ -433,6 +436,7 @@ class Oracle:
         topology: dict[str, Any],
         config: dict[str, Any],
         pods: Mapping[str, LivePod] | None = None,
+        host_nodes: Sequence[int] | None = None,
     ) -> None:
         self.topology = topology
         self.config = config
@@ -440,6 +444,10 @@ class Oracle:
         self.pods: Mapping[str, LivePod] = pods if pods is not None else {}
         base = parse_scenario({"topology": topology, "config": config})
         self.manager = MemoryManager(base.topology, base.config)
+        # the plugin writes the host's nodes into cpuset.mems for the fake topology's
+        # (nri_plugin/tracker/nodemap.py): what a Synchronize lists is in the host's terms
+        fake = list(base.topology.node_ids)
+        self._host_map = NodeMap(default_map(fake, list(host_nodes)) if host_nodes else None)
         self.steps: list[Mapping[str, object]] = []
         # the shadow manager's outcome of each step, checked against simulate's report
         self.outcomes: list[object] = []
@@ -474,6 +482,25 @@ class Oracle:
             return None
         blocks = self.manager.state.blocks(unit.uid, name)
         return None if blocks is None else format_mems(blocks_mask(blocks))
+
+    def in_force(self, pod_uid: str, name: str, shown: str) -> bool | None:
+        """Whether ``shown`` (a container's cpuset.mems) are the nodes of the name's blocks
+        (None: it holds none, or they were not written yet), in the host's terms as the
+        plugin compares them (NodeTracker._release_unanswered): ``shown`` is the fake nodes
+        the plugin named at creation, or the host's a listing shows."""
+        want = self.mems_of(pod_uid, name)
+        return None if want is None else self.same_on_host(shown, want)
+
+    def same_on_host(self, a: str, b: str) -> bool:
+        """Whether two node sets are the same host nodes in cpuset.mems."""
+        return _same_mems(self._host(a), self._host(b))
+
+    def _host(self, mems: str) -> str:
+        """Fake nodes (or host nodes, numbered the same) as the host's cpuset.mems."""
+        try:
+            return self._host_map.mems_text(mask_of(parse_cpulist(mems))) if mems else mems
+        except InputError:
+            return mems
 
     def _size(self, unit: Unit, name: str) -> int | None:
         blocks = self.manager.state.blocks(unit.uid, name)
@@ -693,8 +720,7 @@ class Oracle:
                 unit = pb.holder.get(name)
                 if unit is None or not unit.admitted:
                     continue
-                want = self.mems_of(pb.pod.uid, name)
-                if want is not None and not _same_mems(c.mems_now, want):
+                if self.in_force(pb.pod.uid, name, c.mems_now) is False:
                     # created without our answer (a restart while the plugin was away, or
                     # an answer lost to a kill): released, then admitted again below
                     self.counts["admissions not in force"] += 1
@@ -801,7 +827,7 @@ class Oracle:
                     continue
                 if not unit.emitted:
                     continue
-                if self.mems_of(pb.pod.uid, name) not in (None, c.mems_now):
+                if self.in_force(pb.pod.uid, name, c.mems_now) is False:
                     return True
                 if unit.admitted and self._size(unit, name) != stock.listed[c.id].limit:
                     return True
@@ -1150,6 +1176,7 @@ class FaultInjection:
             yaml.safe_load((self.plugin.work / "topology.yaml").read_text()),
             yaml.safe_load((self.plugin.work / "config.yaml").read_text()),
             self.pods,
+            host_node_ids("/sys"),
         )
         self.procs: list[PluginProcess] = []
         self._log_read: dict[Path, int] = {}  # how far each plugin log was read
@@ -1403,7 +1430,8 @@ class FaultInjection:
             key = (str(line.get("pod_uid")), str(line.get("container")))
             if event == "admission" and line.get("result") in ("pinned late", "unplaced"):
                 late.append(key)
-                late_mems[key] = str(line.get("cpuset_mems") or "")
+                # the fake nodes it decided (the host's are in cpuset.mems), as at creation
+                late_mems[key] = str(line.get("numa_nodes") or line.get("cpuset_mems") or "")
             elif (
                 event in ("resized", "resize refused")
                 and line.get("cause") == "limits found at synchronize"
@@ -1935,7 +1963,10 @@ class FaultInjection:
                 mems = cri.numa_nodes(c.id)
                 if blocks is not None:
                     want = format_mems(blocks_mask(blocks))
-                    if mems != want:
+                    # pinned late (a Synchronize's update carries no annotation): the host's
+                    # nodes only, as the plugin itself compares them
+                    annotated = NUMA_NODES_ANNOTATION in cri.spec(c.id).get("annotations", {})
+                    if mems != want and (annotated or not self.oracle.same_on_host(mems, want)):
                         out.append(
                             f"{pod.uid}/{c.name} ({c.id[:12]}) holds blocks on {want} but its"
                             f" OCI spec has cpuset.mems {mems!r}"
