@@ -34,6 +34,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 PROG = "nri-memory-manager"
 DEFAULT_STATE_DIR = "/var/lib/nri-memory-manager"
+# frontends/relist.py's DEFAULT_INTERVAL_S, repeated: the command line loads no gRPC
+DEFAULT_RELIST_INTERVAL_S = 10.0
 # A scenario may embed a whole checkpoint (initialState), so it gets the checkpoint's limit.
 SCENARIO_LIMIT = 64 << 20
 # Longest usage-error line: argparse quotes the user's value in it.
@@ -168,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the runtime's CRI socket, asked for the exit codes NRI does not carry (default:"
         " containerd.sock beside the NRI socket, else /run/containerd/containerd.sock)",
+    )
+    run.add_argument(
+        "--relist-interval",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_RELIST_INTERVAL_S,
+        help="how often the runtime's CRI is asked for the sandboxes of pods whose end"
+        " containerd does not announce (pods that ran before its last restart), while such"
+        " pods hold memory; their memory is released when their sandbox is gone or not"
+        f" ready (default {DEFAULT_RELIST_INTERVAL_S:g}; 0: only at the next Synchronize)",
     )
     _add_daemon_args(run)
 

@@ -51,6 +51,7 @@ from nri_plugin.frontends.exits import ExitCodes
 from nri_plugin.frontends.kubelet import KubeletResources, TrackerMemory
 from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.podcgroup import PodCgroups
+from nri_plugin.frontends.relist import DEFAULT_INTERVAL_S, Relist
 from nri_plugin.inputs.config import load_config_file, validate_for_machine
 from nri_plugin.inputs.iomem import IOMEM_PATH, resolve_drift_tolerance
 from nri_plugin.inputs.kubeletconfig import align_with_kubelet
@@ -82,6 +83,11 @@ def check_flags(args: argparse.Namespace, mode: str) -> None:
         check_identity(name, idx, args.socket)
         if getattr(args, "runtime_endpoint", None):
             unix_socket_path(args.runtime_endpoint, "--runtime-endpoint")
+        interval = getattr(args, "relist_interval", 0.0)
+        if not interval >= 0 or interval == float("inf"):  # NaN fails the first test
+            raise InputError(
+                f"--relist-interval {interval}: seconds, a number >= 0 (0 turns it off)"
+            )
         own_sockets["--socket"] = args.socket
     else:
         listen = unix_socket_path(args.listen, "--listen")
@@ -160,7 +166,9 @@ def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
 class FrontEnd(Protocol):
     """How events reach the tracker: an NRI connection, or a CRI proxy."""
 
-    async def start(self, tracker: NodeTracker, kubelet: KubeletResources) -> None:
+    async def start(
+        self, tracker: NodeTracker, kubelet: KubeletResources, metrics: Metrics | None = None
+    ) -> None:
         """Get ready to serve (a socket to listen on is opened here)."""
 
     async def run(self) -> None:
@@ -184,8 +192,11 @@ class NRIFrontEnd:
         self._args = args
         self._stub: Stub | None = None
         self._exit_codes: ExitCodes | None = None
+        self._relist: Relist | None = None
 
-    async def start(self, tracker: NodeTracker, kubelet: KubeletResources) -> None:
+    async def start(
+        self, tracker: NodeTracker, kubelet: KubeletResources, metrics: Metrics | None = None
+    ) -> None:
         self._exit_codes = ExitCodes(
             getattr(self._args, "runtime_endpoint", None),
             self._args.socket,
@@ -207,10 +218,29 @@ class NRIFrontEnd:
             socket_path=self._args.socket,
             logger=bound_logger("nri"),
         )
+        interval = getattr(self._args, "relist_interval", DEFAULT_INTERVAL_S)
+        if interval > 0 and self._exit_codes.connected:
+            self._relist = Relist(
+                plugin, self._exit_codes, interval, bound_logger("relist"), metrics
+            )
+        elif interval > 0:
+            structlog.get_logger("relist").info(
+                "no runtime CRI socket; pods whose end the runtime does not announce are"
+                " released at its next Synchronize only"
+            )
 
     async def run(self) -> None:
         assert self._stub is not None
-        await self._stub.run()
+        if self._relist is None:
+            await self._stub.run()
+            return
+        relist = asyncio.get_running_loop().create_task(self._relist.run())
+        try:
+            await self._stub.run()
+        finally:
+            relist.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relist
 
     def stop(self) -> None:
         if self._stub is not None:
@@ -243,7 +273,9 @@ class CRIFrontEnd:
         self._proxy: CRIProxy | None = None
         self._stopped = asyncio.Event()
 
-    async def start(self, tracker: NodeTracker, kubelet: KubeletResources) -> None:
+    async def start(
+        self, tracker: NodeTracker, kubelet: KubeletResources, metrics: Metrics | None = None
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(
             endpoint_target(self._args.runtime_endpoint), options=CHANNEL_OPTIONS
         )
@@ -336,7 +368,7 @@ async def serve(args: argparse.Namespace, front: FrontEnd) -> int:
             path,
         )
         log.info("serving pod-resources", socket=path, kubelet_socket=client.socket_path)
-    await front.start(tracker, kubelet)
+    await front.start(tracker, kubelet, metrics)
     if not gate.holding:
         writer.write_now(manager.state)
     for sig in (signal.SIGTERM, signal.SIGINT):

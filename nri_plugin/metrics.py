@@ -127,6 +127,19 @@ class Metrics(Observer):
         for kind in FAILURE_KINDS:
             self.pod_resources_failures.labels(kind)
 
+        self.relist_failures = Counter(
+            "nri_memory_manager_relist_failures_total",
+            "ListPodSandbox calls to the runtime's CRI, for pods whose end it may not announce,"
+            " that brought no answer (nothing is released on them; asked again)",
+            registry=r,
+        )
+        self.unannounced_releases = Counter(
+            "nri_memory_manager_unannounced_pod_releases_total",
+            "Pods released because the runtime's CRI no longer lists a ready sandbox for them,"
+            " their StopPodSandbox or RemovePodSandbox never announced (after a runtime restart)",
+            registry=r,
+        )
+
         # (pod uid, container) of restore conflicts still holding blocks
         self._conflicts: set[tuple[str, str]] = set()
         # node -> type -> the (allocatable, reserved, free) published last; (node, type) ->
@@ -227,6 +240,14 @@ class Metrics(Observer):
 
     def on_failure(self, kind: str) -> None:
         self.pod_resources_failures.labels(kind).inc()
+
+    # -- the NRI front end's relist (frontends/relist.py) ----------------------
+
+    def relist_failed(self) -> None:
+        self.relist_failures.inc()
+
+    def unannounced_released(self, pods: int) -> None:
+        self.unannounced_releases.inc(pods)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

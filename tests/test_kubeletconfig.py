@@ -507,7 +507,7 @@ class _Connecting:
     def __init__(self) -> None:
         self.started = False
 
-    async def start(self, tracker: Any, kubelet: Any = None) -> None:
+    async def start(self, tracker: Any, kubelet: Any = None, metrics: Any = None) -> None:
         self.started = True
 
     async def run(self) -> None:

@@ -1097,7 +1097,7 @@ class _ScrapingFrontEnd:
         self.port = port
         self.metrics = ""
 
-    async def start(self, tracker: Any, kubelet: Any = None) -> None:
+    async def start(self, tracker: Any, kubelet: Any = None, metrics: Any = None) -> None:
         return None
 
     async def run(self) -> None:

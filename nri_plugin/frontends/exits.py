@@ -7,7 +7,8 @@ containerd 1.7 and 2.1 never fill it, and StopContainer says nothing more; the
 CRI ``ContainerStatus`` of the same containerd does. So before a new container
 of a pod that has such exited containers is admitted, the NRI plugin asks the
 runtime's CRI socket for their exit codes, within a deadline; without an
-answer the tracker infers, and says so (docs/lifecycle.md).
+answer the tracker infers, and says so (docs/lifecycle.md). The same socket
+lists the pod sandboxes whose end containerd does not announce (:mod:`.relist`).
 
 The socket: ``--runtime-endpoint``, else ``containerd.sock`` beside the NRI
 socket, else containerd's default ``/run/containerd/containerd.sock``.
@@ -24,6 +25,8 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 
 from nri_plugin.frontends.cri.gen import cri_pb2 as cri
+from nri_plugin.frontends.nri_convert import LABEL_POD_UID
+from nri_plugin.tracker.facts import SandboxFacts
 
 DEFAULT_ENDPOINT = "/run/containerd/containerd.sock"
 # How long a CreateContainer may wait for the exit codes: a local CRI answer takes
@@ -31,6 +34,9 @@ DEFAULT_ENDPOINT = "/run/containerd/containerd.sock"
 DEADLINE_S = 0.1
 _STATUS = "/runtime.v1.RuntimeService/ContainerStatus"
 _VERSION = "/runtime.v1.RuntimeService/Version"
+_LIST_SANDBOXES = "/runtime.v1.RuntimeService/ListPodSandbox"
+# ListPodSandbox runs off the request path (frontends/relist.py): a node's whole listing
+LIST_DEADLINE_S = 5.0
 
 
 def candidate_endpoints(explicit: str | None, nri_socket: str) -> list[Path]:
@@ -39,6 +45,10 @@ def candidate_endpoints(explicit: str | None, nri_socket: str) -> list[Path]:
         return [Path(explicit.removeprefix("unix://"))]
     beside = Path(nri_socket).parent / "containerd.sock"
     return [beside, Path(DEFAULT_ENDPOINT)]
+
+
+class RuntimeUnanswered(Exception):
+    """A CRI call the runtime did not answer (the text says how it failed)."""
 
 
 class ExitCodes:
@@ -92,6 +102,35 @@ class ExitCodes:
         if status.state != cri.CONTAINER_EXITED or not status.finished_at:
             return None
         return int(status.exit_code)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a CRI socket answered at start (else nothing is ever asked)."""
+        return self._channel is not None
+
+    async def pod_sandboxes(self) -> list[SandboxFacts]:
+        """Every pod sandbox the runtime lists (CRI ``ListPodSandbox``, no filter).
+
+        Raises :class:`RuntimeUnanswered` when the runtime does not answer in time.
+        """
+        if self._channel is None:
+            raise RuntimeUnanswered("no runtime CRI socket")
+        request = cri.ListPodSandboxRequest().SerializeToString()
+        try:
+            data = await self._channel.unary_unary(_LIST_SANDBOXES)(
+                request, timeout=LIST_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise RuntimeUnanswered(f"ListPodSandbox: {exc.code().name}") from None
+        return [
+            SandboxFacts(
+                # kubelet sets both; the label is what the rest of the plugin reads
+                item.metadata.uid or item.labels.get(LABEL_POD_UID, ""),
+                item.id,
+                item.state == cri.SANDBOX_READY,
+            )
+            for item in cri.ListPodSandboxResponse.FromString(data).items
+        ]
 
     async def close(self) -> None:
         if self._channel is not None:

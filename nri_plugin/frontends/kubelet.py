@@ -94,8 +94,12 @@ class KubeletResources:
             self.client.prefetch(pod.uid, pod.namespace, pod.name)
 
     def sandbox_removed(self, pod: PodFacts) -> None:
-        self.client.forget(pod.uid)
-        self._pod_hints.pop(pod.uid, None)
+        self.pod_gone(pod.uid)
+
+    def pod_gone(self, pod_uid: str) -> None:
+        """The pod is gone (its sandbox removed, or found gone by the relist)."""
+        self.client.forget(pod_uid)
+        self._pod_hints.pop(pod_uid, None)
 
     # -- containers ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ NRI adjustment, container update or error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -25,7 +25,7 @@ from nri_plugin.frontends.podcgroup import PodCgroups
 from nri_plugin.nri.connection import RpcError
 from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.nri.ttrpc import Code
-from nri_plugin.tracker.facts import ContainerFacts, PodFacts
+from nri_plugin.tracker.facts import ContainerFacts, PodFacts, SandboxFacts
 from nri_plugin.tracker.messages import REFUSAL_PREFIX
 from nri_plugin.tracker.tracker import NodeTracker, Observer, Refused
 
@@ -143,6 +143,24 @@ class MemoryPlugin:
         self.tracker.remove_pod_sandbox(facts)
         if self._kubelet is not None:
             self._kubelet.sandbox_removed(facts)
+
+    # -- pod ends the runtime does not announce (frontends/relist.py) ----------------------
+
+    def unannounced_pods(self) -> dict[str, str]:
+        return self.tracker.unannounced_pods()
+
+    def pod_sandboxes_listed(
+        self, asked: Mapping[str, str], listed: Iterable[SandboxFacts]
+    ) -> list[str]:
+        """The runtime's CRI listing: the tracker releases, the pods found gone are
+        forgotten here too, as at their RemovePodSandbox."""
+        released = self.tracker.pod_sandboxes_listed(asked, listed)
+        for uid in released:
+            if uid not in self.tracker.pods:
+                self._hugepages.pop(uid, None)
+                if self._kubelet is not None:
+                    self._kubelet.pod_gone(uid)
+        return released
 
     def create_container(
         self, pod: api.PodSandbox, container: api.Container

@@ -92,6 +92,10 @@ class TrackerState:
         self._refused: dict[str, set[str]] = {}
         # exit records of an earlier run, applied at the next Synchronize
         self._restored_exits: dict[str, dict[str, dict[str, Any]]] = {}
+        # pods listed at the last Synchronize: their sandboxes ran before the runtime's
+        # current process (for all the plugin can tell), and containerd announces the end
+        # of none of those (see NodeTracker.unannounced_pods)
+        self._unannounced: set[str] = set()
         # (container id, cpuset.mems) for containers other than the one an event is about,
         # which the front end sends the runtime (see take_updates)
         self._updates: list[tuple[str, str]] = []

@@ -141,3 +141,12 @@ class ContainerFacts:
     # the device manager's hints for the devices kubelet allocated to it, one list per
     # resource (from kubelet's pod-resources API); None: no devices, or not known
     device_hints: DeviceHints | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxFacts:
+    """A pod sandbox as the runtime's CRI ``ListPodSandbox`` shows it."""
+
+    uid: str  # the pod's UID (the sandbox's metadata)
+    sandbox_id: str
+    ready: bool  # SANDBOX_READY; a stopped sandbox is NOTREADY until it is removed

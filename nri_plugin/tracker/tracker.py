@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from nri_plugin.engine.hint import DeviceHints
 from nri_plugin.engine.pod import GUARANTEED
@@ -41,7 +41,14 @@ from nri_plugin.engine.topologymanager import TOPOLOGY_AFFINITY_ERROR
 from nri_plugin.tracker import messages
 from nri_plugin.tracker.admission import Rejection
 from nri_plugin.tracker.core import UNSEEN, Observer, Refused
-from nri_plugin.tracker.facts import CREATED, RUNNING, ContainerFacts, ContainerResources, PodFacts
+from nri_plugin.tracker.facts import (
+    CREATED,
+    RUNNING,
+    ContainerFacts,
+    ContainerResources,
+    PodFacts,
+    SandboxFacts,
+)
 from nri_plugin.tracker.podlevel import SIGNAL_POD_RESOURCES, container_signal, pod_signal
 from nri_plugin.tracker.records import ContainerRecord
 from nri_plugin.tracker.sync import Synchronization
@@ -57,7 +64,10 @@ class NodeTracker(Synchronization):
     def run_pod_sandbox(self, pod: PodFacts) -> None:
         fresh = pod.uid not in self.pods
         record = self._pod_record(pod)
-        record.sandbox_id = pod.sandbox_id  # a new sandbox replaces a dead one of the same pod
+        if record.sandbox_id != pod.sandbox_id:
+            # a new sandbox replaces a dead one of the same pod; the runtime announces its end
+            self._unannounced.discard(pod.uid)
+        record.sandbox_id = pod.sandbox_id
         if fresh:
             record.seen_from_start = True  # every container of it will be seen created
 
@@ -77,6 +87,56 @@ class NodeTracker(Synchronization):
         if not self._stale_sandbox(pod):
             self._release_pod(pod.uid, "pod sandbox removed")
             self.pods.pop(pod.uid, None)
+            self._unannounced.discard(pod.uid)
+
+    def unannounced_pods(self) -> dict[str, str]:
+        """Pods that hold memory and whose end the runtime may never announce: pod UID ->
+        its sandbox id as known now (pass it back with :meth:`pod_sandboxes_listed`).
+
+        containerd (1.7, 2.x) sends StopPodSandbox and RemovePodSandbox only for sandboxes
+        its current process ran (``internal/nri/nri.go``), so for the pods listed at the
+        last Synchronize, the runtime's CRI listing is the only news of their end. Empty
+        when there is nothing to ask: the front end then asks nothing.
+        """
+        out = {}
+        for uid in list(self._unannounced):
+            record = self.pods.get(uid)
+            if record is None:
+                self._unannounced.discard(uid)  # gone at a Synchronize
+            elif self.holds_blocks(uid) or self.manager.state.carved(uid) or uid in self._refused:
+                out[uid] = record.sandbox_id
+        return out
+
+    def pod_sandboxes_listed(
+        self, asked: Mapping[str, str], listed: Iterable[SandboxFacts]
+    ) -> list[str]:
+        """The runtime's CRI listing of every pod sandbox, asked for the pods ``asked``
+        (:meth:`unannounced_pods` before the call): the UIDs of those released.
+
+        A pod with no sandbox left is released as RemovePodSandbox does; one with a sandbox
+        but none ready, as StopPodSandbox does. A pod with a ready sandbox is kept, a new
+        one of the same UID included (kubelet re-creates a dead sandbox of a live pod), and
+        so is a pod whose sandbox changed while the runtime was asked.
+        """
+        by_uid: dict[str, list[SandboxFacts]] = {}
+        for s in listed:
+            by_uid.setdefault(s.uid, []).append(s)
+        released = []
+        for uid, sandbox_id in asked.items():
+            record = self.pods.get(uid)
+            if record is None or uid not in self._unannounced or record.sandbox_id != sandbox_id:
+                continue  # ended, or a new sandbox announced, while the runtime answered
+            sandboxes = by_uid.get(uid, [])
+            if any(s.ready for s in sandboxes):
+                continue
+            if sandboxes:
+                self._release_pod(uid, "pod sandbox not ready (stop not announced by the runtime)")
+            else:
+                self._release_pod(uid, "pod sandbox gone (removal not announced by the runtime)")
+                self.pods.pop(uid, None)
+                self._unannounced.discard(uid)
+            released.append(uid)
+        return released
 
     def pod_listed(
         self, pod_uid: str, names: Iterable[str], device_hints: DeviceHints | None = None

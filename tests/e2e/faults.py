@@ -59,20 +59,23 @@ from typing import Any, Literal, TypeVar
 import structlog
 import yaml
 
-from nri_plugin.engine.bitmask import format_mems, parse_cpulist
+from nri_plugin.engine.bitmask import format_mems, mask_of, parse_cpulist
 from nri_plugin.engine.manager import AdmissionResult, MemoryManager, ResizeResult
 from nri_plugin.engine.restore import validate_restored
 from nri_plugin.engine.state import MEMORY, MemoryState, blocks_mask
 from nri_plugin.errors import InputError, StateError
 from nri_plugin.frontends.simulate import apply_step
 from nri_plugin.inputs.scenario import parse_scenario, parse_step
+from nri_plugin.inputs.topology import host_node_ids
 from nri_plugin.persist.exits import load_exit_records
 from nri_plugin.persist.file import EXITS_FILE_NAME, load_file
 from nri_plugin.persist.format import from_checkpoint
+from nri_plugin.tracker.nodemap import NodeMap, default_map
 
 from .harness import (
     FLAVOR_TAG,
     FLAVORS,
+    NUMA_NODES_ANNOTATION,
     Containerd,
     CRIClient,
     CRIError,
@@ -87,7 +90,7 @@ from .harness import (
     registered_pattern,
     run_setup,
 )
-from .test_plugin import ROOT, MemoryManagerPlugin
+from .test_plugin import RELIST_INTERVAL_S, ROOT, MemoryManagerPlugin
 
 T = TypeVar("T")
 Fault = Literal["plugin-kill", "containerd-restart"]
@@ -433,6 +436,7 @@ class Oracle:
         topology: dict[str, Any],
         config: dict[str, Any],
         pods: Mapping[str, LivePod] | None = None,
+        host_nodes: Sequence[int] | None = None,
     ) -> None:
         self.topology = topology
         self.config = config
@@ -440,6 +444,10 @@ class Oracle:
         self.pods: Mapping[str, LivePod] = pods if pods is not None else {}
         base = parse_scenario({"topology": topology, "config": config})
         self.manager = MemoryManager(base.topology, base.config)
+        # the plugin writes the host's nodes into cpuset.mems for the fake topology's
+        # (nri_plugin/tracker/nodemap.py): what a Synchronize lists is in the host's terms
+        fake = list(base.topology.node_ids)
+        self._host_map = NodeMap(default_map(fake, list(host_nodes)) if host_nodes else None)
         self.steps: list[Mapping[str, object]] = []
         # the shadow manager's outcome of each step, checked against simulate's report
         self.outcomes: list[object] = []
@@ -453,7 +461,8 @@ class Oracle:
 
     @property
     def pending_removals(self) -> Sequence[LivePod]:
-        """Pods removed that the plugin has not released yet (its next Synchronize will)."""
+        """Pods removed that the plugin has not released yet (its relist or its next
+        Synchronize will)."""
         return tuple(self._pending_removals)
 
     def free(self, node: int) -> int:
@@ -473,6 +482,25 @@ class Oracle:
             return None
         blocks = self.manager.state.blocks(unit.uid, name)
         return None if blocks is None else format_mems(blocks_mask(blocks))
+
+    def in_force(self, pod_uid: str, name: str, shown: str) -> bool | None:
+        """Whether ``shown`` (a container's cpuset.mems) are the nodes of the name's blocks
+        (None: it holds none, or they were not written yet), in the host's terms as the
+        plugin compares them (NodeTracker._release_unanswered): ``shown`` is the fake nodes
+        the plugin named at creation, or the host's a listing shows."""
+        want = self.mems_of(pod_uid, name)
+        return None if want is None else self.same_on_host(shown, want)
+
+    def same_on_host(self, a: str, b: str) -> bool:
+        """Whether two node sets are the same host nodes in cpuset.mems."""
+        return _same_mems(self._host(a), self._host(b))
+
+    def _host(self, mems: str) -> str:
+        """Fake nodes (or host nodes, numbered the same) as the host's cpuset.mems."""
+        try:
+            return self._host_map.mems_text(mask_of(parse_cpulist(mems))) if mems else mems
+        except InputError:
+            return mems
 
     def _size(self, unit: Unit, name: str) -> int | None:
         blocks = self.manager.state.blocks(unit.uid, name)
@@ -577,8 +605,8 @@ class Oracle:
     def removed_pod(self, pod: LivePod, *, seen: bool, sandbox_event: bool = True) -> None:
         """The pod was removed. Without ``sandbox_event`` containerd sent no StopPodSandbox
         or RemovePodSandbox for it (see FaultInjection._remove_pod): the plugin released a
-        name when it was told of the removal of every instance of it, the rest waits for its
-        next Synchronize, which finds the pod gone."""
+        name when it was told of the removal of every instance of it; the rest waits for its
+        relist to find the sandbox gone (:meth:`relisted`), or for its next Synchronize."""
         if not seen:
             self._pending_removals.append(pod)
             return
@@ -595,8 +623,18 @@ class Oracle:
                     self._apply({"remove": {"pod": unit.uid, "container": name}})
                 del pb.holder[name]
             else:
-                self.counts["names kept until a Synchronize (pod removal unannounced)"] += 1
+                self.counts["names kept until the relist (pod removal unannounced)"] += 1
         self._pending_removals.append(pod)
+
+    def relisted(self, pod: LivePod) -> None:
+        """The plugin found the end of ``pod``, whose removal containerd did not announce, in
+        the runtime's CRI listing (its relist) and released what it kept, as a
+        RemovePodSandbox would have (frontends/relist.py)."""
+        if pod not in self._pending_removals:
+            return
+        self.flush()
+        self._pending_removals.remove(pod)
+        self._remove_units(pod)
 
     def removed_container(self, pod: LivePod, c: LiveContainer, *, seen: bool) -> None:
         """An instance was removed; its name's blocks go unless another instance is known."""
@@ -682,8 +720,7 @@ class Oracle:
                 unit = pb.holder.get(name)
                 if unit is None or not unit.admitted:
                     continue
-                want = self.mems_of(pb.pod.uid, name)
-                if want is not None and not _same_mems(c.mems_now, want):
+                if self.in_force(pb.pod.uid, name, c.mems_now) is False:
                     # created without our answer (a restart while the plugin was away, or
                     # an answer lost to a kill): released, then admitted again below
                     self.counts["admissions not in force"] += 1
@@ -790,7 +827,7 @@ class Oracle:
                     continue
                 if not unit.emitted:
                     continue
-                if self.mems_of(pb.pod.uid, name) not in (None, c.mems_now):
+                if self.in_force(pb.pod.uid, name, c.mems_now) is False:
                     return True
                 if unit.admitted and self._size(unit, name) != stock.listed[c.id].limit:
                     return True
@@ -1139,12 +1176,15 @@ class FaultInjection:
             yaml.safe_load((self.plugin.work / "topology.yaml").read_text()),
             yaml.safe_load((self.plugin.work / "config.yaml").read_text()),
             self.pods,
+            host_node_ids("/sys"),
         )
         self.procs: list[PluginProcess] = []
         self._log_read: dict[Path, int] = {}  # how far each plugin log was read
         self._log_backlog: list[dict[str, Any]] = []  # read, not yet seen by _synchronized
         self._told_removed: set[str] = set()  # container ids the plugin was told are removed
         self._told_pod_gone: set[str] = set()  # pods it released on a sandbox event
+        self._relisted: set[str] = set()  # pods it released on the runtime's CRI listing
+        self._syncs_logged = 0  # Synchronize runs in the plugin's log
         self.plugin_up = False
         self._outage_left = 0
         self._serial = 0
@@ -1390,7 +1430,8 @@ class FaultInjection:
             key = (str(line.get("pod_uid")), str(line.get("container")))
             if event == "admission" and line.get("result") in ("pinned late", "unplaced"):
                 late.append(key)
-                late_mems[key] = str(line.get("cpuset_mems") or "")
+                # the fake nodes it decided (the host's are in cpuset.mems), as at creation
+                late_mems[key] = str(line.get("numa_nodes") or line.get("cpuset_mems") or "")
             elif (
                 event in ("resized", "resize refused")
                 and line.get("cause") == "limits found at synchronize"
@@ -1423,7 +1464,12 @@ class FaultInjection:
             if event == "container removed":
                 self._told_removed.add(str(line.get("id")))
             elif event == "released" and str(line.get("reason")).startswith("pod sandbox"):
-                self._told_pod_gone.add(str(line.get("pod_uid")))
+                if str(line.get("reason")).endswith("not announced by the runtime)"):
+                    self._relisted.add(str(line.get("pod_uid")))
+                else:
+                    self._told_pod_gone.add(str(line.get("pod_uid")))
+            elif event == "synchronized":
+                self._syncs_logged += 1
 
     def _new_log_lines(self) -> list[dict[str, Any]]:
         """Complete lines the current plugin logged since the last call."""
@@ -1770,6 +1816,38 @@ class FaultInjection:
             self.counts["pod removals unannounced"] += 1
         if pod.plan.qos == "Guaranteed":
             self.oracle.removed_pod(pod, seen=seen and self._seen(), sandbox_event=announced)
+            if not announced:
+                self._await_relist(pod)
+
+    def _await_relist(self, pod: LivePod) -> None:
+        """The plugin's relist releases what it kept of a pod whose removal containerd did
+        not announce (every --relist-interval while such pods hold memory): wait for its
+        log line, then the oracle follows. A containerd restart meanwhile leaves it to the
+        Synchronize that follows, which finds the pod gone."""
+        if pod not in self.oracle.pending_removals:
+            return
+        books = self.oracle.books.get(pod.uid)
+        if books is None or not books.holder:
+            self.oracle.relisted(pod)  # nothing kept: the plugin has nothing to release
+            return
+        self._read_log()  # a Synchronize logged before the removal is not one after it
+        syncs = self._syncs_logged
+        deadline = time.monotonic() + 20 * RELIST_INTERVAL_S + 5
+        while True:
+            self._read_log()
+            if pod.uid in self._relisted:
+                self.oracle.relisted(pod)
+                self.counts["pods released by the relist"] += 1
+                return
+            if self._syncs_logged != syncs or (self._containerd_faulted() and not self._recovered):
+                return  # the Synchronize after the restart releases it (Oracle.synchronized)
+            if time.monotonic() > deadline:
+                self.oracle.mismatches.append(
+                    f"{self.oracle.where}: pod {pod.uid}, removed without containerd's"
+                    " StopPodSandbox or RemovePodSandbox, was not released by the relist"
+                )
+                return
+            time.sleep(RELIST_INTERVAL_S / 5)
 
     def _remove_container(self, pod: LivePod, c: LiveContainer) -> None:
         seen = self._seen()
@@ -1885,7 +1963,10 @@ class FaultInjection:
                 mems = cri.numa_nodes(c.id)
                 if blocks is not None:
                     want = format_mems(blocks_mask(blocks))
-                    if mems != want:
+                    # pinned late (a Synchronize's update carries no annotation): the host's
+                    # nodes only, as the plugin itself compares them
+                    annotated = NUMA_NODES_ANNOTATION in cri.spec(c.id).get("annotations", {})
+                    if mems != want and (annotated or not self.oracle.same_on_host(mems, want)):
                         out.append(
                             f"{pod.uid}/{c.name} ({c.id[:12]}) holds blocks on {want} but its"
                             f" OCI spec has cpuset.mems {mems!r}"
@@ -1895,14 +1976,18 @@ class FaultInjection:
                         f"{pod.uid}/{c.name} ({c.id[:12]}) is pinned to {mems!r} but holds"
                         " no blocks"
                     )
-        # removed after a containerd restart, unannounced (see _remove_pod): their names wait
-        # for the plugin's next Synchronize (a pod's), or its pod's end (a name with an
-        # instance whose removal went unannounced), as the oracle expects
-        waiting = {pod.uid for pod in self.oracle.pending_removals}
+        # pods removed after a containerd restart, unannounced (see _remove_pod): released by
+        # the plugin's relist or its last Synchronize, none may wait any more
+        out.extend(
+            f"pod {pod.uid} was removed but the plugin never released it"
+            for pod in self.oracle.pending_removals
+        )
+        # a live pod's name with an instance whose removal went unannounced waits for its
+        # pod's end, as the oracle expects
         for uid, names in plugin_state.entries.items():
             live = self.pods.get(uid)
             for name in names:
-                if uid in waiting or (
+                if (
                     live is not None
                     and not live.removed
                     and any(c.name == name for c in live.containers)

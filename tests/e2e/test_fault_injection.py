@@ -3,7 +3,7 @@ item 6: resizes and crash/re-create cycles).
 
 The random runs are `tests/e2e/faults.py`; set NMM_FAULT_SEED to repeat one
 (the seed is printed) and NMM_FAULT_OPS to change its length. The tests after
-them are the smallest cases the runs led to (one an open defect, marked xfail).
+them are the smallest cases the runs led to.
 The last ones check the oracle itself and need no containerd.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from .faults import (
     state_differences,
 )
 from .harness import FLAVOR_TAG, Containerd, CRIClient, E2EPaths, Flavor, Pod, registered_pattern
-from .test_plugin import TOPOLOGY, MemoryManagerPlugin, config_text
+from .test_plugin import RELIST_INTERVAL_S, TOPOLOGY, MemoryManagerPlugin, config_text
 
 GI = 1 << 30
 OPERATIONS = int(os.environ.get("NMM_FAULT_OPS") or 1000)
@@ -131,16 +132,13 @@ def test_restart_trusts_the_checkpoint_it_wrote(ctrd: Containerd, tmp_path: Path
     assert "checkpoint not trusted" not in plugin.proc.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open plugin defect: containerd (1.7 and 2.x) forgets its pods and exited"
-    " containers when it restarts and sends no StopPodSandbox/RemovePodSandbox for them, nor"
-    " RemoveContainer for the instance that had exited (docs/fault-injection.md): the"
-    " restarted container's blocks stay until the plugin's next Synchronize",
-)
 def test_pod_removed_after_a_containerd_restart_is_released(
     ctrd: Containerd, tmp_path: Path
 ) -> None:
+    """containerd (1.7 and 2.x) forgets its pods and exited containers when it restarts and
+    sends no StopPodSandbox/RemovePodSandbox for them, nor RemoveContainer for the instance
+    that had exited (docs/fault-injection.md): the plugin finds the pod's end in the
+    runtime's CRI listing (--relist-interval) and releases it."""
     plugin = MemoryManagerPlugin(ctrd, tmp_path, "best-effort").start()
     cri = ctrd.cri()
     uid = "00000000-0000-4000-8000-0000000000aa"
@@ -161,7 +159,13 @@ def test_pod_removed_after_a_containerd_restart_is_released(
     for c in cri.list_containers(pod.id):
         cri.remove_container(c.id)
     cri.remove_pod(pod.id)
-    assert uid not in _state(plugin)["entries"]
+    deadline = time.monotonic() + 10 * RELIST_INTERVAL_S + 5
+    while uid in _state(plugin).get("entries", {}):
+        assert time.monotonic() < deadline, "the pod's memory was not released"
+        time.sleep(RELIST_INTERVAL_S / 2)
+    assert plugin.proc is not None
+    # released when its sandbox stopped or when it went, whichever the relist saw first
+    assert "not announced by the runtime)" in plugin.proc.log_text()
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,11 +345,11 @@ def test_oracle_follows_the_restored_checkpoint_sizes() -> None:
     assert oracle.mismatches == [] and _steps(oracle)[-2:] == ["resize", "resize"]
 
 
-def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
+def _removed_unannounced(oracle: Oracle, pods: dict[str, LivePod]) -> None:
     """After a containerd restart, a pod created before it is removed: containerd sends no
     StopPodSandbox, and no RemoveContainer for the instance that had exited before the
-    restart. The restarted name waits for the next Synchronize; the other goes at once."""
-    oracle, pods = _oracle("best-effort")
+    restart. The restarted name waits for the plugin's relist (or its next Synchronize);
+    the other goes at once."""
     pod = _pod(pods, "p", ContainerPlan("app", GI, 1000), ContainerPlan("helper", GI, 1000))
     old = _created(pod, pod.plan.containers[0], "0")
     oracle.admitted(pod, old)
@@ -360,8 +364,21 @@ def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
     oracle.removed_pod(pod, seen=True, sandbox_event=False)
     assert oracle.holds("p", "app") and not oracle.holds("p", "helper")
     assert [p.uid for p in oracle.pending_removals] == ["p"]
+
+
+def test_oracle_keeps_names_whose_removal_containerd_did_not_announce() -> None:
+    oracle, pods = _oracle("best-effort")
+    _removed_unannounced(oracle, pods)
     oracle.synchronized(_stock(restarted=False))
     assert oracle.manager.state.entries == {} and oracle.pending_removals == ()
+
+
+def test_oracle_follows_the_relist_of_an_unannounced_pod_removal() -> None:
+    oracle, pods = _oracle("best-effort")
+    _removed_unannounced(oracle, pods)
+    oracle.relisted(pods["p"])
+    assert oracle.manager.state.entries == {} and oracle.pending_removals == ()
+    assert oracle.mismatches == []
 
 
 def test_units_map_back_to_their_pods() -> None:
