@@ -10,11 +10,14 @@ import pytest
 
 from nri_plugin.errors import ConfigError, InputError
 from nri_plugin.frontends.exits import candidate_endpoints
+from nri_plugin.frontends.nri import MemoryPlugin
 from nri_plugin.frontends.podcgroup import PodCgroups, cgroup_dir
 from nri_plugin.inputs.config import parse_config
 from nri_plugin.inputs.topology import host_node_ids
+from nri_plugin.nri.gen import nri_pb2 as api
 from nri_plugin.tracker.nodemap import ANNOTATION, NodeMap, checked_map, default_map
 from tests.nri_builders import GI, container, pod
+from tests.test_bad_input import ListLogger
 from tests.test_plugin_lifecycle import make_plugin, mems
 
 UID = "3f5d0c4e-1111-2222-3333-444455556666"
@@ -76,6 +79,21 @@ def test_mapped_plugin_pins_host_nodes_and_annotates_fake_ones() -> None:
     assert mems(adjust) == "0"  # fake node 1 on this machine's node 0
     assert adjust is not None and dict(adjust.annotations) == {ANNOTATION: "1"}
     assert plugin.manager.state.blocks("g", "app")[0].numa_affinity == (1,)  # type: ignore[index]
+
+
+def test_mapped_late_admission_logs_the_fake_nodes() -> None:
+    # a container created while the plugin was away is pinned through the Synchronize
+    # reply, which carries no annotation: the decision log is where the fake nodes show
+    log = ListLogger()
+    plugin = MemoryPlugin(make_plugin().manager, logger=log)
+    plugin.tracker.node_map = NodeMap({0: 0, 1: 0, 2: 0, 3: 0})
+    plugin.tracker._mems_text = plugin.tracker.node_map.mems_text
+    g = pod("g")
+    late = container(g, "app", "c1", 2 * GI, cpus="4-5", state=api.CONTAINER_RUNNING)
+    updates = plugin.synchronize([g], [late])
+    assert [(u.container_id, u.linux.resources.cpu.mems) for u in updates] == [("c1", "0")]
+    line = log.find("admission")
+    assert (line["result"], line["cpuset_mems"], line["numa_nodes"]) == ("pinned late", "0", "1")
 
 
 # -- the pod cgroup's hugepage limits ----------------------------------------------------------

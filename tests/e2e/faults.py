@@ -301,7 +301,9 @@ class LiveContainer:
     mems: str  # cpuset.mems of the OCI spec right after CreateContainer
     guaranteed: bool  # the plugin's business: Guaranteed pod, memory limit set
     limit: int = -1  # the memory limit in force (after updates)
-    mems_now: str = ""  # the cpuset.mems in force (after Synchronize's updates)
+    # the cpuset.mems in force (after Synchronize's updates): the fake nodes until a
+    # listing is read over CRI, the host's after (Oracle.in_force compares the two)
+    mems_now: str = ""
     started: bool = False
     exited: bool = False
     exit_code: int | None = None
