@@ -16,7 +16,9 @@ same run. Needs root.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +41,13 @@ from tests.e2e.harness import (  # noqa: E402  (the repo's e2e harness)
 
 NO_PLUGIN = "no plugin"
 OURS = "nri-memory-manager"
+# ours with kubelet's pod-resources API answering (a stand-in kubelet that knows the pods
+# before their sandboxes start, as kubelet does): the common case must cost nothing more
+OURS_PODRES = "nri-memory-manager + pod-resources"
 MINIMAL = "mems-only plugin"
 GO = "Go mems-only plugin"
-CONFIGS = (NO_PLUGIN, OURS, MINIMAL, GO)
+CONFIGS = (NO_PLUGIN, OURS, OURS_PODRES, MINIMAL, GO)
+OURS_CONFIGS = (OURS, OURS_PODRES)
 # ours / Go in the same run (the issue "As fast as a Go NRI plugin")
 TARGET_MEDIAN_RATIO = 1.03
 TARGET_P99_RATIO = 1.10
@@ -67,13 +73,49 @@ def go_plugin_binary(paths: E2EPaths) -> Path:
     return (Path(root) if root else paths.root / "go-plugin") / "bin" / "go-mems-only"
 
 
+def pods_file(work: Path) -> Path:
+    """The stand-in kubelet's pods (tests/podresources_standin.py reads it at each call)."""
+    return work / "pods.yaml"
+
+
+def podres_socket(work: Path) -> Path:
+    return work / "pod-resources.sock"
+
+
+def start_standin(work: Path) -> subprocess.Popen[bytes]:
+    """The stand-in kubelet of the tests, serving the pod-resources API on a socket."""
+    pods_file(work).write_text(json.dumps({"node": {"cpus": list(range(16))}, "pods": []}))
+    log = (work / "standin.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.podresources_standin",
+            "--socket",
+            str(podres_socket(work)),
+            "--pods",
+            str(pods_file(work)),
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while not podres_socket(work).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"pod-resources stand-in did not start: see {work / 'standin.log'}")
+        time.sleep(0.05)
+    return proc
+
+
 def start_plugin(
     ctrd: Containerd, config: str, work: Path, go_binary: Path
 ) -> PluginProcess | None:
     env = {"PYTHONPATH": str(REPO)}
     if config == NO_PLUGIN:
         return None
-    if config == OURS:
+    if config in OURS_CONFIGS:
         (work / "topology.yaml").write_text(TOPOLOGY)
         (work / "config.yaml").write_text(CONFIG)
         argv = [
@@ -91,6 +133,8 @@ def start_plugin(
             str(work / "state"),
             "--log-level",
             "info",
+            "--pod-resources-socket",
+            str(podres_socket(work)) if config == OURS_PODRES else str(work / "no-kubelet.sock"),
         ]
         name = "90-memory-manager"
     elif config == GO:
@@ -112,12 +156,21 @@ def start_plugin(
     return plugin
 
 
-def create_block(cri: CRIClient, count: int, config: str) -> list[float]:
-    """Seconds per CreateContainer for ``count`` containers (pods made beforehand)."""
-    pods = [
-        cri.run_pod(str(uuid.uuid4()), qos="Guaranteed")
-        for _ in range((count + WARMUP + CONTAINERS_PER_POD - 1) // CONTAINERS_PER_POD)
-    ]
+def create_block(cri: CRIClient, count: int, config: str, known: Path | None = None) -> list[float]:
+    """Seconds per CreateContainer for ``count`` containers (pods made beforehand).
+
+    ``known``: the stand-in kubelet's pods file; each pod is written there before its
+    sandbox starts (kubelet knows a pod before it asks the runtime for it)."""
+    pods = []
+    listed: list[dict[str, object]] = []
+    for _ in range((count + WARMUP + CONTAINERS_PER_POD - 1) // CONTAINERS_PER_POD):
+        uid = str(uuid.uuid4())
+        name = f"bench-{uid[:8]}"
+        if known is not None:
+            containers = [{"name": f"c{i}"} for i in range(CONTAINERS_PER_POD)]
+            listed.append({"name": name, "namespace": "e2e", "uid": uid, "containers": containers})
+            known.write_text(json.dumps({"node": {"cpus": list(range(16))}, "pods": listed}))
+        pods.append(cri.run_pod(uid, name, qos="Guaranteed"))
     samples = []
     last = ""
     for i in range(count + WARMUP):
@@ -154,14 +207,31 @@ def measure_flavor(
             for config in order:
                 work = Path(tmp) / f"{config.replace(' ', '-')}-{r}"
                 work.mkdir()
-                plugin = start_plugin(ctrd, config, work, go_binary)
+                standin = start_standin(work) if config == OURS_PODRES else None
+                plugin = None
                 try:
-                    samples[config] += create_block(cri, count, config)
+                    plugin = start_plugin(ctrd, config, work, go_binary)
+                    known = pods_file(work) if standin is not None else None
+                    samples[config] += create_block(cri, count, config, known)
+                    if plugin is not None and config in OURS_CONFIGS:
+                        _check_pod_resources(config, plugin.log_text())
                 finally:
                     cri.remove_all_pods()
                     if plugin is not None:
                         plugin.stop()
+                    if standin is not None:
+                        standin.terminate()
+                        standin.wait(10)
     return samples
+
+
+def _check_pod_resources(config: str, log: str) -> None:
+    """The figures only count if the pod-resources client did (or did not) answer."""
+    if config == OURS_PODRES:
+        if "pod-resources socket absent" in log or "pod-resources: no answer" in log:
+            raise RuntimeError(f"{config}: the pod-resources API did not answer every pod")
+    elif "pod-resources socket absent" not in log:
+        raise RuntimeError(f"{config}: expected to run without the pod-resources API")
 
 
 def _ratio(a: float, b: float) -> str:
@@ -235,9 +305,12 @@ def run(
                 ]
             )
         ours, minimal = summary[OURS], summary[MINIMAL]
+        podres = summary[OURS_PODRES]
         versus = [
             f"nri-memory-manager / mems-only: median {_ratio(ours.median, minimal.median)},"
-            f" p99 {_ratio(ours.p99, minimal.p99)}"
+            f" p99 {_ratio(ours.p99, minimal.p99)}",
+            f"with pod-resources / without: median {_ratio(podres.median, ours.median)},"
+            f" p99 {_ratio(podres.p99, ours.p99)}",
         ]
         if GO in summary:
             go = summary[GO]
