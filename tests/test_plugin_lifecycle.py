@@ -32,6 +32,17 @@ def make_plugin(policy: str = "single-numa-node", scope: str = "container") -> M
     return MemoryPlugin(MemoryManager(topology, config))
 
 
+def init_then_app(plugin: MemoryPlugin, g: api.PodSandbox) -> tuple[api.Container, api.Container]:
+    """A finished init container "init" (c1, 4Gi) then the pod's app container "app" (c2,
+    2Gi), created with the cpuset.mems the plugin gave it (as containerd shows it)."""
+    init = container(g, "init", "c1", 4 * GI)
+    plugin.create_container(g, init)
+    plugin.stop_container(g, init)
+    app = container(g, "app", "c2", 2 * GI)
+    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    return init, app
+
+
 def restarted(
     plugin: MemoryPlugin, policy: str = "single-numa-node", *, exit_records: bool = True
 ) -> MemoryPlugin:
@@ -179,11 +190,7 @@ def test_synchronize_releases_gone_adopts_pinned_and_pins_unpinned() -> None:
 def test_synchronize_releases_finished_init_containers() -> None:
     plugin = make_plugin()
     g = pod("g")
-    init = container(g, "init", "c1", 4 * GI)
-    plugin.create_container(g, init)
-    plugin.stop_container(g, init)
-    app = container(g, "app", "c2", 2 * GI)
-    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    init, app = init_then_app(plugin, g)
     # the plugin restarts before seeing the app start; the app now runs
     fresh = restarted(plugin)
     init.state = api.CONTAINER_STOPPED
@@ -270,11 +277,7 @@ def test_unlisted_init_container_is_released_once_the_next_one_runs() -> None:
     # unlisted "init" was a finished init container whose successor "app" now runs
     plugin = make_plugin()
     g = pod("g")
-    init = container(g, "init", "c1", 4 * GI)
-    plugin.create_container(g, init)
-    plugin.stop_container(g, init)
-    app = container(g, "app", "c2", 2 * GI)
-    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))  # as containerd shows it
+    _, app = init_then_app(plugin, g)
     fresh = restarted(plugin)
     app.state = api.CONTAINER_RUNNING
     fresh.synchronize([g], [app])
@@ -287,11 +290,7 @@ def test_unlisted_exited_container_is_kept_without_exit_records() -> None:
     # app container: its blocks stay until its pod goes (never "exited, so released")
     plugin = make_plugin()
     g = pod("g")
-    init = container(g, "init", "c1", 4 * GI)
-    plugin.create_container(g, init)
-    plugin.stop_container(g, init)
-    app = container(g, "app", "c2", 2 * GI)
-    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    _, app = init_then_app(plugin, g)
     fresh = restarted(plugin, exit_records=False)
     app.state = api.CONTAINER_RUNNING
     fresh.synchronize([g], [app])
@@ -378,11 +377,7 @@ def test_restored_exit_records_survive_until_synchronize() -> None:
     # and the finished init container's memory then stayed with its pod for good.
     plugin = make_plugin()
     g = pod("g")
-    init = container(g, "init", "c1", 4 * GI)
-    plugin.create_container(g, init)
-    plugin.stop_container(g, init)
-    app = container(g, "app", "c2", 2 * GI)
-    app.linux.resources.cpu.mems = mems(plugin.create_container(g, app))
+    _, app = init_then_app(plugin, g)
     records = plugin.tracker.exit_records()
     assert "init" in records["g"]
     fresh = restarted(plugin)
