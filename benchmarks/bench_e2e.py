@@ -78,13 +78,20 @@ def pods_file(work: Path) -> Path:
     return work / "pods.yaml"
 
 
+def _write_pods(path: Path, pods: list[dict[str, object]]) -> None:
+    """Replaced whole: the stand-in reads the file at each call, never half written."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"node": {"cpus": list(range(16))}, "pods": pods}))
+    os.replace(partial, path)
+
+
 def podres_socket(work: Path) -> Path:
     return work / "pod-resources.sock"
 
 
 def start_standin(work: Path) -> subprocess.Popen[bytes]:
     """The stand-in kubelet of the tests, serving the pod-resources API on a socket."""
-    pods_file(work).write_text(json.dumps({"node": {"cpus": list(range(16))}, "pods": []}))
+    _write_pods(pods_file(work), [])
     log = (work / "standin.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -169,7 +176,7 @@ def create_block(cri: CRIClient, count: int, config: str, known: Path | None = N
         if known is not None:
             containers = [{"name": f"c{i}"} for i in range(CONTAINERS_PER_POD)]
             listed.append({"name": name, "namespace": "e2e", "uid": uid, "containers": containers})
-            known.write_text(json.dumps({"node": {"cpus": list(range(16))}, "pods": listed}))
+            _write_pods(known, listed)
         pods.append(cri.run_pod(uid, name, qos="Guaranteed"))
     samples = []
     last = ""
@@ -229,7 +236,10 @@ def _check_pod_resources(config: str, log: str) -> None:
     """The figures only count if the pod-resources client did (or did not) answer."""
     if config == OURS_PODRES:
         if "pod-resources socket absent" in log or "pod-resources: no answer" in log:
-            raise RuntimeError(f"{config}: the pod-resources API did not answer every pod")
+            said = [line for line in log.splitlines() if "pod-resources" in line][:3]
+            raise RuntimeError(
+                f"{config}: the pod-resources API did not answer every pod: {' | '.join(said)}"
+            )
     elif "pod-resources socket absent" not in log:
         raise RuntimeError(f"{config}: expected to run without the pod-resources API")
 
