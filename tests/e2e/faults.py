@@ -1425,7 +1425,7 @@ class FaultInjection:
             )
         late, resizes = [], []
         late_mems: dict[tuple[str, str], str] = {}
-        self._read_log()
+        self._read_log_through_synchronize()
         lines, self._log_backlog = self._log_backlog, []
         for line in lines:
             event = line.get("event")
@@ -1445,6 +1445,22 @@ class FaultInjection:
                 if c.id in listed:
                     c.mems_now, c.limit = listed[c.id].mems, listed[c.id].limit
         return listed
+
+    def _read_log_through_synchronize(self, timeout: float = 10.0) -> None:
+        """Read the plugin's log up to its line for the Synchronize containerd just took.
+
+        The plugin writes its log lines after its answer (nri_plugin/logs.py,
+        DeferredSink), so containerd can hold the Synchronize's answer while the lines of
+        its late admissions are not written yet; the tracker logs `synchronized` after
+        them. A plugin killed meanwhile never writes them: what it wrote is read."""
+        assert self.plugin.proc is not None
+        deadline = time.monotonic() + timeout
+        self._read_log()
+        while not any(line.get("event") == "synchronized" for line in self._log_backlog):
+            if not self.plugin.proc.running or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+            self._read_log()
 
     def _take_in_force(self) -> None:
         """The cpuset.mems and memory limit of every container as the next Synchronize will
