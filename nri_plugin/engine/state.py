@@ -88,6 +88,36 @@ def shared_block(numa_affinity: tuple[int, ...], type_: str, size: int) -> Block
     return Block(numa_affinity, type_, size)
 
 
+# Stored block lists, and the dicts of pods with one container, shared between equal
+# ones: neither is changed in place once stored (see ``MemoryState.clone``), and pods of
+# one workload repeat them (at 10,000 pods, a list and a dict each were 256 bytes a pod).
+# Keyed by identity (blocks come from ``shared_block``); each value keeps what its key
+# names alive, so no id is reused while its entry stands. Emptied when full.
+_SHARED_MAX = 4096
+_lists: dict[tuple[int, ...], list[Block]] = {}
+_pods: dict[tuple[str, int], dict[str, list[Block]]] = {}
+
+
+def _shared_list(blocks: list[Block]) -> list[Block]:
+    key = tuple(map(id, blocks))
+    shared = _lists.get(key)
+    if shared is None:
+        if len(_lists) >= _SHARED_MAX:
+            _lists.clear()
+        shared = _lists[key] = list(blocks)
+    return shared
+
+
+def _shared_pod(container: str, blocks: list[Block]) -> dict[str, list[Block]]:
+    key = (container, id(blocks))
+    shared = _pods.get(key)
+    if shared is None:
+        if len(_pods) >= _SHARED_MAX:
+            _pods.clear()
+        shared = _pods[key] = {container: blocks}
+    return shared
+
+
 def sort_blocks(blocks: Iterable[Block]) -> list[Block]:
     """Blocks of one container in the order we store them: by type name, byte order."""
     return sorted(blocks, key=lambda b: b.type.encode())
@@ -175,7 +205,12 @@ class MemoryState:
     # -- mutations ---------------------------------------------------------
 
     def set_blocks(self, pod_uid: str, container: str, blocks: list[Block]) -> None:
-        pod = self.entries.get(pod_uid, {})
+        blocks = _shared_list(blocks)
+        pod = self.entries.get(pod_uid)
+        if pod is None:
+            self.holders += 1
+            self.entries[pod_uid] = _shared_pod(container, blocks)
+            return
         if container not in pod:
             self.holders += 1
         # a new dict for the pod: a clone may share the old one

@@ -24,8 +24,10 @@ were created while it ran (kubelet creates all app containers of a pod at once).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any, TypeVar
 
 from nri_plugin.engine.hint import DeviceHints, TopologyHint
 from nri_plugin.tracker.facts import EXITED, RUNNING, ContainerResources
@@ -36,6 +38,37 @@ LISTED = "app or sidecar"  # listed by kubelet's pod-resources API
 # Where the classification came from.
 SOURCE_POD_RESOURCES = "pod-resources"
 SOURCE_INFERRED = "inferred"
+
+V = TypeVar("V")
+
+# Dicts of records shared between records holding equal ones (see ``shared_with``):
+# keyed by their names and the identities of their values, each dict keeping its values
+# alive (so no id is reused while its entry stands). Emptied when full.
+_SHARED_MAX = 4096
+_shared: dict[tuple[object, ...], dict[str, Any]] = {}
+
+
+def shared_with(d: Mapping[str, V], name: str, value: V) -> dict[str, V]:
+    """``{**d, name: value}``, as one dict shared with the records that hold one with the
+    same names and values (the same objects), in the same order; never change it in place.
+
+    A pod's resources by name and its containers' first limits are the same for every pod
+    of one workload (ContainerResources are shared: nri_convert interns them): at 10,000
+    pods, a dict each was 184 bytes a pod.
+    """
+    if not d:
+        key: tuple[object, ...] = (name, id(value))
+    elif d.get(name, d) is value:
+        return d if type(d) is dict else dict(d)
+    else:
+        d = {**d, name: value}
+        key = tuple(x for n, v in d.items() for x in (n, id(v)))
+    shared = _shared.get(key)
+    if shared is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        shared = _shared[key] = dict(d) if d else {name: value}
+    return shared
 
 
 @dataclass(slots=True)
@@ -62,7 +95,8 @@ class PodRecord:
     hugepage_limits: dict[str, int] | None = None
     # container id -> record, in creation order
     containers: dict[str, ContainerRecord] = field(default_factory=dict)
-    # container name -> resources last seen (creation, update, listing)
+    # container name -> resources last seen (creation, update, listing); shared between
+    # records (``shared_with``): never changed in place, replaced (``set_resources``)
     resources: dict[str, ContainerResources] = field(default_factory=dict)
     # container name -> event clock of its first creation
     first_created: dict[str, int] = field(default_factory=dict)
@@ -86,7 +120,8 @@ class PodRecord:
     # the pod's cpu limit sent with the sandbox (cores)
     cpu_limit: Fraction | None = None
     # container name -> its memory limit at its first creation, when the plugin saw it
-    # (limits before any in-place resize, as the sandbox's limit was computed from them)
+    # (limits before any in-place resize, as the sandbox's limit was computed from them);
+    # shared as ``resources`` is: replaced (``set_created_limit``), never changed in place
     created_limits: dict[str, int] = field(default_factory=dict)
     # a container's memory limit changed (in-place resize): the sandbox's limit may have
     # been updated (UpdatePodSandboxResources) while the containers' first limits were not
@@ -95,6 +130,12 @@ class PodRecord:
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}" if self.name else self.uid
+
+    def set_resources(self, name: str, resources: ContainerResources) -> None:
+        self.resources = shared_with(self.resources, name, resources)
+
+    def set_created_limit(self, name: str, limit: int) -> None:
+        self.created_limits = shared_with(self.created_limits, name, limit)
 
     @property
     def restored_kinds(self) -> dict[str, tuple[str, str]]:

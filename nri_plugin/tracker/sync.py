@@ -82,7 +82,7 @@ class Synchronization(Admissions, ExitRecords):
                 record.containers[rec.id] = rec
                 record.first_created.setdefault(c.name, self._clock)
             if c.resources is not None:
-                record.resources[c.name] = c.resources
+                record.set_resources(c.name, c.resources)
             elif c.error:
                 self._log.error(
                     "container resources unreadable", pod=record.ref, container=c.name,

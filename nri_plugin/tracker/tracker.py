@@ -195,8 +195,8 @@ class NodeTracker(Synchronization):
         if previous is not None and previous.memory_limit != c.resources.memory_limit:
             record.resized = True  # re-created with new limits (resize policy RestartContainer)
         if first:
-            record.created_limits[name] = c.resources.memory_limit
-        record.resources[name] = c.resources
+            record.set_created_limit(name, c.resources.memory_limit)
+        record.set_resources(name, c.resources)
         qos = record.qos or c.qos
         if qos == GUARANTEED and self.handles and not record.pod_level:
             signal = container_signal(name, c.resources) or pod_signal(record)
@@ -338,12 +338,12 @@ class NodeTracker(Synchronization):
             record.resized = True
         key = (pod.uid, c.name)
         if self.owners.get(key) != c.id or self.manager.state.blocks(*key) is None:
-            record.resources[c.name] = updated
+            record.set_resources(c.name, updated)
             # a container in its pod's shared pool holds no blocks but keeps the pool's nodes
             shared = self.owners.get(key) == c.id and self.manager.state.carved(pod.uid)
             return self.mems(*key) if shared else None
         if self._resize(record, c.name, updated, "in-place update"):
-            record.resources[c.name] = updated
+            record.set_resources(c.name, updated)
         return self.mems(*key) or None
 
     def post_update_container(self, pod: PodFacts, c: ContainerFacts) -> None:
@@ -354,7 +354,7 @@ class NodeTracker(Synchronization):
             return
         try:
             if self._resize(record, c.name, c.resources, "limits in force after an update"):
-                record.resources[c.name] = c.resources
+                record.set_resources(c.name, c.resources)
         except Refused as exc:
             # the runtime applied limits our books cannot follow: say so, loudly
             self._log.error(
