@@ -258,16 +258,22 @@ def test_oracle_retries_an_unplaced_container_at_the_next_synchronize() -> None:
     assert _nodes(oracle, "late") == (2,) and oracle.mismatches == []
 
 
-def test_oracle_lends_init_memory_within_one_admission() -> None:
-    """init (4Gi) runs to completion, app (2Gi) reuses its memory: one admit step; the
-    app's start releases the init container (the pod's containers all exist)."""
-    oracle, pods = _oracle()
+def _finished_init(oracle: Oracle, pods: dict[str, LivePod]) -> LivePod:
+    """Pod "p": init (4Gi, admitted on node 0) ran to completion; app (2Gi) not created."""
     init_plan = ContainerPlan("init", 4 * GI, 1000, init=True)
     pod = _pod(pods, "p", init_plan, ContainerPlan("app", 2 * GI, 1000))
     init = _created(pod, init_plan, "0")
     oracle.admitted(pod, init)
     init.started, init.exited, init.exit_code = True, True, 0
     oracle.exited(pod, init)
+    return pod
+
+
+def test_oracle_lends_init_memory_within_one_admission() -> None:
+    """init (4Gi) runs to completion, app (2Gi) reuses its memory: one admit step; the
+    app's start releases the init container (the pod's containers all exist)."""
+    oracle, pods = _oracle()
+    pod = _finished_init(oracle, pods)
     app = _created(pod, pod.plan.containers[1], "0")
     oracle.admitted(pod, app)
     app.started = True
@@ -311,12 +317,7 @@ def test_oracle_follows_exit_records_at_a_plugin_restart() -> None:
     the Synchronize. Without a record its blocks stay until the pod goes."""
     for records, kept in (({"p": {"init": {"kind": "init"}}}, False), ({}, True)):
         oracle, pods = _oracle()
-        init_plan = ContainerPlan("init", 4 * GI, 1000, init=True)
-        pod = _pod(pods, "p", init_plan, ContainerPlan("app", 2 * GI, 1000))
-        init = _created(pod, init_plan, "0")
-        oracle.admitted(pod, init)
-        init.started, init.exited, init.exit_code = True, True, 0
-        oracle.exited(pod, init)
+        pod = _finished_init(oracle, pods)
         oracle.flush()
         app = _created(pod, pod.plan.containers[1], "")
         app.started, app.mems = True, "0"
