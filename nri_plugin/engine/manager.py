@@ -146,15 +146,7 @@ class MemoryManager:
         if tm_policy != POLICY_NONE and self.config.topology_manager_scope == SCOPE_POD:
             affinity, admit, providers = self.pod_affinity(pod)
             if not admit:
-                return self._reject(
-                    pod,
-                    qos,
-                    TOPOLOGY_AFFINITY_ERROR,
-                    f"pod {pod.uid}: {TOPOLOGY_AFFINITY_MESSAGE}",
-                    None,
-                    providers,
-                    affinity,
-                )
+                return self._reject_pod_affinity(pod, qos, providers, affinity)
             for c in pod.all_containers():
                 failure = self._allocate(pod, c, affinity)
                 if failure is not None:
@@ -255,15 +247,7 @@ class MemoryManager:
         else:
             admit, providers = True, {}
         if not admit:
-            return self._reject(
-                pod,
-                qos,
-                TOPOLOGY_AFFINITY_ERROR,
-                f"pod {pod.uid}: {TOPOLOGY_AFFINITY_MESSAGE}",
-                None,
-                providers,
-                affinity,
-            )
+            return self._reject_pod_affinity(pod, qos, providers, affinity)
         try:
             self.policy.allocate_pod(self.state, pod, affinity)
         except EmptyPodSharedPoolError as exc:
@@ -407,6 +391,24 @@ class MemoryManager:
             affinity,
             tuple(blocks or ()),
             tuple(pool or ()),
+        )
+
+    def _reject_pod_affinity(
+        self,
+        pod: PodSpec,
+        qos: str,
+        providers: dict[str, ProviderHints],
+        affinity: TopologyHint,
+    ) -> AdmissionResult:
+        """Pod scope: the topology manager admits no merged hint for the whole pod."""
+        return self._reject(
+            pod,
+            qos,
+            TOPOLOGY_AFFINITY_ERROR,
+            f"pod {pod.uid}: {TOPOLOGY_AFFINITY_MESSAGE}",
+            None,
+            providers,
+            affinity,
         )
 
     def _reject(
