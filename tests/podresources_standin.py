@@ -72,25 +72,14 @@ import yaml
 from nri_plugin.podresources.gen import podresources_pb2 as pb
 from nri_plugin.podresources.gen import podresources_pb2_grpc as pb_grpc
 from nri_plugin.podresources.ratelimit import KUBELET_BURST, KUBELET_QPS, TokenBucket
+from tests.protowire import varint
 
 RATE_LIMIT_MESSAGE = "rejected by rate limit"
 GET_DISABLED_MESSAGE = "PodResources API Get method disabled"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
 
 
 def dynamic_resource_field(claim_name: str) -> bytes:

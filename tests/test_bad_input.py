@@ -431,18 +431,11 @@ KUBELET_ROWS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "pattern"), [pytest.param(t, p, id=i) for i, t, p in KUBELET_ROWS]
-)
-def test_kubelet_config(
-    text: str | None, pattern: str, tmp_path: Path, machine: Path, cli: Callable[..., Ran]
-) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(GOOD_CONFIG)
-    kubelet = tmp_path / "kubelet.yaml"
-    if text is not None:
-        kubelet.write_text(text)
-    ran = cli(
+def _run_with_kubelet_config(
+    cli: Callable[..., Ran], tmp_path: Path, machine: Path, config: Path, kubelet: Path
+) -> Ran:
+    """``run`` with ``--kubelet-config``, on a socket nobody serves."""
+    return cli(
         "run",
         "--config",
         str(config),
@@ -455,6 +448,20 @@ def test_kubelet_config(
         "--socket",
         str(tmp_path / "no.sock"),
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"), [pytest.param(t, p, id=i) for i, t, p in KUBELET_ROWS]
+)
+def test_kubelet_config(
+    text: str | None, pattern: str, tmp_path: Path, machine: Path, cli: Callable[..., Ran]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(GOOD_CONFIG)
+    kubelet = tmp_path / "kubelet.yaml"
+    if text is not None:
+        kubelet.write_text(text)
+    ran = _run_with_kubelet_config(cli, tmp_path, machine, config, kubelet)
     assert_refused(ran, "run", pattern, config=config, kubelet=kubelet)
 
 
@@ -468,19 +475,7 @@ def test_kubelet_drift_tolerance_conflict(
     kubelet.write_text(
         KUBELET_HEAD + "memoryManagerPolicyOptions: {memory-drift-tolerance: 'off'}\n"
     )
-    ran = cli(
-        "run",
-        "--config",
-        str(config),
-        "--topology-file",
-        str(machine),
-        "--kubelet-config",
-        str(kubelet),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--socket",
-        str(tmp_path / "no.sock"),
-    )
+    ran = _run_with_kubelet_config(cli, tmp_path, machine, config, kubelet)
     assert_refused(
         ran,
         "run",

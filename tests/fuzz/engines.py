@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from tests.fuzz.targets import INSTRUMENT_ENV, TARGETS
+from tests.protowire import varint
 
 # -- statistics shared by the engines -------------------------------------------------
 
@@ -118,18 +119,6 @@ _INTERESTING_VARINTS = (
 )
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def mutate(data: bytes, rng: random.Random, corpus: Sequence[bytes]) -> bytes:
     """1-8 random edits: bit flips, bytes, ranges, splices, interesting lengths and varints."""
     buf = bytearray(data)
@@ -163,7 +152,7 @@ def mutate(data: bytes, rng: random.Random, corpus: Sequence[bytes]) -> bytes:
             j = i
             while j < len(buf) and buf[j] & 0x80:
                 j += 1
-            buf[i : j + 1] = _varint(rng.choice(_INTERESTING_VARINTS))
+            buf[i : j + 1] = varint(rng.choice(_INTERESTING_VARINTS))
         elif op == 8 and buf:
             # a length-delimited field announcing more (or less) than is there
             i = rng.randrange(len(buf))
